@@ -1,0 +1,3 @@
+"""recsys: a workflow-orchestrated deep-learning recommender platform."""
+
+__version__ = "0.1.0"

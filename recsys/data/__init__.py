@@ -1,0 +1,1 @@
+"""Data in and out of the store: importers, synthetic data, validation, extraction."""

@@ -1,0 +1,49 @@
+"""Run an import end to end: write the rejects report, honour ``strict``, load the batch."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from recsys.data.frames import ImportBatch
+from recsys.db.load import LoadResult, load_batch
+from recsys.db.migrate import require_current
+from recsys.errors import RejectedRowsError
+
+logger = logging.getLogger(__name__)
+
+
+def write_rejects(batch: ImportBatch, folder: Path) -> Path | None:
+    """Write every rejected row (file, line, reason, raw text) to a CSV; None when none."""
+    if not batch.rejects:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    path = folder / f"{batch.kind}-{stamp}-{uuid.uuid4().hex[:6]}.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "line", "reason", "raw"])
+        writer.writerows((r.file, r.line, r.reason, r.raw) for r in batch.rejects)
+    return path
+
+
+def ingest(
+    engine: Engine, batch: ImportBatch, rejects_dir: Path, *, strict: bool = False
+) -> LoadResult:
+    """Load ``batch``; rejected rows go to a report file, and under ``strict`` stop the load."""
+    require_current(engine)
+    rejects_path = write_rejects(batch, rejects_dir)
+    if rejects_path is not None:
+        counts = ", ".join(f"{k}={v}" for k, v in batch.rejects_by_reason.items())
+        logger.info("%d rows rejected (%s): %s", len(batch.rejects), counts, rejects_path)
+        if strict:
+            raise RejectedRowsError(
+                f"--strict: {len(batch.rejects)} rows rejected ({counts}); nothing was written; "
+                f"see {rejects_path}"
+            )
+    return load_batch(engine, batch, str(rejects_path) if rejects_path else None)

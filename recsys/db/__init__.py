@@ -1,0 +1,1 @@
+"""The SQL store: typed schema, engines, migrations, bulk loading and plain-data queries."""
