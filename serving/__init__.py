@@ -1,0 +1,1 @@
+"""BentoML service over an onnxruntime scorer; never imports torch."""

@@ -1,0 +1,122 @@
+"""Bulk loading: re-imports are no-ops, catalogue attributes merge, runs are recorded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine, select
+
+from recsys.data.frames import ImportBatch, Reject
+from recsys.db.load import load_batch
+from recsys.db.queries import stats
+from recsys.db.schema import imports_table, interactions_table, items_table, users_table
+
+
+def _events(rows: list[tuple[str, str, str, float, int]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "event_type", "value", "occurred_at"])
+    frame["occurred_at"] = frame["occurred_at"].astype(np.int64)
+    frame["value"] = frame["value"].astype(np.float64)
+    return frame.astype({"user_id": object, "item_id": object, "event_type": object})
+
+
+EVENTS = [
+    ("u1", "i1", "view", np.nan, 1_000),
+    ("u1", "i2", "purchase", 9.5, 2_000),
+    ("u2", "i1", "view", np.nan, 1_500),
+    ("u2", "i1", "view", np.nan, 2_500),  # same pair later: a second event, not a duplicate
+]
+
+
+def test_load_batch_inserts_then_reimport_adds_nothing(engine: Engine) -> None:
+    batch = ImportBatch(kind="test", source="t", interactions=_events(EVENTS), rows_read=4)
+    first = load_batch(engine, batch)
+    assert (first.rows_inserted, first.rows_skipped) == (4, 0)
+    assert (first.users_total, first.items_total) == (2, 2)
+
+    again = load_batch(engine, batch)
+    assert (again.rows_inserted, again.rows_skipped) == (0, 4)
+    assert stats(engine)["interactions"] == 4
+    assert stats(engine)["interactions_by_event_type"] == {"purchase": 1, "view": 3}
+
+
+def test_load_batch_keeps_values_times_and_types(engine: Engine) -> None:
+    load_batch(engine, ImportBatch(kind="test", source="t", interactions=_events(EVENTS)))
+    c = interactions_table.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                users_table.c.external_id,
+                items_table.c.external_id,
+                c.event_type,
+                c.value,
+                c.occurred_at,
+            )
+            .join(users_table, users_table.c.id == c.user_id)
+            .join(items_table, items_table.c.id == c.item_id)
+            .order_by(c.occurred_at)
+        ).all()
+    assert rows[0] == ("u1", "i1", "view", None, 1_000)
+    assert rows[2] == ("u1", "i2", "purchase", 9.5, 2_000)
+
+
+def test_load_batch_merges_catalogue_attributes_without_erasing(engine: Engine) -> None:
+    items = pd.DataFrame(
+        {
+            "item_id": ["i1"],
+            "title": ["Toy Story (1995)"],
+            "genres": [["Animation", "Comedy"]],
+            "year": [1995],
+            "price": [None],
+            "attributes": [{"imdb": "tt0114709"}],
+        }
+    )
+    load_batch(engine, ImportBatch(kind="t", source="t", interactions=_events(EVENTS), items=items))
+    # A later import that knows only the price must not erase the title.
+    update = items.assign(title=[None], genres=[None], year=[None], price=[4.99], attributes=[None])
+    load_batch(engine, ImportBatch(kind="t", source="t", items=update))
+    with engine.connect() as conn:
+        row = (
+            conn.execute(select(items_table).where(items_table.c.external_id == "i1"))
+            .mappings()
+            .one()
+        )
+    assert row["title"] == "Toy Story (1995)"
+    assert row["genres"] == ["Animation", "Comedy"]
+    assert row["year"] == 1995
+    assert row["price"] == 4.99
+    assert row["attributes"] == {"imdb": "tt0114709"}
+
+
+def test_load_batch_records_the_import_run(engine: Engine) -> None:
+    batch = ImportBatch(
+        kind="csv",
+        source="events.csv",
+        interactions=_events(EVENTS[:1]),
+        rejects=[Reject("events.csv", 3, "missing_id", ",i1,view")],
+        rows_read=2,
+    )
+    result = load_batch(engine, batch, rejects_path="/r.csv")
+    with engine.connect() as conn:
+        run = conn.execute(select(imports_table)).mappings().one()
+    assert run["id"] == result.import_id
+    assert (run["rows_read"], run["rows_inserted"], run["rows_rejected"]) == (2, 1, 1)
+    assert run["rejects_by_reason"] == {"missing_id": 1}
+    assert run["rejects_path"] == "/r.csv"
+    assert run["finished_at"] is not None
+
+
+def test_load_batch_bulk_path_handles_many_rows(engine: Engine) -> None:
+    n = 50_000
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "user_id": [f"u{i}" for i in rng.integers(0, 500, n)],
+            "item_id": [f"i{i}" for i in rng.integers(0, 300, n)],
+            "event_type": "view",
+            "value": np.where(rng.random(n) < 0.5, np.nan, 3.0),
+            "occurred_at": np.arange(n, dtype=np.int64) * 1000,
+        }
+    )
+    result = load_batch(engine, ImportBatch(kind="t", source="t", interactions=frame))
+    assert result.rows_inserted == n
+    assert stats(engine)["interactions"] == n
