@@ -89,7 +89,7 @@ def measure(backend: str, batch: ImportBatch) -> dict[str, Any]:
 
 def table_row(record: dict[str, Any]) -> list[str]:
     if "skipped" in record:
-        return [record["backend"], f"skipped: {record['skipped']}", *[""] * (len(HEADERS) - 2)]
+        return [record["backend"], "skipped", *["-"] * (len(HEADERS) - 2)]
     return [
         record["backend"],
         f"{record['rows']:,}",
@@ -130,7 +130,11 @@ def main() -> None:
     print()
     print(f"Target: >= {TARGET_ROWS_PER_S:,} rows/s for the first load and the re-import")
     print(format_table(HEADERS, rows))
+    skipped = [f"{r['backend']} skipped: {r['skipped']}" for r in records if "skipped" in r]
+    for line in skipped:
+        print(line)
     notes = [
+        *skipped,
         f"Synthetic data: {config}; generated in {generate_s:.1f}s (not timed below).",
         "Seconds are wall time around `load_batch(engine, batch)` after `upgrade(url)` on a "
         "freshly created database; rows/s = interactions in the batch / seconds.",

@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column("rows_read", sa.BigInteger(), nullable=False),
         sa.Column("rows_inserted", sa.BigInteger(), nullable=False),
         sa.Column("rows_rejected", sa.BigInteger(), nullable=False),
+        sa.Column("rows_out_of_order", sa.BigInteger(), nullable=False),
         sa.Column("rejects_by_reason", _json(), nullable=True),
         sa.Column("rejects_path", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_imports")),

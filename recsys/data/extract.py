@@ -1,23 +1,27 @@
 """Extraction: a consistent snapshot of interactions as compact numpy arrays with id maps.
 
-Reads go through ADBC (Arrow-native drivers for SQLite and PostgreSQL) in record batches, so
-10M events never exist as Python objects. Users and items are indexed ``1..n`` in primary-key
-order; index 0 is reserved for padding. The snapshot descriptor (counts, time range, content
-digest) becomes the lineage of every model trained on it.
+PostgreSQL is read through ADBC (binary COPY into Arrow record batches) in a REPEATABLE READ
+transaction; SQLite through the standard driver in one read transaction (WAL gives it a
+snapshot), fetching ids packed two to an integer. Either way rows arrive in bounded chunks.
+Users and items are indexed ``1..n`` in primary-key order; index 0 is reserved for padding.
+The snapshot descriptor (counts, time range, content digest) becomes the lineage of every
+model trained on it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import sqlite3
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy.engine import make_url
@@ -81,10 +85,11 @@ class SnapshotDescriptor:
 
 @dataclass
 class Snapshot:
-    """Events sorted by (user, time, insertion order), one array per column.
+    """Events sorted by (user, time, item, event type), one array per column.
 
     ``event`` holds codes into ``event_types``; ``value`` is NaN where an event has none.
-    ``orphans`` counts rows whose user or item row is missing (they are left out).
+    ``orphans`` counts rows whose user or item row is missing (they are left out);
+    ``out_of_order`` is what the imports recorded about events listed out of time order.
     """
 
     user_idx: Int32Array
@@ -92,7 +97,6 @@ class Snapshot:
     occurred_at: Int64Array
     value: npt.NDArray[np.float32]
     event: npt.NDArray[np.int16]
-    import_id: Int32Array
     event_types: tuple[str, ...]
     users: IdMap
     items: IdMap
@@ -100,7 +104,6 @@ class Snapshot:
     out_of_order: int = 0
     orphans: int = 0
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.user_idx)
@@ -114,59 +117,39 @@ class Snapshot:
         return len(self.items)
 
 
-def adbc_connect(url: str) -> Any:
-    """An ADBC DB-API connection for a SQLAlchemy URL (transactions on, like PEP 249)."""
-    parsed = make_url(normalize_url(url))
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        import adbc_driver_sqlite.dbapi as sqlite_dbapi
+EventColumns = dict[str, npt.NDArray[Any]]
 
-        if not parsed.database or parsed.database == ":memory:":
-            raise RecsysError("extraction needs a SQLite file, not an in-memory database")
-        return sqlite_dbapi.connect(parsed.database)
-    if backend == "postgresql":
-        import adbc_driver_postgresql.dbapi as pg_dbapi
-
-        return pg_dbapi.connect(parsed.set(drivername="postgresql").render_as_string(False))
-    raise RecsysError(f"unsupported database {backend!r}")
+# SQLite packs (user_id, item_id) into one 64-bit integer: half the Python objects per row.
+_ID_BITS = 32
 
 
-def extract(url: str, *, after_ms: int | None = None, batch_rows: int = 262_144) -> Snapshot:
+def extract(url: str, *, after_ms: int | None = None, chunk_rows: int = 65_536) -> Snapshot:
     """Read every interaction (or only those after ``after_ms``) in one consistent snapshot."""
     started = time.perf_counter()
     backend = make_url(normalize_url(url)).get_backend_name()
-    connection = adbc_connect(url)
-    try:
-        cursor = connection.cursor()
-        if backend == "postgresql":
-            # Users, items and events must come from the same moment.
-            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        user_pk, user_ids = _catalogue(cursor, "users")
-        item_pk, item_ids = _catalogue(cursor, "items")
-        events, event_types = _read_events(cursor, after_ms, batch_rows)
-        connection.rollback()
-    finally:
-        connection.close()
+    if backend == "postgresql":
+        read = _read_postgres(url, after_ms, chunk_rows)
+    elif backend == "sqlite":
+        read = _read_sqlite(url, after_ms, chunk_rows)
+    else:
+        raise RecsysError(f"unsupported database {backend!r}")
 
-    user_idx, user_orphan = _to_index(events.pop("user_id"), user_pk)
-    item_idx, item_orphan = _to_index(events.pop("item_id"), item_pk)
+    user_idx, user_orphan = _to_index(read.events.pop("user_id"), read.user_pk)
+    item_idx, item_orphan = _to_index(read.events.pop("item_id"), read.item_pk)
     keep = ~(user_orphan | item_orphan)
-    orphans = int(len(keep) - keep.sum())
-    row_id = events.pop("id")
-    out_of_order = _count_out_of_order(
-        user_idx[keep], events["import_id"][keep], events["occurred_at"][keep], row_id[keep]
-    )
-    # Canonical order: by user, then time, then insertion order.
-    order = np.flatnonzero(keep)[
-        np.lexsort((row_id[keep], events["occurred_at"][keep], user_idx[keep]))
-    ]
-    max_id = int(row_id.max()) if len(row_id) else None
-    del row_id, keep
+    orphans = int(len(keep) - np.count_nonzero(keep))
+    if orphans:
+        user_idx, item_idx = user_idx[keep], item_idx[keep]
+        read.events = {name: array[keep] for name, array in read.events.items()}
+    del keep, user_orphan, item_orphan
+    # Canonical order: user, time, then item and event type (the table's unique key).
+    order = np.lexsort((read.events["event"], item_idx, read.events["occurred_at"], user_idx))
     user_idx, item_idx = user_idx[order], item_idx[order]
-    columns = {name: array[order] for name, array in events.items()}
-    del order, events
+    columns = {name: array[order] for name, array in read.events.items()}
+    del order, read.events
 
-    users, items = IdMap.from_ids(user_ids), IdMap.from_ids(item_ids)
+    users, items = IdMap.from_ids(read.user_ids), IdMap.from_ids(read.item_ids)
+    event_types = read.event_types
     stamps = columns["occurred_at"]
     counts = np.bincount(columns["event"], minlength=len(event_types))
     descriptor = SnapshotDescriptor(
@@ -174,14 +157,14 @@ def extract(url: str, *, after_ms: int | None = None, batch_rows: int = 262_144)
         extracted_at=datetime.now(UTC).isoformat(timespec="seconds"),
         after_ms=after_ms,
         num_interactions=len(stamps),
-        num_users=int(np.count_nonzero(np.bincount(user_idx, minlength=1))),
-        num_items=int(np.count_nonzero(np.bincount(item_idx, minlength=1))),
+        num_users=int(np.count_nonzero(np.bincount(user_idx, minlength=1)[1:])),
+        num_items=int(np.count_nonzero(np.bincount(item_idx, minlength=1)[1:])),
         catalogue_users=len(users),
         catalogue_items=len(items),
         event_counts={t: int(c) for t, c in zip(event_types, counts, strict=False)},
         min_occurred_at_ms=int(stamps.min()) if len(stamps) else None,
         max_occurred_at_ms=int(stamps.max()) if len(stamps) else None,
-        max_interaction_id=max_id,
+        max_interaction_id=read.max_id,
         digest=_digest(user_idx, item_idx, columns, event_types, users, items),
     )
     seconds = time.perf_counter() - started
@@ -192,115 +175,190 @@ def extract(url: str, *, after_ms: int | None = None, batch_rows: int = 262_144)
         occurred_at=stamps,
         value=columns["value"],
         event=columns["event"],
-        import_id=columns["import_id"],
         event_types=event_types,
         users=users,
         items=items,
         descriptor=descriptor,
-        out_of_order=out_of_order,
+        out_of_order=read.out_of_order,
         orphans=orphans,
         seconds=seconds,
     )
 
 
-EventColumns = dict[str, npt.NDArray[Any]]
+@dataclass
+class _Read:
+    """Raw columns of one snapshot as the database returned them (primary keys, not indices)."""
+
+    user_pk: Int64Array
+    user_ids: npt.NDArray[np.object_]
+    item_pk: Int64Array
+    item_ids: npt.NDArray[np.object_]
+    events: EventColumns
+    event_types: tuple[str, ...]
+    max_id: int | None
+    out_of_order: int
 
 
-def _catalogue(cursor: Any, table: str) -> tuple[Int64Array, npt.NDArray[np.object_]]:
+class _EventCodes:
+    """Assigns small integer codes to event-type names as chunks arrive."""
+
+    def __init__(self) -> None:
+        self.codes: dict[str, int] = {}
+
+    def encode(self, names: npt.NDArray[np.object_]) -> npt.NDArray[np.int16]:
+        local, uniques = pd.factorize(names)
+        mapping = np.array([self.codes.setdefault(str(u), len(self.codes)) for u in uniques])
+        return mapping[local].astype(np.int16) if len(names) else np.empty(0, np.int16)
+
+    def sorted(self, codes: npt.NDArray[np.int16]) -> tuple[npt.NDArray[np.int16], tuple[str, ...]]:
+        """Recode so that codes follow the names' sorted order (independent of arrival order)."""
+        names = sorted(self.codes)
+        remap = np.empty(len(names), dtype=np.int16)
+        for new, name in enumerate(names):
+            remap[self.codes[name]] = new
+        return (remap[codes] if len(codes) else codes), tuple(names)
+
+
+def _read_sqlite(url: str, after_ms: int | None, chunk_rows: int) -> _Read:
+    database = make_url(normalize_url(url)).database
+    if not database or database == ":memory:":
+        raise RecsysError("extraction needs a SQLite file, not an in-memory database")
+    if not Path(database).exists():
+        raise RecsysError(f"database file not found: {database}")
+    # isolation_level=None: we issue BEGIN ourselves so every read shares one snapshot.
+    connection = sqlite3.connect(database, isolation_level=None)
+    try:
+        connection.execute("BEGIN")
+        user_pk, user_ids = _sqlite_catalogue(connection, "users")
+        item_pk, item_ids = _sqlite_catalogue(connection, "items")
+        max_id, out_of_order = connection.execute(
+            "SELECT (SELECT max(id) FROM interactions),"
+            " (SELECT coalesce(sum(rows_out_of_order), 0) FROM imports)"
+        ).fetchone()
+        where, parameters = (
+            ("WHERE occurred_at > ?", (after_ms,)) if after_ms is not None else ("", ())
+        )
+        cursor = connection.execute(
+            f"SELECT (user_id << {_ID_BITS}) | item_id, occurred_at, ifnull(value, 9e999),"
+            f" event_type FROM interactions {where}",
+            parameters,
+        )
+        codes = _EventCodes()
+        record = np.dtype(
+            [("ids", np.int64), ("at", np.int64), ("value", np.float64), ("event", object)]
+        )
+        parts: dict[str, list[npt.NDArray[Any]]] = {k: [] for k in _COLUMNS}
+        while rows := cursor.fetchmany(chunk_rows):
+            chunk = np.array(rows, dtype=record)
+            del rows
+            parts["user_id"].append(chunk["ids"] >> _ID_BITS)
+            parts["item_id"].append(chunk["ids"] & ((1 << _ID_BITS) - 1))
+            parts["occurred_at"].append(chunk["at"])
+            parts["value"].append(_nan_for_missing(chunk["value"]))
+            parts["event"].append(codes.encode(chunk["event"]))
+        connection.execute("COMMIT")
+    finally:
+        connection.close()
+    events = _concat(parts)
+    events["event"], names = codes.sorted(events["event"])
+    return _Read(user_pk, user_ids, item_pk, item_ids, events, names, max_id, int(out_of_order))
+
+
+def _sqlite_catalogue(
+    connection: sqlite3.Connection, table: str
+) -> tuple[Int64Array, npt.NDArray[np.object_]]:
+    rows = connection.execute(f"SELECT id, external_id FROM {table} ORDER BY id").fetchall()
+    pks = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    return pks, np.array([r[1] for r in rows], dtype=object)
+
+
+def _read_postgres(url: str, after_ms: int | None, chunk_rows: int) -> _Read:
+    import adbc_driver_postgresql.dbapi as pg_dbapi
+
+    libpq_url = make_url(normalize_url(url)).set(drivername="postgresql")
+    connection = pg_dbapi.connect(libpq_url.render_as_string(hide_password=False))
+    try:
+        cursor = connection.cursor()
+        # Users, items and events must come from the same moment.
+        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        user_pk, user_ids = _arrow_catalogue(cursor, "users")
+        item_pk, item_ids = _arrow_catalogue(cursor, "items")
+        cursor.execute(
+            "SELECT (SELECT max(id) FROM interactions) AS max_id,"
+            " (SELECT coalesce(sum(rows_out_of_order), 0) FROM imports)::bigint AS out_of_order"
+        )
+        max_id, out_of_order = cursor.fetchone()
+        query = "SELECT user_id, item_id, occurred_at, value, event_type FROM interactions" + (
+            " WHERE occurred_at > $1" if after_ms is not None else ""
+        )
+        cursor.execute(query, parameters=(after_ms,) if after_ms is not None else None)
+        codes = _EventCodes()
+        parts: dict[str, list[npt.NDArray[Any]]] = {k: [] for k in _COLUMNS}
+        for batch in cursor.fetch_record_batch():
+            parts["user_id"].append(_numpy(batch.column("user_id")).astype(np.int64))
+            parts["item_id"].append(_numpy(batch.column("item_id")).astype(np.int64))
+            parts["occurred_at"].append(_numpy(batch.column("occurred_at")).astype(np.int64))
+            value = pc.fill_null(batch.column("value"), float("nan"))
+            parts["value"].append(_numpy(value).astype(np.float32))
+            parts["event"].append(_arrow_event_codes(batch.column("event_type"), codes))
+        connection.rollback()
+    finally:
+        connection.close()
+    events = _concat(parts)
+    events["event"], names = codes.sorted(events["event"])
+    max_id = None if max_id is None else int(max_id)
+    return _Read(user_pk, user_ids, item_pk, item_ids, events, names, max_id, int(out_of_order))
+
+
+def _arrow_catalogue(cursor: Any, table: str) -> tuple[Int64Array, npt.NDArray[np.object_]]:
     cursor.execute(f"SELECT id, external_id FROM {table} ORDER BY id")
     result = cursor.fetch_arrow_table()
     return (
-        result.column("id").to_numpy().astype(np.int64),
+        _numpy(result.column("id")).astype(np.int64),
         np.asarray(result.column("external_id").to_pylist(), dtype=object),
     )
 
 
-def _read_events(
-    cursor: Any, after_ms: int | None, batch_rows: int
-) -> tuple[EventColumns, tuple[str, ...]]:
-    """Stream the interactions table batch by batch into typed numpy columns."""
-    # SQLite types each batch from its values, so NULLs are replaced by typed sentinels
-    # (an infinite value, import 0) to keep every batch's schema the same.
-    postgres = _is_postgres(cursor)
-    missing = "'Infinity'::float8" if postgres else "9e999"
-    query = (
-        f"SELECT id, user_id, item_id, occurred_at, COALESCE(value, {missing}) AS value,"
-        " event_type, COALESCE(import_id, 0) AS import_id FROM interactions"
-    )
-    parameters: tuple[int, ...] = ()
-    if after_ms is not None:
-        query += " WHERE occurred_at > " + ("$1" if postgres else "?")
-        parameters = (after_ms,)
-    if not postgres:
-        cursor.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(batch_rows)})
-    cursor.execute(query, parameters=parameters or None)
-    codes: dict[str, int] = {}
-    parts: dict[str, list[npt.NDArray[Any]]] = {
-        k: [] for k in ("id", "user_id", "item_id", "occurred_at", "value", "event", "import_id")
-    }
-    for batch in cursor.fetch_record_batch():
-        parts["id"].append(_ints(batch.column("id"), np.int64))
-        parts["user_id"].append(_ints(batch.column("user_id"), np.int64))
-        parts["item_id"].append(_ints(batch.column("item_id"), np.int64))
-        parts["occurred_at"].append(_ints(batch.column("occurred_at"), np.int64))
-        parts["import_id"].append(_ints(batch.column("import_id"), np.int32))
-        value = batch.column("value").to_numpy(zero_copy_only=False).astype(np.float32)
-        value[~np.isfinite(value)] = np.nan
-        parts["value"].append(value)
-        parts["event"].append(_event_codes(batch.column("event_type"), codes))
-    columns: EventColumns = {
-        name: np.concatenate(chunks) if chunks else np.empty(0, dtype=_EMPTY_DTYPES[name])
-        for name, chunks in parts.items()
-    }
-    return columns, tuple(codes)
+def _arrow_event_codes(column: pa.Array, codes: _EventCodes) -> npt.NDArray[np.int16]:
+    encoded = pc.dictionary_encode(column)
+    names = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
+    mapping = codes.encode(names) if len(names) else np.empty(0, np.int16)
+    return mapping[_numpy(encoded.indices)]
 
 
-_EMPTY_DTYPES = {
-    "id": np.int64,
+def _numpy(column: pa.Array | pa.ChunkedArray) -> npt.NDArray[Any]:
+    return np.asarray(column.to_numpy(zero_copy_only=False))
+
+
+def _nan_for_missing(value: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+    out = value.astype(np.float32)
+    out[~np.isfinite(value)] = np.nan
+    return out
+
+
+_COLUMNS = {
     "user_id": np.int64,
     "item_id": np.int64,
     "occurred_at": np.int64,
     "value": np.float32,
     "event": np.int16,
-    "import_id": np.int32,
 }
 
 
-def _is_postgres(cursor: Any) -> bool:
-    return "postgres" in str(cursor.connection.adbc_get_info().get("vendor_name", "")).lower()
-
-
-def _ints(column: pa.Array, dtype: type[np.generic]) -> npt.NDArray[Any]:
-    return column.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
-
-
-def _event_codes(column: pa.Array, codes: dict[str, int]) -> npt.NDArray[np.int16]:
-    encoded = pc.dictionary_encode(column)
-    local = np.array(
-        [codes.setdefault(str(name), len(codes)) for name in encoded.dictionary.to_pylist()],
-        dtype=np.int16,
-    )
-    return local[encoded.indices.to_numpy(zero_copy_only=False)]
+def _concat(parts: dict[str, list[npt.NDArray[Any]]]) -> EventColumns:
+    return {
+        name: np.concatenate(chunks) if chunks else np.empty(0, dtype=_COLUMNS[name])
+        for name, chunks in parts.items()
+    }
 
 
 def _to_index(pk: Int64Array, catalogue_pk: Int64Array) -> tuple[Int32Array, npt.NDArray[np.bool_]]:
     """Map primary keys to 1-based positions in the catalogue; unknown keys are orphans."""
+    if len(catalogue_pk) == 0:
+        return np.zeros(len(pk), dtype=np.int32), np.ones(len(pk), dtype=bool)
     position = np.searchsorted(catalogue_pk, pk)
-    clipped = np.minimum(position, max(len(catalogue_pk) - 1, 0))
-    found = (catalogue_pk[clipped] == pk) if len(catalogue_pk) else np.zeros(len(pk), dtype=bool)
+    found = catalogue_pk[np.minimum(position, len(catalogue_pk) - 1)] == pk
     return np.where(found, position + 1, 0).astype(np.int32), ~found
-
-
-def _count_out_of_order(
-    user_idx: Int32Array, import_id: Int32Array, occurred_at: Int64Array, row_id: Int64Array
-) -> int:
-    """Events that an import wrote after a later event of the same user (time went back)."""
-    if len(row_id) < 2:
-        return 0
-    order = np.lexsort((row_id, user_idx, import_id))
-    same = (np.diff(import_id[order]) == 0) & (np.diff(user_idx[order]) == 0)
-    went_back = np.diff(occurred_at[order]) < 0
-    return int(np.count_nonzero(same & went_back & (import_id[order][1:] != 0)))
 
 
 def _digest(
@@ -319,9 +377,3 @@ def _digest(
     for array in (user_idx, item_idx, columns["occurred_at"], columns["event"], columns["value"]):
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
-
-
-def iter_chunks(snapshot: Snapshot, size: int) -> Iterator[slice]:
-    """Slices over a snapshot's rows, for consumers that stream it."""
-    for start in range(0, len(snapshot), size):
-        yield slice(start, start + size)

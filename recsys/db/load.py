@@ -64,6 +64,7 @@ def load_batch(engine: Engine, batch: ImportBatch, rejects_path: str | None = No
                 rows_read=batch.rows_read,
                 rows_inserted=0,
                 rows_rejected=len(batch.rejects),
+                rows_out_of_order=count_out_of_order(batch.interactions),
                 rejects_by_reason=batch.rejects_by_reason or None,
                 rejects_path=rejects_path,
             )
@@ -100,6 +101,17 @@ def load_batch(engine: Engine, batch: ImportBatch, rejects_path: str | None = No
         items_total=items_total,
         seconds=seconds,
     )
+
+
+def count_out_of_order(events: pd.DataFrame) -> int:
+    """Events dated before the same user's previous event, in the order the input lists them."""
+    if len(events) < 2:
+        return 0
+    codes, _ = pd.factorize(events["user_id"])
+    order = np.argsort(codes, kind="stable")
+    same_user = np.diff(codes[order]) == 0
+    went_back = np.diff(events["occurred_at"].to_numpy()[order]) < 0
+    return int(np.count_nonzero(same_user & went_back))
 
 
 def _upsert_catalogue(

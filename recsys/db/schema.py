@@ -88,6 +88,8 @@ class ImportRun(Base):
     rows_read: Mapped[int] = mapped_column(BigInteger, default=0)
     rows_inserted: Mapped[int] = mapped_column(BigInteger, default=0)
     rows_rejected: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Events whose time is earlier than the user's previous event in the file's own order.
+    rows_out_of_order: Mapped[int] = mapped_column(BigInteger, default=0)
     rejects_by_reason: Mapped[dict[str, int] | None] = mapped_column(JSONType)
     rejects_path: Mapped[str | None] = mapped_column(Text)
 
