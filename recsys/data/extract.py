@@ -143,10 +143,15 @@ def extract(url: str, *, after_ms: int | None = None, chunk_rows: int = 65_536) 
         read.events = {name: array[keep] for name, array in read.events.items()}
     del keep, user_orphan, item_orphan
     # Canonical order: user, time, then item and event type (the table's unique key).
-    order = np.lexsort((read.events["event"], item_idx, read.events["occurred_at"], user_idx))
-    user_idx, item_idx = user_idx[order], item_idx[order]
-    columns = {name: array[order] for name, array in read.events.items()}
-    del order, read.events
+    # Index order equals primary-key order, so SQLite's index-ordered scan arrives sorted.
+    keys = (read.events["event"], item_idx, read.events["occurred_at"], user_idx)
+    if not _is_sorted(keys):
+        order = np.lexsort(keys)
+        user_idx, item_idx = user_idx[order], item_idx[order]
+        read.events = {name: array[order] for name, array in read.events.items()}
+        del order
+    columns = read.events
+    del keys
 
     users, items = IdMap.from_ids(read.user_ids), IdMap.from_ids(read.item_ids)
     event_types = read.event_types
@@ -240,7 +245,8 @@ def _read_sqlite(url: str, after_ms: int | None, chunk_rows: int) -> _Read:
         )
         cursor = connection.execute(
             f"SELECT (user_id << {_ID_BITS}) | item_id, occurred_at, ifnull(value, 9e999),"
-            f" event_type FROM interactions {where}",
+            f" event_type FROM interactions {where}"
+            " ORDER BY user_id, occurred_at, item_id, event_type",
             parameters,
         )
         codes = _EventCodes()
@@ -354,11 +360,25 @@ def _concat(parts: dict[str, list[npt.NDArray[Any]]]) -> EventColumns:
 
 def _to_index(pk: Int64Array, catalogue_pk: Int64Array) -> tuple[Int32Array, npt.NDArray[np.bool_]]:
     """Map primary keys to 1-based positions in the catalogue; unknown keys are orphans."""
-    if len(catalogue_pk) == 0:
-        return np.zeros(len(pk), dtype=np.int32), np.ones(len(pk), dtype=bool)
-    position = np.searchsorted(catalogue_pk, pk)
-    found = catalogue_pk[np.minimum(position, len(catalogue_pk) - 1)] == pk
-    return np.where(found, position + 1, 0).astype(np.int32), ~found
+    top = int(catalogue_pk.max()) if len(catalogue_pk) else 0
+    # Dense key -> index table: keys are compact integers, so this beats a search.
+    lookup = np.zeros(top + 2, dtype=np.int32)
+    lookup[catalogue_pk] = np.arange(1, len(catalogue_pk) + 1, dtype=np.int32)
+    idx = lookup[np.clip(pk, 0, top + 1)]
+    return idx, idx == 0
+
+
+def _is_sorted(keys: tuple[npt.NDArray[Any], ...]) -> bool:
+    """Whether rows are in lexicographic order of ``keys`` (last key most significant)."""
+    if len(keys[0]) < 2:
+        return True
+    ties = np.ones(len(keys[0]) - 1, dtype=bool)
+    for key in reversed(keys):
+        step = np.diff(key.astype(np.int64))
+        if np.any(ties & (step < 0)):
+            return False
+        ties &= step == 0
+    return True
 
 
 def _digest(
