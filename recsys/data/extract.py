@@ -329,7 +329,8 @@ def _arrow_event_codes(column: pa.Array, codes: _EventCodes) -> npt.NDArray[np.i
     encoded = pc.dictionary_encode(column)
     names = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
     mapping = codes.encode(names) if len(names) else np.empty(0, np.int16)
-    return mapping[_numpy(encoded.indices)]
+    codes_of_batch: npt.NDArray[np.int16] = mapping[_numpy(encoded.indices)]
+    return codes_of_batch
 
 
 def _numpy(column: pa.Array | pa.ChunkedArray) -> npt.NDArray[Any]:

@@ -276,11 +276,12 @@ def import_events(
     }
     for option, name in wanted.items():
         if name is not None and name not in frame.columns:
+            known = ", ".join(c for c in map(str, frame.columns) if not c.startswith("__"))
             raise DataFileError(
                 f"{path.name}: no column {name!r} for --{option.replace('_', '-')}-col; "
-                f"columns are {', '.join(map(str, frame.columns))}"
+                f"columns are {known}"
             )
-    lines = frame["__line"].to_numpy()
+    lines = frame["__line"].to_numpy(dtype=np.int64)
     events, rejects = build_events(
         file=path.name,
         users=frame[columns.user],
@@ -363,9 +364,10 @@ def _attribute_file(
         raise DataFileError(f"{path.name}: needs an id column named {key!r} or {alt_key!r}")
     ids = frame[id_col].astype(object).where(frame[id_col].notna(), "").astype(str).str.strip()
     missing = (ids == "").to_numpy()
+    line_numbers, raw_lines = frame["__line"].tolist(), frame["__raw"].tolist()
     rejects = frame.attrs["rejects"] + [
-        Reject(path.name, int(frame["__line"].iat[i]), "missing_id", str(frame["__raw"].iat[i]))
-        for i in np.flatnonzero(missing)
+        Reject(path.name, int(line_numbers[i]), "missing_id", str(raw_lines[i]))
+        for i in np.flatnonzero(missing).tolist()
     ]
     frame, ids = frame[~missing], ids[~missing]
     out: dict[str, Any] = {key: ids.tolist()}

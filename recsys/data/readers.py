@@ -174,7 +174,7 @@ def build_events(
     times: pd.Series | None,
     values: pd.Series | None,
     event_types: pd.Series | str,
-    lines: Sequence[int],
+    lines: Sequence[int] | npt.NDArray[np.int64],
     raw: Sequence[str],
     value_range: ValueRange | None = None,
     time_unit: str = "auto",
@@ -221,7 +221,10 @@ def build_events(
         reason[(kinds == "").to_numpy() & reason.isna().to_numpy()] = MISSING_ID
 
     bad = reason.notna().to_numpy()
-    rejects = [Reject(file, int(lines[i]), str(reason.iat[i]), raw[i]) for i in np.flatnonzero(bad)]
+    reasons = reason.tolist()
+    rejects = [
+        Reject(file, int(lines[i]), str(reasons[i]), raw[i]) for i in np.flatnonzero(bad).tolist()
+    ]
     good = ~bad
     frame = pd.DataFrame(
         {

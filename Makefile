@@ -1,0 +1,40 @@
+# The README's commands. Each target creates .venv and installs the project when needed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test test-all demo bench lint typecheck clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "recsys needs Python >= 3.11; set PYTHON=/path/to/python3.11"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+test-all: $(STAMP)
+	$(BIN)/pytest -m ''
+
+demo: $(STAMP)
+	$(BIN)/recsys demo
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/extract.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .recsys .pytest_cache .mypy_cache .ruff_cache
