@@ -6,6 +6,7 @@ run gets a file in a temporary folder, removed afterwards.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -24,6 +25,7 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 BENCH_PREFIX = "recsys_bench_"
 BACKENDS = ("sqlite", "postgresql")
@@ -82,14 +84,29 @@ def command_line() -> str:
     return shlex.join([python, *sys.argv])
 
 
-def machine_info() -> dict[str, Any]:
+def machine_info(sources: Sequence[str] = ()) -> dict[str, Any]:
+    """Where and how the numbers were taken; ``sources`` (repo-relative files) get a digest."""
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "machine": platform.platform(),
         "command": command_line(),
+        "sources_sha256": source_digests(sources),
     }
+
+
+def source_digests(paths: Sequence[str]) -> str:
+    """Short content hashes of the measured code (a folder: its ``*.py`` files together)."""
+    out = []
+    for path in paths:
+        target = REPO_ROOT / path
+        files = sorted(target.rglob("*.py")) if target.is_dir() else [target]
+        digest = hashlib.sha256()
+        for file in files:
+            digest.update(file.read_bytes() if file.exists() else b"missing")
+        out.append(f"{path}:{digest.hexdigest()[:12]}")
+    return ", ".join(out)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -35,6 +35,7 @@ from recsys.db.migrate import upgrade
 TARGET_ROWS_PER_S = 1_000_000
 TARGET_PEAK_BYTES = 1_500_000_000
 RUNS = 3
+SOURCES = ("recsys/data/extract.py", "recsys/db/load.py")
 MB = 1_000_000
 
 # Peak RSS comes from VmHWM: ru_maxrss survives execve on Linux, so a child spawned by this
@@ -254,7 +255,7 @@ def memory_row(record: dict[str, Any]) -> list[str]:
 def main() -> None:
     args = parse_args()
     backends = parse_backends(args.backends)
-    info = machine_info()
+    info = machine_info(SOURCES)
 
     config = throughput_config(args.rows)
     batch = generate(config)

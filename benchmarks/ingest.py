@@ -27,6 +27,7 @@ from recsys.db.load import load_batch
 from recsys.db.migrate import upgrade
 
 TARGET_ROWS_PER_S = 100_000
+SOURCES = ("recsys/db/load.py", "recsys/db/schema.py", "migrations/versions")
 HEADERS = (
     "backend",
     "rows",
@@ -105,7 +106,7 @@ def table_row(record: dict[str, Any]) -> list[str]:
 def main() -> None:
     args = parse_args()
     backends = parse_backends(args.backends)
-    info = machine_info()
+    info = machine_info(SOURCES)
     config = SyntheticConfig(
         num_users=args.users,
         num_items=args.items,

@@ -20,7 +20,10 @@ from sqlalchemy.engine import make_url
 from recsys.db.engine import create_engine
 from recsys.db.migrate import upgrade
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Real datasets live beside the checkout (never inside it); RECSYS_DATASETS points elsewhere.
+SHARED_DATA = Path(
+    os.environ.get("RECSYS_DATASETS") or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
 POSTGRES_ENV = "RECSYS_TEST_POSTGRES_URL"
 BACKENDS = ["sqlite", "postgresql"]
 

@@ -1,8 +1,9 @@
 """Bulk writes of an :class:`ImportBatch`: catalogue upserts, then the fastest path per database.
 
-PostgreSQL streams interactions with COPY into a temporary table and inserts from it with
-``ON CONFLICT DO NOTHING``; SQLite uses one ``executemany`` of ``INSERT OR IGNORE`` in one
-transaction. Either way a row already in the store is skipped, so re-imports add nothing.
+PostgreSQL streams interactions with COPY, straight into the table when none of them is stored
+yet, else into a temporary table followed by ``INSERT ... ON CONFLICT DO NOTHING``; SQLite
+uses one ``executemany`` of ``INSERT OR IGNORE`` in one transaction. Either way a row already
+in the store is skipped, so re-imports add nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import psycopg
 from sqlalchemy import Connection, Engine, Table, and_, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -226,8 +228,28 @@ def _executemany_sqlite(conn: Connection, columns: tuple[list[Any], ...], import
 
 
 def _copy_postgres(conn: Connection, columns: tuple[list[Any], ...], import_id: int) -> int:
+    """COPY straight into the table when no row exists yet; otherwise stage and skip conflicts.
+
+    The direct COPY runs under a savepoint: the first duplicate aborts it (quickly, for a
+    re-import) and the staged ``INSERT ... ON CONFLICT DO NOTHING`` takes over.
+    """
     raw = conn.connection.driver_connection
+    rows = len(columns[0])
     with raw.cursor() as cursor:  # type: ignore[union-attr]
+        cursor.execute("SAVEPOINT recsys_direct_copy")
+        try:
+            with cursor.copy(
+                "COPY interactions (user_id, item_id, event_type, value, occurred_at, import_id) "
+                "FROM STDIN"
+            ) as copy:
+                for row in zip(*columns, itertools.repeat(import_id), strict=False):
+                    copy.write_row(row)
+        except psycopg.errors.UniqueViolation:
+            cursor.execute("ROLLBACK TO SAVEPOINT recsys_direct_copy")
+        else:
+            cursor.execute("RELEASE SAVEPOINT recsys_direct_copy")
+            return rows
+
         cursor.execute(
             "CREATE TEMP TABLE interactions_staging "
             "(user_id integer, item_id integer, event_type varchar(32), value double precision,"

@@ -39,6 +39,14 @@ def test_load_batch_inserts_then_reimport_adds_nothing(engine: Engine) -> None:
     assert stats(engine)["interactions_by_event_type"] == {"purchase": 1, "view": 3}
 
 
+def test_load_batch_partial_overlap_and_repeats_within_a_batch(engine: Engine) -> None:
+    load_batch(engine, ImportBatch(kind="t", source="t", interactions=_events(EVENTS[:2])))
+    overlapping = _events([*EVENTS, EVENTS[3]])  # two stored rows, one row given twice
+    result = load_batch(engine, ImportBatch(kind="t", source="t", interactions=overlapping))
+    assert (result.rows_inserted, result.rows_skipped) == (2, 3)
+    assert stats(engine)["interactions"] == 4
+
+
 def test_load_batch_keeps_values_times_and_types(engine: Engine) -> None:
     load_batch(engine, ImportBatch(kind="test", source="t", interactions=_events(EVENTS)))
     c = interactions_table.c
