@@ -304,8 +304,8 @@ def main() -> None:
         *skipped,
         f"Throughput data: {config}; loaded with one load_batch (load s).",
         "MB = 10^6 bytes. Peak RSS is the child's VmHWM read after extract returns; RSS after "
-        "imports is its VmRSS after `from recsys.data.extract import extract` (the ADBC driver "
-        "loads inside extract, so it counts in the peak).",
+        "imports is its VmRSS after `from recsys.data.extract import extract` (a driver that "
+        "extract imports lazily, ADBC for PostgreSQL, counts in the peak).",
         "child ru_maxrss is getrusage(RUSAGE_SELF).ru_maxrss read in the same child: Linux "
         "carries the high-water mark across execve, so it reports at least the parent's own "
         "peak (the benchmark process holding the generated frame) and is not the child's.",

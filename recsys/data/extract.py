@@ -259,7 +259,8 @@ def _read_sqlite(url: str, after_ms: int | None, chunk_rows: int) -> _Read:
             del rows
             parts["user_id"].append(chunk["ids"] >> _ID_BITS)
             parts["item_id"].append(chunk["ids"] & ((1 << _ID_BITS) - 1))
-            parts["occurred_at"].append(chunk["at"])
+            # copy: a view would keep the whole chunk (one str per row) alive
+            parts["occurred_at"].append(chunk["at"].copy())
             parts["value"].append(_nan_for_missing(chunk["value"]))
             parts["event"].append(codes.encode(chunk["event"]))
         connection.execute("COMMIT")

@@ -143,9 +143,9 @@ def _upsert_catalogue(
             ),
         )
         rows = [_clean_row(r, key, columns) for r in described.itertuples(index=False)]
-        # One multi-row VALUES per chunk (under SQLite's and PostgreSQL's parameter limits).
-        for chunk in _chunks(rows, 2_000):
-            conn.execute(stmt.values(chunk))
+        # executemany of one compiled statement (SQLAlchemy batches it per driver).
+        for chunk in _chunks(rows, 10_000):
+            conn.execute(stmt, chunk)
     known = stored.index.union(pd.Index(described[key].astype(str)))
     bare = pd.Index(events[key].unique()).difference(known)
     for chunk in _chunks([{"external_id": i} for i in bare], 10_000):
@@ -230,45 +230,75 @@ def _executemany_sqlite(conn: Connection, columns: tuple[list[Any], ...], import
 def _copy_postgres(conn: Connection, columns: tuple[list[Any], ...], import_id: int) -> int:
     """COPY straight into the table when no row exists yet; otherwise stage and skip conflicts.
 
-    The direct COPY runs under a savepoint: the first duplicate aborts it (quickly, for a
-    re-import) and the staged ``INSERT ... ON CONFLICT DO NOTHING`` takes over.
+    A sample of the rows is looked up first, so a re-import goes straight to the staged
+    ``INSERT ... ON CONFLICT DO NOTHING``; an overlap the sample missed aborts the direct COPY
+    (under a savepoint) and the staged path takes over.
     """
     raw = conn.connection.driver_connection
-    rows = len(columns[0])
     with raw.cursor() as cursor:  # type: ignore[union-attr]
-        cursor.execute("SAVEPOINT recsys_direct_copy")
-        try:
-            with cursor.copy(
-                "COPY interactions (user_id, item_id, event_type, value, occurred_at, import_id) "
-                "FROM STDIN"
-            ) as copy:
-                for row in zip(*columns, itertools.repeat(import_id), strict=False):
-                    copy.write_row(row)
-        except psycopg.errors.UniqueViolation:
-            cursor.execute("ROLLBACK TO SAVEPOINT recsys_direct_copy")
-        else:
-            cursor.execute("RELEASE SAVEPOINT recsys_direct_copy")
-            return rows
+        if not _any_stored(cursor, columns):
+            inserted = _copy_direct(cursor, columns, import_id)
+            if inserted is not None:
+                return inserted
+        return _copy_staged(cursor, columns, import_id)
 
-        cursor.execute(
-            "CREATE TEMP TABLE interactions_staging "
-            "(user_id integer, item_id integer, event_type varchar(32), value double precision,"
-            " occurred_at bigint) ON COMMIT DROP"
-        )
+
+def _any_stored(cursor: Any, columns: tuple[list[Any], ...], sample: int = 64) -> bool:
+    """Whether any of a sample of the rows (first, last, spread between) is already stored."""
+    n = len(columns[0])
+    picks = sorted({0, n - 1, *np.linspace(0, n - 1, num=min(sample, n), dtype=int).tolist()})
+    user, item, event, occurred = columns[0], columns[1], columns[2], columns[4]
+    cursor.execute(
+        "SELECT EXISTS (SELECT 1 FROM interactions i JOIN unnest("
+        "%s::int[], %s::bigint[], %s::int[], %s::text[]) AS k(u, t, it, e)"
+        " ON i.user_id = k.u AND i.occurred_at = k.t AND i.item_id = k.it AND i.event_type = k.e)",
+        (
+            [user[i] for i in picks],
+            [occurred[i] for i in picks],
+            [item[i] for i in picks],
+            [event[i] for i in picks],
+        ),
+    )
+    return bool(cursor.fetchone()[0])
+
+
+def _copy_direct(cursor: Any, columns: tuple[list[Any], ...], import_id: int) -> int | None:
+    """COPY into the table under a savepoint; None when a duplicate aborted it."""
+    cursor.execute("SAVEPOINT recsys_direct_copy")
+    try:
         with cursor.copy(
-            "COPY interactions_staging (user_id, item_id, event_type, value, occurred_at) "
+            "COPY interactions (user_id, item_id, event_type, value, occurred_at, import_id) "
             "FROM STDIN"
         ) as copy:
-            for row in zip(*columns, strict=True):
+            for row in zip(*columns, itertools.repeat(import_id), strict=False):
                 copy.write_row(row)
-        cursor.execute(
-            "INSERT INTO interactions (user_id, item_id, event_type, value, occurred_at, import_id)"
-            " SELECT user_id, item_id, event_type, value, occurred_at, %s"
-            " FROM interactions_staging ON CONFLICT DO NOTHING",
-            (import_id,),
-        )
-        inserted: int = cursor.rowcount
-        cursor.execute("DROP TABLE interactions_staging")
+    except psycopg.errors.UniqueViolation:
+        cursor.execute("ROLLBACK TO SAVEPOINT recsys_direct_copy")
+        return None
+    cursor.execute("RELEASE SAVEPOINT recsys_direct_copy")
+    return len(columns[0])
+
+
+def _copy_staged(cursor: Any, columns: tuple[list[Any], ...], import_id: int) -> int:
+    """COPY into a temporary table, then insert what is not stored yet."""
+    cursor.execute(
+        "CREATE TEMP TABLE interactions_staging "
+        "(user_id integer, item_id integer, event_type varchar(32), value double precision,"
+        " occurred_at bigint) ON COMMIT DROP"
+    )
+    with cursor.copy(
+        "COPY interactions_staging (user_id, item_id, event_type, value, occurred_at) FROM STDIN"
+    ) as copy:
+        for row in zip(*columns, strict=True):
+            copy.write_row(row)
+    cursor.execute(
+        "INSERT INTO interactions (user_id, item_id, event_type, value, occurred_at, import_id)"
+        " SELECT user_id, item_id, event_type, value, occurred_at, %s"
+        " FROM interactions_staging ON CONFLICT DO NOTHING",
+        (import_id,),
+    )
+    inserted: int = cursor.rowcount
+    cursor.execute("DROP TABLE interactions_staging")
     return inserted
 
 

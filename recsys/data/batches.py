@@ -1,0 +1,90 @@
+"""Training batches for each ``batch_kind`` of the Recommender interface, and eval queries.
+
+Sequence batches train on all positions at once: for each user the last ``max_len + 1``
+training items give inputs ``seq[:-1]`` and next-item targets ``seq[1:]`` (left-padded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import Tensor
+
+from recsys.data.splits import EvalSet, Ragged, TrainSet
+
+
+def left_padded(rows: Ragged, which: npt.NDArray[np.int64], length: int) -> npt.NDArray[np.int64]:
+    """The last ``length`` values of each chosen row, right-aligned, 0 on the left. (R, L)"""
+    out = np.zeros((len(which), length), dtype=np.int64)
+    starts, ends = rows.offsets[which], rows.offsets[which + 1]
+    take = np.minimum(ends - starts, length)
+    for r in range(len(which)):
+        if take[r]:
+            out[r, length - take[r] :] = rows.values[ends[r] - take[r] : ends[r]]
+    return out
+
+
+def sequence_batches(
+    train: TrainSet, batch_size: int, max_len: int, rng: np.random.Generator
+) -> Iterator[dict[str, Tensor]]:
+    """All-position next-item batches: {"history": (B, L), "target": (B, L)}, 0 = padding."""
+    lengths = train.sequences.lengths()
+    users = np.flatnonzero(lengths >= 2)
+    rng.shuffle(users)
+    for start in range(0, len(users), batch_size):
+        chosen = users[start : start + batch_size]
+        window = left_padded(train.sequences, chosen, max_len + 1)  # (B, L + 1)
+        history, target = window[:, :-1], window[:, 1:].copy()
+        target[history == 0] = 0  # no target where there is no input yet
+        yield {"history": torch.from_numpy(history), "target": torch.from_numpy(target)}
+
+
+def pair_batches(
+    train: TrainSet,
+    batch_size: int,
+    num_items: int,
+    num_negatives: int,
+    rng: np.random.Generator,
+) -> Iterator[dict[str, Tensor]]:
+    """(user, positive item, uniformly sampled negatives) for every training event."""
+    order = rng.permutation(len(train))
+    for start in range(0, len(order), batch_size):
+        chosen = order[start : start + batch_size]
+        negatives = rng.integers(1, num_items + 1, size=(len(chosen), num_negatives))
+        yield {
+            "user": torch.from_numpy(train.user_idx[chosen].astype(np.int64)),
+            "item": torch.from_numpy(train.item_idx[chosen].astype(np.int64)),
+            "negatives": torch.from_numpy(negatives.astype(np.int64)),
+        }
+
+
+def row_batches(
+    train: TrainSet, batch_size: int, num_items: int, rng: np.random.Generator
+) -> Iterator[dict[str, Tensor]]:
+    """Multi-hot rows of the user-item matrix: {"user": (B,), "rows": (B, I)}."""
+    users = np.flatnonzero(train.sequences.lengths() > 0)
+    rng.shuffle(users)
+    for start in range(0, len(users), batch_size):
+        chosen = users[start : start + batch_size]
+        rows = multi_hot(train.sequences, chosen, num_items)
+        yield {"user": torch.from_numpy(chosen.astype(np.int64)), "rows": rows}
+
+
+def multi_hot(rows: Ragged, which: npt.NDArray[np.int64], num_items: int) -> Tensor:
+    """(R, I) float32 with 1 where the row holds item index ``j + 1``."""
+    out = torch.zeros((len(which), num_items), dtype=torch.float32)
+    for r, row in enumerate(which):
+        items = rows.row(int(row))
+        out[r, torch.from_numpy(items.astype(np.int64) - 1)] = 1.0
+    return out
+
+
+def eval_query_arrays(
+    eval_set: EvalSet, which: npt.NDArray[np.int64], max_len: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Histories (R, L) left-padded and user indices (R,) for rows ``which`` of an eval set."""
+    history = left_padded(eval_set.history, which, max_len)
+    return history, eval_set.users[which].astype(np.int64)

@@ -1,0 +1,217 @@
+"""Evaluation protocols as data splits: leave-last-out (``loo``) and a global time cut.
+
+A split holds the training events and two :class:`EvalSet` s (validation, test). An eval set
+gives, per evaluated user, the history the model may read (everything before the targets, in
+time order) and the target items. No target of validation or test is ever a training event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from recsys.data.extract import Snapshot
+from recsys.errors import RecsysError
+
+Protocol = Literal["loo", "temporal"]
+PROTOCOLS: tuple[Protocol, ...] = ("loo", "temporal")
+
+Int32Array = npt.NDArray[np.int32]
+Int64Array = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class Ragged:
+    """Variable-length int rows in CSR form: row ``r`` is ``values[offsets[r]:offsets[r+1]]``."""
+
+    offsets: Int64Array  # (R + 1,)
+    values: Int32Array
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def row(self, r: int) -> Int32Array:
+        return self.values[self.offsets[r] : self.offsets[r + 1]]
+
+    def lengths(self) -> Int64Array:
+        return np.diff(self.offsets)
+
+    @classmethod
+    def from_groups(cls, group: Int32Array, values: Int32Array, num_groups: int) -> Ragged:
+        """Rows by ``group`` id 0..num_groups-1; ``group`` must be sorted (stable order kept)."""
+        counts = np.bincount(group, minlength=num_groups)
+        offsets = np.zeros(num_groups + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        return cls(offsets, values.astype(np.int32, copy=False))
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Users to evaluate, each with the history the model reads and the targets to find."""
+
+    users: Int32Array  # (U,) user indices
+    history: Ragged  # U rows, time order, all of each user's events before the targets
+    targets: Ragged  # U rows of target item indices
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+@dataclass(frozen=True)
+class TrainSet:
+    """Training events sorted by (user, time), plus each user's training sequence."""
+
+    user_idx: Int32Array
+    item_idx: Int32Array
+    occurred_at: Int64Array
+    sequences: Ragged  # num_users + 1 rows (row 0 empty), time order
+
+    def __len__(self) -> int:
+        return len(self.user_idx)
+
+
+@dataclass(frozen=True)
+class Split:
+    protocol: Protocol
+    num_users: int
+    num_items: int
+    train: TrainSet
+    valid: EvalSet
+    test: EvalSet
+    description: dict[str, object]
+
+
+def split(snapshot: Snapshot, protocol: Protocol, *, test_fraction: float = 0.1) -> Split:
+    """Split a snapshot by ``protocol``; ``test_fraction`` sets the temporal cuts."""
+    if protocol == "loo":
+        return leave_last_out(snapshot)
+    if protocol == "temporal":
+        return temporal(snapshot, test_fraction=test_fraction)
+    raise RecsysError(f"unknown split {protocol!r}: use one of {', '.join(PROTOCOLS)}")
+
+
+def _train_set(users: Int32Array, items: Int32Array, times: Int64Array, num_users: int) -> TrainSet:
+    return TrainSet(users, items, times, Ragged.from_groups(users, items, num_users + 1))
+
+
+def leave_last_out(snapshot: Snapshot) -> Split:
+    """Per user in time order: last event = test target, the one before = validation target.
+
+    Users with fewer than 3 events only train.
+    """
+    users, items, times = snapshot.user_idx, snapshot.item_idx, snapshot.occurred_at
+    n = len(users)
+    counts = np.bincount(users, minlength=snapshot.num_users + 1)
+    # Position of each event from the end of its user's sequence (0 = last).
+    ends = np.cumsum(counts)[users]
+    from_end = ends - 1 - np.arange(n)
+    evaluated = counts[users] >= 3
+    is_test = evaluated & (from_end == 0)
+    is_valid = evaluated & (from_end == 1)
+    train = ~(is_test | is_valid)
+
+    train_set = _train_set(users[train], items[train], times[train], snapshot.num_users)
+    eval_users = np.flatnonzero(counts >= 3).astype(np.int32)
+    valid_history = _histories(eval_users, users, items, train)
+    test_history = _histories(eval_users, users, items, train | is_valid)
+    one = np.arange(len(eval_users) + 1, dtype=np.int64)
+    valid = EvalSet(eval_users, valid_history, Ragged(one, items[is_valid]))
+    test = EvalSet(eval_users, test_history, Ragged(one.copy(), items[is_test]))
+    return Split(
+        protocol="loo",
+        num_users=snapshot.num_users,
+        num_items=snapshot.num_items,
+        train=train_set,
+        valid=valid,
+        test=test,
+        description={
+            "protocol": "loo",
+            "train_events": int(train.sum()),
+            "evaluated_users": len(eval_users),
+            "train_only_users": int(((counts > 0) & (counts < 3)).sum()),
+        },
+    )
+
+
+def _histories(
+    eval_users: Int32Array, users: Int32Array, items: Int32Array, keep: npt.NDArray[np.bool_]
+) -> Ragged:
+    """For each evaluated user, their kept events in time order (events sorted by user)."""
+    wanted = np.zeros(int(users.max(initial=0)) + 1, dtype=bool)
+    wanted[eval_users] = True
+    mask = keep & wanted[users]
+    # Row r belongs to eval_users[r]; events are grouped by user in increasing user order.
+    rank = np.full(len(wanted), -1, dtype=np.int64)
+    rank[eval_users] = np.arange(len(eval_users))
+    return Ragged.from_groups(rank[users[mask]].astype(np.int32), items[mask], len(eval_users))
+
+
+def temporal(snapshot: Snapshot, *, test_fraction: float = 0.1) -> Split:
+    """One global cut at the (1 - f) time quantile; validation is cut the same way inside train.
+
+    Targets are the distinct items a user met after the cut that were not in their history;
+    only users with history before the cut are evaluated. The model trains on events before
+    the validation cut; test histories run up to the test cut.
+    """
+    if not 0.0 < test_fraction < 0.5:
+        raise RecsysError(f"test_fraction must be in (0, 0.5), got {test_fraction}")
+    users, items, times = snapshot.user_idx, snapshot.item_idx, snapshot.occurred_at
+    if len(times) == 0:
+        raise RecsysError("cannot split an empty snapshot")
+    test_cut = int(np.quantile(times, 1.0 - test_fraction))
+    before_test = times < test_cut
+    valid_cut = (
+        int(np.quantile(times[before_test], 1.0 - test_fraction)) if before_test.any() else test_cut
+    )
+    train = times < valid_cut
+    valid_window = (times >= valid_cut) & before_test
+    test_window = ~before_test
+
+    valid = _window_eval(users, items, history=train, window=valid_window)
+    test = _window_eval(users, items, history=before_test, window=test_window)
+    return Split(
+        protocol="temporal",
+        num_users=snapshot.num_users,
+        num_items=snapshot.num_items,
+        train=_train_set(users[train], items[train], times[train], snapshot.num_users),
+        valid=valid,
+        test=test,
+        description={
+            "protocol": "temporal",
+            "valid_cut_ms": valid_cut,
+            "test_cut_ms": test_cut,
+            "train_events": int(train.sum()),
+            "valid_users": len(valid),
+            "test_users": len(test),
+        },
+    )
+
+
+def _window_eval(
+    users: Int32Array,
+    items: Int32Array,
+    *,
+    history: npt.NDArray[np.bool_],
+    window: npt.NDArray[np.bool_],
+) -> EvalSet:
+    size = int(users.max(initial=0)) + 1
+    has_history = np.bincount(users[history], minlength=size) > 0
+    # Distinct (user, item) pairs in the window that the user's history does not hold.
+    seen = set(zip(users[history].tolist(), items[history].tolist(), strict=True))
+    pairs = sorted(
+        {
+            (u, i)
+            for u, i in zip(users[window].tolist(), items[window].tolist(), strict=True)
+            if has_history[u] and (u, i) not in seen
+        }
+    )
+    target_users = np.array([u for u, _ in pairs], dtype=np.int32)
+    target_items = np.array([i for _, i in pairs], dtype=np.int32)
+    eval_users = np.unique(target_users).astype(np.int32)
+    rank = np.full(size, -1, dtype=np.int64)
+    rank[eval_users] = np.arange(len(eval_users))
+    targets = Ragged.from_groups(rank[target_users].astype(np.int32), target_items, len(eval_users))
+    return EvalSet(eval_users, _histories(eval_users, users, items, history), targets)

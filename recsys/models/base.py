@@ -1,0 +1,104 @@
+"""The Recommender interface every model implements, and the query it scores.
+
+A model is an ``nn.Module`` built from a frozen config dataclass plus ``num_users`` and
+``num_items``. It gives a training loss for a batch and ``score(query) -> (B, I)``: scores of
+all items, column ``j`` belonging to item index ``j + 1`` (index 0 is padding and never
+scored). ``score`` is exactly what gets exported to ONNX.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+InputKind = Literal["history", "user"]
+# How the shared training loop feeds a model (see recsys.data.batches):
+#   "sequence": all-position next-item batches {"history": (B, L), "target": (B, L)}
+#   "pairs":    {"user": (B,), "item": (B,), "negatives": (B, N)} with sampled negatives
+#   "rows":     {"user": (B,), "rows": (B, I)} multi-hot rows of the user-item matrix
+#   "fit":      no batches; the model computes itself from the whole training set (``fit``)
+BatchKind = Literal["sequence", "pairs", "rows", "fit"]
+
+
+@dataclass(frozen=True)
+class Query:
+    """What a model scores: item histories (most recent last, left-padded with 0) and users."""
+
+    history: Tensor | None = None  # (B, L) int64
+    user: Tensor | None = None  # (B,) int64
+
+    @property
+    def batch_size(self) -> int:
+        tensor = self.history if self.history is not None else self.user
+        assert tensor is not None, "a query needs a history or users"
+        return int(tensor.shape[0])
+
+
+@dataclass(frozen=True)
+class SideInfo:
+    """Dense side features, row ``idx`` for user/item index ``idx`` (row 0 is padding)."""
+
+    user_features: Tensor  # (num_users + 1, F_u) float32
+    item_features: Tensor  # (num_items + 1, F_i) float32
+    user_feature_names: tuple[str, ...] = ()
+    item_feature_names: tuple[str, ...] = ()
+
+
+class Recommender(nn.Module):
+    """Base of every model; subclasses set the class attributes and implement the methods."""
+
+    input_kinds: ClassVar[tuple[InputKind, ...]] = ("history",)
+    batch_kind: ClassVar[BatchKind] = "sequence"
+    # Longest history the model reads (sequence models); None means any length.
+    max_len: int | None = None
+
+    def __init__(self, num_users: int, num_items: int) -> None:
+        super().__init__()
+        self.num_users = num_users
+        self.num_items = num_items
+
+    def loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """Scalar training loss of one batch (of this model's ``batch_kind``)."""
+        raise NotImplementedError(f"{type(self).__name__} is fitted, not trained by batches")
+
+    def fit(self, train: Any) -> None:
+        """Closed-form or counting models compute themselves from a ``TrainSet`` here."""
+        raise NotImplementedError(f"{type(self).__name__} trains by batches")
+
+    def score(self, query: Query) -> Tensor:
+        """Scores of all items, (B, I); higher is better."""
+        raise NotImplementedError
+
+    def example_query(self, batch_size: int = 2, length: int | None = None) -> Query:
+        """A small valid query for export and tests."""
+        length = length or min(self.max_len or 8, 8)
+        generator = torch.Generator().manual_seed(0)
+        history = torch.randint(1, self.num_items + 1, (batch_size, length), generator=generator)
+        history[:, 0] = 0  # keep a padding slot, as real left-padded histories have
+        user = torch.randint(1, self.num_users + 1, (batch_size,), generator=generator)
+        return Query(
+            history=history if "history" in self.input_kinds else None,
+            user=user if "user" in self.input_kinds else None,
+        )
+
+
+ScoreFn = Any  # Callable[[np.ndarray (B, L) int64, np.ndarray (B,) int64], np.ndarray (B, I)]
+
+
+def torch_scorer(model: Recommender) -> ScoreFn:
+    """Wrap a model as the numpy scoring callable evaluation uses (eval mode, no grad)."""
+    import numpy as np
+
+    def score(history: np.ndarray, users: np.ndarray) -> np.ndarray:
+        model.eval()
+        with torch.inference_mode():
+            query = Query(
+                history=torch.from_numpy(history) if "history" in model.input_kinds else None,
+                user=torch.from_numpy(users) if "user" in model.input_kinds else None,
+            )
+            return model.score(query).float().numpy()
+
+    return score

@@ -1,0 +1,149 @@
+"""Shared building blocks of the sequence models: item embeddings, a causal pre-LN transformer
+block written with plain matmuls (ONNX-friendly), and next-item losses over hidden states.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Added to attention logits of forbidden keys. Finite (not -inf) so a query whose keys are all
+# forbidden (a padding position) gets a finite, ignored row instead of NaN; exp() of it
+# underflows to exactly 0 in float32, so allowed keys see no leak.
+MASK_VALUE = -1e9
+
+
+def item_embedding(num_items: int, dim: int) -> nn.Embedding:
+    """Embedding of ``num_items + 1`` rows; row 0 is padding (zero, never updated)."""
+    embedding = nn.Embedding(num_items + 1, dim, padding_idx=0)
+    nn.init.normal_(embedding.weight, std=dim**-0.5)
+    with torch.no_grad():
+        embedding.weight[0].zero_()
+    return embedding
+
+
+def attention_mask(history: Tensor) -> Tensor:
+    """Additive float mask (B, 1, L, L): 0 where query t may read key s (s <= t, s not padding).
+
+    Built from comparisons of ``arange`` rather than ``triu`` so every op exports at opset 17.
+    """
+    length = history.shape[1]
+    positions = torch.arange(length, device=history.device)
+    future = positions.unsqueeze(0) > positions.unsqueeze(1)  # (L, L), [t, s] = s > t
+    padding = (history == 0).unsqueeze(1).unsqueeze(2)  # (B, 1, 1, L)
+    forbidden = future.unsqueeze(0).unsqueeze(0) | padding  # (B, 1, L, L)
+    zeros = torch.zeros(forbidden.shape, dtype=torch.float32, device=history.device)
+    return zeros.masked_fill(forbidden, MASK_VALUE)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention with an additive mask, written with matmul + softmax.
+
+    Hand-written instead of ``nn.MultiheadAttention`` so the eval fast path and its nested
+    tensors never enter the traced ONNX graph.
+    """
+
+    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embedding dim {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        batch, length, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, D/H)
+        logits = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim) + mask  # (B, H, L, L)
+        weights = self.dropout(torch.softmax(logits, dim=-1))
+        attended = (weights @ v).transpose(1, 2).reshape(batch, length, dim)  # (B, L, D)
+        out: Tensor = self.out(attended)
+        return out
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN block: ``x + attn(LN(x))`` then ``x + ffn(LN(x))``, with a point-wise ReLU FFN."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float, ffn_dim: int | None = None):
+        super().__init__()
+        ffn_dim = ffn_dim or dim
+        self.attention_norm = nn.LayerNorm(dim)
+        self.attention = CausalSelfAttention(dim, num_heads, dropout)
+        self.ffn_norm = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, ffn_dim),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(ffn_dim, dim),
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        x = x + self.dropout(self.attention(self.attention_norm(x), mask))
+        x = x + self.dropout(self.ffn(self.ffn_norm(x)))
+        return x  # (B, L, D)
+
+
+def _no_targets(hidden: Tensor) -> Tensor:
+    # A batch without any target still needs a differentiable zero, not mean() of nothing (NaN).
+    return hidden.sum() * 0.0
+
+
+def full_softmax_loss(
+    hidden: Tensor, target: Tensor, item_weight: Tensor, item_bias: Tensor | None = None
+) -> Tensor:
+    """Mean cross-entropy of the next item over ALL items, at every non-padding position.
+
+    ``hidden`` (B, L, D), ``target`` (B, L) item indices with 0 = no target, ``item_weight``
+    (I + 1, D) with row 0 padding (never a class), optional ``item_bias`` (I + 1,). Only the
+    N positions with a target are gathered before the (N, D) @ (D, I) product: on left-padded
+    batches of short histories this is most of the cost of a training step.
+    """
+    keep = target > 0  # (B, L)
+    if not bool(keep.any()):
+        return _no_targets(hidden)
+    states = hidden[keep]  # (N, D)
+    logits = states @ item_weight[1:].T  # (N, I)
+    if item_bias is not None:
+        logits = logits + item_bias[1:]
+    return F.cross_entropy(logits, target[keep] - 1)
+
+
+def sampled_bce_loss(
+    hidden: Tensor,
+    target: Tensor,
+    item_weight: Tensor,
+    num_items: int,
+    item_bias: Tensor | None = None,
+    num_negatives: int = 1,
+) -> Tensor:
+    """Binary cross-entropy of the true next item against uniformly sampled negatives.
+
+    One positive and ``num_negatives`` negatives per non-padding position (SASRec's original
+    objective). Negatives are drawn uniformly from 1..I and may occasionally hit an item of
+    the sequence; the paper resamples those, which matters little for large catalogues.
+    """
+    keep = target > 0  # (B, L)
+    if not bool(keep.any()):
+        return _no_targets(hidden)
+    states = hidden[keep]  # (N, D)
+    positives = target[keep]  # (N,)
+    negatives = torch.randint(
+        1, num_items + 1, (positives.shape[0], num_negatives), device=target.device
+    )  # (N, K)
+    pos_logits = (states * item_weight[positives]).sum(-1)  # (N,)
+    neg_logits = (states.unsqueeze(1) * item_weight[negatives]).sum(-1)  # (N, K)
+    if item_bias is not None:
+        pos_logits = pos_logits + item_bias[positives]
+        neg_logits = neg_logits + item_bias[negatives]
+    pos_loss = F.binary_cross_entropy_with_logits(pos_logits, torch.ones_like(pos_logits))
+    neg_loss = F.binary_cross_entropy_with_logits(
+        neg_logits, torch.zeros_like(neg_logits), reduction="none"
+    ).sum(-1)
+    return pos_loss + neg_loss.mean()

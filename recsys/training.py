@@ -1,0 +1,225 @@
+"""The one training loop: AdamW, early stopping on validation NDCG@10, best weights restored.
+
+Every learned model trains here; ``fit`` models (popularity, EASE) are computed in one call,
+with EASE's regularisation chosen on the validation targets. Runs are seeded and
+deterministic on CPU for a fixed thread count.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from recsys.data.batches import pair_batches, row_batches, sequence_batches
+from recsys.data.splits import Split
+from recsys.evaluation import evaluate
+from recsys.models.base import Recommender, torch_scorer
+
+logger = logging.getLogger(__name__)
+
+# History length used to evaluate models that read any length (bag-of-items models).
+EVAL_MAX_LEN = 200
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings shared by every model (each model file suggests its defaults)."""
+
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    max_epochs: int = 100
+    patience: int = 5
+    budget_seconds: float | None = None
+    clip_norm: float | None = 5.0
+    num_negatives: int = 4
+    seed: int = 0
+    threads: int | None = None
+    valid_metric: str = "ndcg@10"
+    progress: bool = True
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    loss: float
+    valid: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    """What a run did: epochs, the best validation score and when it was reached."""
+
+    epochs_run: int
+    best_epoch: int
+    best_valid: float
+    valid_metric: str
+    seconds: float
+    seconds_to_best: float
+    stopped: str
+    history: list[EpochLog] = field(default_factory=list)
+    chosen: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def set_threads(threads: int | None) -> int:
+    """Use every core by default (intra-op); inter-op parallelism buys nothing here."""
+    count = threads or os.cpu_count() or 1
+    torch.set_num_threads(count)
+    return count
+
+
+def validate(model: Recommender, split: Split, metric: str = "ndcg@10") -> float:
+    result = evaluate(
+        torch_scorer(model),
+        split.valid,
+        num_items=split.num_items,
+        protocol=split.protocol,
+        ks=(10,) if metric.endswith("@10") else (10, 20),
+        max_len=model.max_len or EVAL_MAX_LEN,
+    )
+    return float(result.mean(metric))
+
+
+def train(model: Recommender, split: Split, config: TrainConfig | None = None) -> TrainResult:
+    """Train ``model`` on ``split.train``, early-stopping on ``split.valid``."""
+    config = config or TrainConfig()
+    set_threads(config.threads)
+    torch.manual_seed(config.seed)
+    started = time.perf_counter()
+    if model.batch_kind == "fit":
+        return _fit(model, split, config, started)
+
+    rng = np.random.default_rng(config.seed)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    best_state = copy.deepcopy(model.state_dict())
+    best_valid, best_epoch, seconds_to_best = -1.0, 0, 0.0
+    history: list[EpochLog] = []
+    stopped = "max_epochs"
+    bar = tqdm(
+        total=config.max_epochs,
+        disable=not config.progress,
+        unit="epoch",
+        desc=type(model).__name__,
+    )
+    for epoch in range(1, config.max_epochs + 1):
+        model.train()
+        losses: list[float] = []
+        out_of_time = False
+        for batch in _batches(model, split, config, rng):
+            optimizer.zero_grad(set_to_none=True)
+            loss = model.loss(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{type(model).__name__}: loss became {loss.item()}")
+            loss.backward()
+            if config.clip_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            if config.budget_seconds and time.perf_counter() - started > config.budget_seconds:
+                out_of_time = True
+                break
+        valid = validate(model, split, config.valid_metric)
+        elapsed = time.perf_counter() - started
+        history.append(EpochLog(epoch, float(np.mean(losses)) if losses else 0.0, valid, elapsed))
+        if valid > best_valid:
+            best_valid, best_epoch, seconds_to_best = valid, epoch, elapsed
+            best_state = copy.deepcopy(model.state_dict())
+        bar.update(1)
+        bar.set_postfix(loss=f"{history[-1].loss:.4f}", valid=f"{valid:.4f}", best=best_epoch)
+        logger.info(
+            "epoch %d loss %.4f valid %s %.4f", epoch, history[-1].loss, config.valid_metric, valid
+        )
+        if out_of_time:
+            stopped = "budget"
+            break
+        if epoch - best_epoch >= config.patience:
+            stopped = "patience"
+            break
+    bar.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(
+        epochs_run=len(history),
+        best_epoch=best_epoch,
+        best_valid=best_valid,
+        valid_metric=config.valid_metric,
+        seconds=time.perf_counter() - started,
+        seconds_to_best=seconds_to_best,
+        stopped=stopped,
+        history=history,
+    )
+
+
+def _batches(
+    model: Recommender, split: Split, config: TrainConfig, rng: np.random.Generator
+) -> Iterator[dict[str, Tensor]]:
+    if model.batch_kind == "sequence":
+        assert model.max_len is not None, "sequence models declare max_len"
+        return sequence_batches(split.train, config.batch_size, model.max_len, rng)
+    if model.batch_kind == "pairs":
+        return pair_batches(
+            split.train, config.batch_size, split.num_items, config.num_negatives, rng
+        )
+    if model.batch_kind == "rows":
+        return row_batches(split.train, config.batch_size, split.num_items, rng)
+    raise ValueError(f"unknown batch kind {model.batch_kind!r}")
+
+
+def _fit(model: Recommender, split: Split, config: TrainConfig, started: float) -> TrainResult:
+    """Closed-form models: fit once, or once per grid value keeping the best on validation."""
+    grid: tuple[float, ...] = getattr(model, "lambda_grid", ())
+    chosen: dict[str, float] = {}
+    history: list[EpochLog] = []
+    if grid:
+        best: tuple[float, float] | None = None
+        for value in grid:
+            model.set_regularization(value)  # type: ignore[attr-defined]
+            model.fit(split.train)
+            valid = validate(model, split, config.valid_metric)
+            history.append(EpochLog(len(history) + 1, 0.0, valid, time.perf_counter() - started))
+            logger.info("lambda %g: valid %s %.4f", value, config.valid_metric, valid)
+            if best is None or valid > best[1]:
+                best = (value, valid)
+        assert best is not None
+        model.set_regularization(best[0])  # type: ignore[attr-defined]
+        chosen = {"l2": best[0]}
+    model.fit(split.train)
+    valid = validate(model, split, config.valid_metric)
+    seconds = time.perf_counter() - started
+    if not grid:
+        history.append(EpochLog(1, 0.0, valid, seconds))
+    model.eval()
+    return TrainResult(
+        epochs_run=len(history),
+        best_epoch=len(history),
+        best_valid=valid,
+        valid_metric=config.valid_metric,
+        seconds=seconds,
+        seconds_to_best=seconds,
+        stopped="fit",
+        history=history,
+        chosen=chosen,
+    )
+
+
+def train_config_with(defaults: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
+    """TrainConfig from a model's suggested defaults, then the user's overrides."""
+    known = {f.name for f in fields(TrainConfig)}
+    merged = {k: v for k, v in {**defaults, **overrides}.items() if k in known}
+    return replace(TrainConfig(), **merged)
