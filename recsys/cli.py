@@ -297,6 +297,56 @@ def stats(
         typer.echo(report.to_markdown())
 
 
+@app.command("train")
+@user_errors
+def train_model(
+    model: Annotated[str, typer.Option("--model", help="Model family (see MODELS).")],
+    split_name: Annotated[str, typer.Option("--split", help="loo or temporal.")] = "loo",
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="key=value for the model config or training."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Extract, train, evaluate on the test targets and print the metrics with 95% CIs."""
+    from recsys.data.splits import PROTOCOLS
+    from recsys.db.migrate import require_current
+    from recsys.experiment import train_and_evaluate
+    from recsys.models import parse_settings, spec
+    from recsys.training import TrainConfig
+
+    spec(model)
+    if split_name not in PROTOCOLS:
+        raise RecsysError(f"unknown split {split_name!r}; choose from: {', '.join(PROTOCOLS)}")
+    model_config, overrides = parse_settings(model, settings or [], TrainConfig)
+    if epochs is not None:
+        overrides["max_epochs"] = epochs
+    settings_now = get_settings()
+    require_current(_engine(settings_now))
+    outcome = train_and_evaluate(
+        settings_now.database_url,
+        model,
+        split_name,  # type: ignore[arg-type]
+        model_config=model_config,
+        train_overrides=overrides,
+    )
+    data = outcome.to_dict()
+    if as_json:
+        _emit(data, True)
+        return
+    typer.echo(
+        f"{model} on {split_name}: {data['epochs']} epochs (best {data['best_epoch']}, "
+        f"stopped: {data['stopped']}), {data['seconds']:.1f}s, "
+        f"{data['evaluated_users']:,} test users"
+    )
+    typer.echo(f"{'metric':<12} {'value':>8}  95% CI")
+    for metric, stats in data["metrics"].items():
+        typer.echo(
+            f"{metric:<12} {stats['value']:>8.4f}  [{stats['ci_low']:.4f}, {stats['ci_high']:.4f}]"
+        )
+
+
 @app.command("demo")
 @user_errors
 def demo(

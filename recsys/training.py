@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -29,6 +29,14 @@ logger = logging.getLogger(__name__)
 
 # History length used to evaluate models that read any length (bag-of-items models).
 EVAL_MAX_LEN = 200
+
+
+class Regularized(Protocol):
+    """A closed-form model whose regularisation is chosen on validation over a grid."""
+
+    lambda_grid: tuple[float, ...]
+
+    def set_regularization(self, l2: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -126,7 +134,7 @@ def train(model: Recommender, split: Split, config: TrainConfig | None = None) -
             loss = model.loss(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{type(model).__name__}: loss became {loss.item()}")
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             if config.clip_norm:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
             optimizer.step()
@@ -186,29 +194,32 @@ def _fit(model: Recommender, split: Split, config: TrainConfig, started: float) 
     grid: tuple[float, ...] = getattr(model, "lambda_grid", ())
     chosen: dict[str, float] = {}
     history: list[EpochLog] = []
-    if grid:
-        best: tuple[float, float] | None = None
+    if not grid:
+        model.fit(split.train)
+        history.append(EpochLog(1, 0.0, validate(model, split, config.valid_metric), 0.0))
+    else:
+        set_regularization = cast(Regularized, model).set_regularization
+        best: tuple[float, float, dict[str, Tensor]] | None = None
         for value in grid:
-            model.set_regularization(value)  # type: ignore[attr-defined]
+            set_regularization(value)
             model.fit(split.train)
             valid = validate(model, split, config.valid_metric)
             history.append(EpochLog(len(history) + 1, 0.0, valid, time.perf_counter() - started))
-            logger.info("lambda %g: valid %s %.4f", value, config.valid_metric, valid)
+            logger.info("l2 %g: valid %s %.4f", value, config.valid_metric, valid)
             if best is None or valid > best[1]:
-                best = (value, valid)
+                best = (value, valid, copy.deepcopy(model.state_dict()))
         assert best is not None
-        model.set_regularization(best[0])  # type: ignore[attr-defined]
+        set_regularization(best[0])
+        model.load_state_dict(best[2])
         chosen = {"l2": best[0]}
-    model.fit(split.train)
-    valid = validate(model, split, config.valid_metric)
     seconds = time.perf_counter() - started
-    if not grid:
-        history.append(EpochLog(1, 0.0, valid, seconds))
+    history[-1].seconds = seconds
+    best_log = max(history, key=lambda log: log.valid)
     model.eval()
     return TrainResult(
         epochs_run=len(history),
-        best_epoch=len(history),
-        best_valid=valid,
+        best_epoch=best_log.epoch,
+        best_valid=best_log.valid,
         valid_metric=config.valid_metric,
         seconds=seconds,
         seconds_to_best=seconds,

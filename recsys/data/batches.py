@@ -13,18 +13,11 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
-from recsys.data.splits import EvalSet, Ragged, TrainSet
+from recsys.data.splits import Ragged, TrainSet
 
-
-def left_padded(rows: Ragged, which: npt.NDArray[np.int64], length: int) -> npt.NDArray[np.int64]:
-    """The last ``length`` values of each chosen row, right-aligned, 0 on the left. (R, L)"""
-    out = np.zeros((len(which), length), dtype=np.int64)
-    starts, ends = rows.offsets[which], rows.offsets[which + 1]
-    take = np.minimum(ends - starts, length)
-    for r in range(len(which)):
-        if take[r]:
-            out[r, length - take[r] :] = rows.values[ends[r] - take[r] : ends[r]]
-    return out
+# Pure-numpy helpers live in splits (evaluation must not import torch); re-exported here.
+from recsys.data.splits import eval_query_arrays as eval_query_arrays
+from recsys.data.splits import left_padded as left_padded
 
 
 def sequence_batches(
@@ -80,11 +73,3 @@ def multi_hot(rows: Ragged, which: npt.NDArray[np.int64], num_items: int) -> Ten
         items = rows.row(int(row))
         out[r, torch.from_numpy(items.astype(np.int64) - 1)] = 1.0
     return out
-
-
-def eval_query_arrays(
-    eval_set: EvalSet, which: npt.NDArray[np.int64], max_len: int
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Histories (R, L) left-padded and user indices (R,) for rows ``which`` of an eval set."""
-    history = left_padded(eval_set.history, which, max_len)
-    return history, eval_set.users[which].astype(np.int64)

@@ -93,6 +93,36 @@ def split(snapshot: Snapshot, protocol: Protocol, *, test_fraction: float = 0.1)
     raise RecsysError(f"unknown split {protocol!r}: use one of {', '.join(PROTOCOLS)}")
 
 
+def left_padded(rows: Ragged, which: npt.NDArray[np.int64], length: int) -> npt.NDArray[np.int64]:
+    """The last ``length`` values of each chosen row, right-aligned, 0 on the left. (R, L)"""
+    which = np.asarray(which, dtype=np.int64)
+    out = np.zeros((len(which), length), dtype=np.int64)
+    ends = rows.offsets[which + 1]
+    take = np.minimum(ends - rows.offsets[which], length)
+    # Flat (row, column, source) of every copied value; ``within`` counts 0..take-1 per row.
+    row = np.repeat(np.arange(len(which)), take)
+    within = np.arange(len(row)) - np.repeat(np.cumsum(take) - take, take)
+    column = length - np.repeat(take, take) + within
+    out[row, column] = rows.values[np.repeat(ends - take, take) + within]
+    return out
+
+
+def eval_query_arrays(
+    eval_set: EvalSet, which: npt.NDArray[np.int64], max_len: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Histories (R, L) left-padded and user indices (R,) for rows ``which`` of an eval set."""
+    history = left_padded(eval_set.history, which, max_len)
+    return history, eval_set.users[which].astype(np.int64)
+
+
+def _check_order(snapshot: Snapshot) -> None:
+    """Splits read positions as time order: events must be sorted by (user, time)."""
+    users, times = snapshot.user_idx, snapshot.occurred_at
+    same_user = users[1:] == users[:-1]
+    if (users[1:] < users[:-1]).any() or (same_user & (times[1:] < times[:-1])).any():
+        raise RecsysError("snapshot events must be sorted by (user, time) before splitting")
+
+
 def _train_set(users: Int32Array, items: Int32Array, times: Int64Array, num_users: int) -> TrainSet:
     return TrainSet(users, items, times, Ragged.from_groups(users, items, num_users + 1))
 
@@ -102,6 +132,7 @@ def leave_last_out(snapshot: Snapshot) -> Split:
 
     Users with fewer than 3 events only train.
     """
+    _check_order(snapshot)
     users, items, times = snapshot.user_idx, snapshot.item_idx, snapshot.occurred_at
     n = len(users)
     counts = np.bincount(users, minlength=snapshot.num_users + 1)
@@ -118,8 +149,8 @@ def leave_last_out(snapshot: Snapshot) -> Split:
     valid_history = _histories(eval_users, users, items, train)
     test_history = _histories(eval_users, users, items, train | is_valid)
     one = np.arange(len(eval_users) + 1, dtype=np.int64)
-    valid = EvalSet(eval_users, valid_history, Ragged(one, items[is_valid]))
-    test = EvalSet(eval_users, test_history, Ragged(one.copy(), items[is_test]))
+    valid = EvalSet(eval_users, valid_history, Ragged(one, items[is_valid].astype(np.int32)))
+    test = EvalSet(eval_users, test_history, Ragged(one.copy(), items[is_test].astype(np.int32)))
     return Split(
         protocol="loo",
         num_users=snapshot.num_users,
@@ -158,6 +189,7 @@ def temporal(snapshot: Snapshot, *, test_fraction: float = 0.1) -> Split:
     """
     if not 0.0 < test_fraction < 0.5:
         raise RecsysError(f"test_fraction must be in (0, 0.5), got {test_fraction}")
+    _check_order(snapshot)
     users, items, times = snapshot.user_idx, snapshot.item_idx, snapshot.occurred_at
     if len(times) == 0:
         raise RecsysError("cannot split an empty snapshot")
@@ -199,17 +231,14 @@ def _window_eval(
 ) -> EvalSet:
     size = int(users.max(initial=0)) + 1
     has_history = np.bincount(users[history], minlength=size) > 0
-    # Distinct (user, item) pairs in the window that the user's history does not hold.
-    seen = set(zip(users[history].tolist(), items[history].tolist(), strict=True))
-    pairs = sorted(
-        {
-            (u, i)
-            for u, i in zip(users[window].tolist(), items[window].tolist(), strict=True)
-            if has_history[u] and (u, i) not in seen
-        }
-    )
-    target_users = np.array([u for u, _ in pairs], dtype=np.int32)
-    target_items = np.array([i for _, i in pairs], dtype=np.int32)
+    # Distinct (user, item) pairs in the window that the user's history does not hold, as
+    # sorted int64 keys user * stride + item.
+    stride = int(items.max(initial=0)) + 1
+    key = users.astype(np.int64) * stride + items
+    pairs = np.unique(key[window & has_history[users]])
+    pairs = pairs[~np.isin(pairs, key[history])]
+    target_users = (pairs // stride).astype(np.int32)
+    target_items = (pairs % stride).astype(np.int32)
     eval_users = np.unique(target_users).astype(np.int32)
     rank = np.full(size, -1, dtype=np.int64)
     rank[eval_users] = np.arange(len(eval_users))

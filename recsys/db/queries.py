@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, Table, func, select
 
 from recsys.db.schema import imports_table, interactions_table, items_table, users_table
+
+if TYPE_CHECKING:
+    from recsys.data.extract import IdMap
 
 
 def ms_to_iso(ms: int | None) -> str | None:
@@ -46,3 +49,38 @@ def stats(engine: Engine) -> dict[str, Any]:
         "last_occurred_at": ms_to_iso(last),
         "imports": int(imports),
     }
+
+
+USER_ATTRIBUTES = ("age", "gender", "occupation", "zip_code", "attributes")
+ITEM_ATTRIBUTES = ("title", "genres", "year", "price", "attributes")
+
+
+def catalogue_attributes(
+    engine: Engine, users: IdMap, items: IdMap
+) -> dict[str, dict[str, list[Any]]]:
+    """Attribute columns of the users and items of two id maps, as lists in id-map order.
+
+    ``result["users"]["age"][k]`` describes index ``k + 1`` of ``users`` (padding excluded);
+    an id missing from its table gets None in every column. Keys are
+    :data:`USER_ATTRIBUTES` and :data:`ITEM_ATTRIBUTES`.
+    """
+    with engine.connect() as conn:
+        return {
+            "users": _attributes_by_id(conn, users_table, USER_ATTRIBUTES, users.to_list()),
+            "items": _attributes_by_id(conn, items_table, ITEM_ATTRIBUTES, items.to_list()),
+        }
+
+
+def _attributes_by_id(
+    conn: Connection, table: Table, columns: tuple[str, ...], ids: list[str]
+) -> dict[str, list[Any]]:
+    # One scan of the table: an IN list of every id would exceed parameter limits.
+    position = {external_id: k for k, external_id in enumerate(ids)}
+    out: dict[str, list[Any]] = {c: [None] * len(ids) for c in columns}
+    selected = select(table.c.external_id, *(table.c[c] for c in columns))
+    for row in conn.execute(selected):
+        k = position.get(row[0])
+        if k is not None:
+            for c, value in zip(columns, row[1:], strict=True):
+                out[c][k] = value
+    return out

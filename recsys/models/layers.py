@@ -90,6 +90,18 @@ class TransformerBlock(nn.Module):
         return x  # (B, L, D)
 
 
+def trim_left_padding(history: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Drop the leading columns that are padding in every row of a training batch.
+
+    Batches are padded to ``max_len`` but most histories are much shorter; causal models whose
+    outputs do not depend on extra left padding lose nothing by skipping those columns. Only
+    for training: the slice depends on the data, so it must stay out of exported graphs.
+    """
+    used = (history > 0).any(dim=0)  # (L,)
+    first = int(used.to(torch.int64).argmax()) if bool(used.any()) else history.shape[1] - 1
+    return history[:, first:], target[:, first:]
+
+
 def _no_targets(hidden: Tensor) -> Tensor:
     # A batch without any target still needs a differentiable zero, not mean() of nothing (NaN).
     return hidden.sum() * 0.0
@@ -100,7 +112,8 @@ def full_softmax_loss(
 ) -> Tensor:
     """Mean cross-entropy of the next item over ALL items, at every non-padding position.
 
-    ``hidden`` (B, L, D), ``target`` (B, L) item indices with 0 = no target, ``item_weight``
+    ``hidden`` (B, L, D), ``target`` (B, L) item indices with 0 = no target (any leading
+    shape works, e.g. (N, D) and (N,)), ``item_weight``
     (I + 1, D) with row 0 padding (never a class), optional ``item_bias`` (I + 1,). Only the
     N positions with a target are gathered before the (N, D) @ (D, I) product: on left-padded
     batches of short histories this is most of the cost of a training step.

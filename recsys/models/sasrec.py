@@ -16,6 +16,7 @@ from recsys.models.layers import (
     full_softmax_loss,
     item_embedding,
     sampled_bce_loss,
+    trim_left_padding,
 )
 
 TRAIN_DEFAULTS: dict[str, float | int] = {
@@ -87,7 +88,7 @@ class SASRec(Recommender):
         """Hidden states (B, L, D) of a left-padded history (B, L); zero at padding."""
         length = history.shape[1]
         keep = (history > 0).unsqueeze(-1).to(torch.float32)  # (B, L, 1)
-        positions = self.positions.weight[self.max_len - length :]  # (L, D)
+        positions = self.positions.weight[self.config.max_len - length :]  # (L, D)
         x = self.items(history) * math.sqrt(self.config.embedding_dim) + positions
         x = self.embedding_dropout(x) * keep  # (B, L, D)
         mask = attention_mask(history)  # (B, 1, L, L)
@@ -97,8 +98,9 @@ class SASRec(Recommender):
         return hidden
 
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
-        history = batch["history"][:, -self.max_len :]  # (B, L)
-        target = batch["target"][:, -self.max_len :]  # (B, L)
+        history, target = trim_left_padding(
+            batch["history"][:, -self.config.max_len :], batch["target"][:, -self.config.max_len :]
+        )  # (B, L), (B, L)
         hidden = self._encode(history)  # (B, L, D)
         if self.config.loss == "bce":
             return sampled_bce_loss(hidden, target, self.items.weight, self.num_items)
@@ -106,6 +108,6 @@ class SASRec(Recommender):
 
     def score(self, query: Query) -> Tensor:
         assert query.history is not None, "SASRec scores histories"
-        history = query.history[:, -self.max_len :]  # (B, L)
+        history = query.history[:, -self.config.max_len :]  # (B, L)
         hidden = self._encode(history)  # (B, L, D)
         return hidden[:, -1] @ self.items.weight[1:].T  # (B, I)

@@ -1,0 +1,114 @@
+"""GRU4Rec: session-based recommendation with recurrent neural networks (Hidasi et al., 2016)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from recsys.models.base import BatchKind, InputKind, Query, Recommender, SideInfo
+from recsys.models.layers import (
+    full_softmax_loss,
+    item_embedding,
+    sampled_bce_loss,
+    trim_left_padding,
+)
+
+TRAIN_DEFAULTS: dict[str, float | int] = {
+    "learning_rate": 1e-3,
+    "weight_decay": 0.0,
+    "batch_size": 128,
+    "max_epochs": 100,
+    "patience": 10,
+}
+
+
+@dataclass(frozen=True)
+class GRU4RecConfig:
+    embedding_dim: int = 64
+    hidden_dim: int = 100
+    num_layers: int = 1
+    max_len: int = 50
+    dropout: float = 0.2
+    # "ce": full softmax over all items (default); "bce": one sampled negative per position.
+    loss: Literal["ce", "bce"] = "ce"
+
+
+class GRU4Rec(Recommender):
+    """A GRU reads the item history; its state after each item scores the next item.
+
+    Hidasi, Karatzoglou, Baltrunas & Tikk, "Session-based Recommendations with Recurrent
+    Neural Networks", ICLR 2016 (embedding-input variant, one GRU layer of 100 units).
+
+    Deviations from the paper:
+
+    - Training: whole left-padded histories with next-item full-softmax cross-entropy at every
+      position replace session-parallel mini-batches with TOP1/BPR ranking losses over
+      in-batch negatives (the cross-entropy variant is what later GRU4Rec work recommends).
+    - Output layer: the GRU state is projected to D and scored against the input item
+      embedding (weight tying) instead of a separate output weight matrix.
+    - Left padding would otherwise drive the state away from zero before the first item (the
+      GRU biases act even on a zero embedding). Each row is rotated so its items come first
+      and padding last; the causal GRU then reads no padding before any item, and the output
+      at each item is rotated back (training) or read at the last item (scoring). Plain
+      gathers keep this ONNX-exportable with a dynamic length.
+    """
+
+    input_kinds: ClassVar[tuple[InputKind, ...]] = ("history",)
+    batch_kind: ClassVar[BatchKind] = "sequence"
+
+    def __init__(
+        self,
+        config: GRU4RecConfig,
+        num_users: int,
+        num_items: int,
+        side: SideInfo | None = None,
+    ) -> None:
+        super().__init__(num_users, num_items)
+        self.config = config
+        self.max_len = config.max_len
+        self.items = item_embedding(num_items, config.embedding_dim)
+        self.input_dropout = nn.Dropout(config.dropout)
+        self.gru = nn.GRU(
+            config.embedding_dim,
+            config.hidden_dim,
+            num_layers=config.num_layers,
+            batch_first=True,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+        )
+        self.output_dropout = nn.Dropout(config.dropout)
+        self.projection = nn.Linear(config.hidden_dim, config.embedding_dim)
+
+    def _run(self, history: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """GRU outputs over right-aligned rows (B, L, D), pad counts (B,), positions (L,)."""
+        length = history.shape[1]
+        positions = torch.arange(length, device=history.device)  # (L,)
+        pads = (history == 0).sum(dim=1)  # (B,)
+        # Rotate left by the pad count: items first (in order), padding last.
+        right = history.gather(1, (positions.unsqueeze(0) + pads.unsqueeze(1)) % length)
+        states, _ = self.gru(self.input_dropout(self.items(right)))  # (B, L, H)
+        out = self.projection(self.output_dropout(states))  # (B, L, D)
+        return out, pads, positions
+
+    def loss(self, batch: dict[str, Tensor]) -> Tensor:
+        history, target = trim_left_padding(
+            batch["history"][:, -self.config.max_len :], batch["target"][:, -self.config.max_len :]
+        )  # (B, L), (B, L)
+        out, pads, positions = self._run(history)  # (B, L, D)
+        length = history.shape[1]
+        back = (positions.unsqueeze(0) - pads.unsqueeze(1)) % length  # (B, L)
+        hidden = out.gather(1, back.unsqueeze(-1).expand(-1, -1, out.shape[2]))  # (B, L, D)
+        if self.config.loss == "bce":
+            return sampled_bce_loss(hidden, target, self.items.weight, self.num_items)
+        return full_softmax_loss(hidden, target, self.items.weight)
+
+    def score(self, query: Query) -> Tensor:
+        assert query.history is not None, "GRU4Rec scores histories"
+        history = query.history[:, -self.config.max_len :]  # (B, L)
+        out, pads, _ = self._run(history)  # (B, L, D)
+        # Output at the last item (index 0 for an empty history, whose scores are arbitrary).
+        last = (history.shape[1] - 1 - pads).clamp(min=0)  # (B,)
+        final = out.gather(1, last.view(-1, 1, 1).expand(-1, 1, out.shape[2])).squeeze(1)
+        return final @ self.items.weight[1:].T  # (B, I)

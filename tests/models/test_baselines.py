@@ -1,0 +1,307 @@
+"""Behaviour of the baselines: Pop, EASE, Mult-VAE and NeuMF."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import Tensor, nn
+
+import recsys.models.ease as ease_module
+from recsys.data.batches import pair_batches, row_batches
+from recsys.data.splits import Ragged, TrainSet
+from recsys.models.base import Query, Recommender
+from recsys.models.ease import EASE, EASEConfig
+from recsys.models.multvae import MultVAE, MultVAEConfig
+from recsys.models.neumf import NeuMF, NeuMFConfig
+from recsys.models.pop import Pop, PopConfig
+
+NUM_USERS = 40
+NUM_ITEMS = 24
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models: one intra-op thread is faster, and far faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def train_set(pairs: list[tuple[int, int]], num_users: int) -> TrainSet:
+    """A TrainSet of (user, item) events, in the given order within each user."""
+    ordered = sorted(pairs, key=lambda p: p[0])  # stable: keeps each user's order
+    users = np.array([u for u, _ in ordered], dtype=np.int32)
+    items = np.array([i for _, i in ordered], dtype=np.int32)
+    times = np.arange(len(ordered), dtype=np.int64)
+    return TrainSet(users, items, times, Ragged.from_groups(users, items, num_users + 1))
+
+
+def block_world(seed: int = 0) -> TrainSet:
+    """Two user groups, each interacting with 6 random items of its own half of the items."""
+    rng = np.random.default_rng(seed)
+    half = NUM_ITEMS // 2
+    pairs = []
+    for user in range(1, NUM_USERS + 1):
+        offset = 0 if user <= NUM_USERS // 2 else half
+        for item in rng.choice(half, size=6, replace=False):
+            pairs.append((user, int(item) + offset + 1))
+    return train_set(pairs, NUM_USERS)
+
+
+BUILDERS: dict[str, Callable[[], Recommender]] = {
+    "pop": lambda: Pop(PopConfig(), NUM_USERS, NUM_ITEMS),
+    "ease": lambda: EASE(EASEConfig(l2=10.0), NUM_USERS, NUM_ITEMS),
+    "multvae": lambda: MultVAE(
+        MultVAEConfig(hidden_dim=32, latent_dim=8, total_anneal_steps=100),
+        NUM_USERS,
+        NUM_ITEMS,
+    ),
+    "neumf": lambda: NeuMF(
+        NeuMFConfig(gmf_dim=8, mlp_embedding_dim=8, mlp_hidden=(16, 8)), NUM_USERS, NUM_ITEMS
+    ),
+}
+
+
+def build(name: str) -> Recommender:
+    torch.manual_seed(0)
+    return BUILDERS[name]()
+
+
+class ScoreGraph(nn.Module):
+    """What gets exported: the model's one input kind -> scores (B, I)."""
+
+    def __init__(self, model: Recommender) -> None:
+        super().__init__()
+        self.model = model
+        (self.kind,) = model.input_kinds
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        query = Query(history=inputs) if self.kind == "history" else Query(user=inputs)
+        return self.model.score(query)
+
+
+def onnx_session(model: Recommender) -> ort.InferenceSession:
+    """Export ``model.score`` with the TorchScript exporter, dynamic batch (and length)."""
+    graph = ScoreGraph(model).eval()
+    example = model.example_query(batch_size=2, length=6)
+    inputs = example.history if graph.kind == "history" else example.user
+    axes = {0: "batch", 1: "length"} if graph.kind == "history" else {0: "batch"}
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        graph,
+        (inputs,),
+        buffer,
+        dynamo=False,
+        opset_version=17,
+        input_names=[graph.kind],
+        output_names=["scores"],
+        dynamic_axes={graph.kind: axes, "scores": {0: "batch"}},
+    )
+    return ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+
+
+def scores(model: Recommender, query: Query) -> Tensor:
+    model.eval()
+    with torch.inference_mode():
+        return model.score(query)
+
+
+def test_pop_ranks_the_most_popular_item_first() -> None:
+    events = [(1, 3), (2, 3), (3, 3), (1, 5), (2, 5), (3, 1)]
+    model = Pop(PopConfig(), num_users=3, num_items=5)
+    model.fit(train_set(events, num_users=3))
+    history = torch.tensor([[0, 2], [4, 1]])
+    out = scores(model, Query(history=history))
+    assert out.shape == (2, 5)
+    assert out[0].tolist() == [1.0, 0.0, 3.0, 0.0, 2.0]  # column j is item j + 1
+    assert torch.equal(out[0], out[1])  # not personalised
+    assert torch.argsort(out[0], descending=True)[:3].tolist() == [2, 4, 0]
+
+
+def test_pop_counts_are_in_the_state_dict() -> None:
+    model = Pop(PopConfig(), NUM_USERS, NUM_ITEMS)
+    model.fit(block_world())
+    clone = Pop(PopConfig(), NUM_USERS, NUM_ITEMS)
+    clone.load_state_dict(model.state_dict())
+    query = clone.example_query(batch_size=3)
+    torch.testing.assert_close(scores(clone, query), scores(model, query), rtol=0, atol=0)
+    assert float(clone.counts.sum()) == len(block_world())
+
+
+def ease_reference(x: np.ndarray, l2: float) -> np.ndarray:
+    """Steck (2019), float64: B = I - P diag(1/diag(P)), P = (XᵀX + λI)⁻¹."""
+    precision = np.linalg.inv(x.T @ x + l2 * np.eye(x.shape[1]))
+    return np.eye(x.shape[1]) - precision / np.diag(precision)
+
+
+TINY_EVENTS = [(1, 1), (1, 2), (2, 2), (2, 3), (2, 4), (3, 1), (3, 4), (4, 5), (4, 2), (4, 2)]
+
+
+def tiny_matrix() -> np.ndarray:
+    """The binary user-item matrix of TINY_EVENTS (the repeated (4, 2) counts once)."""
+    x = np.zeros((4, 5))
+    for user, item in TINY_EVENTS:
+        x[user - 1, item - 1] = 1.0
+    return x
+
+
+@pytest.mark.parametrize("l2", [0.5, 3.0])
+def test_ease_matches_the_closed_form_with_a_zero_diagonal(l2: float) -> None:
+    model = EASE(EASEConfig(l2=l2), num_users=4, num_items=5)
+    model.fit(train_set(TINY_EVENTS, num_users=4))
+    expected = ease_reference(tiny_matrix(), l2)
+    weights = model.weights.numpy()
+    np.testing.assert_allclose(weights[1:], expected, atol=1e-5)
+    assert np.all(weights[0] == 0)  # the padding row adds nothing
+    assert np.all(np.diag(weights[1:]) == 0)
+
+    history = torch.tensor([[0, 0, 1, 2], [3, 4, 4, 5]])  # item 4 twice: counts once
+    rows = np.zeros((2, 5))
+    rows[0, [0, 1]] = 1
+    rows[1, [2, 3, 4]] = 1
+    out = scores(model, Query(history=history)).numpy()
+    np.testing.assert_allclose(out, rows @ expected, atol=1e-5)
+
+
+def test_ease_refits_over_the_lambda_grid_reuse_the_gram_matrix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = []
+    original = ease_module.gram
+
+    def counted(*args: object) -> Tensor:
+        calls.append(args)
+        return original(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ease_module, "gram", counted)
+    ease_module._GRAM_CACHE.clear()
+    train = train_set(TINY_EVENTS, num_users=4)
+    model = EASE(EASEConfig(), num_users=4, num_items=5)
+    for l2 in EASE.lambda_grid[:3]:  # one model re-fitted, as the training loop does
+        model.set_regularization(l2)
+        model.fit(train)
+        expected = ease_reference(tiny_matrix(), l2)
+        np.testing.assert_allclose(model.weights.numpy()[1:], expected, atol=1e-5)
+    assert model.config == EASEConfig(l2=EASE.lambda_grid[2])  # saved with the weights
+    other = EASE(EASEConfig(l2=7.0), num_users=4, num_items=5)  # or one model per value
+    other.fit(train)
+    np.testing.assert_allclose(
+        other.weights.numpy()[1:], ease_reference(tiny_matrix(), 7.0), atol=1e-5
+    )
+    assert len(calls) == 1
+    EASE(EASEConfig(), num_users=4, num_items=5).fit(train_set(TINY_EVENTS, num_users=4))
+    assert len(calls) == 2  # another training set: computed afresh
+
+
+def test_ease_gram_in_column_blocks_equals_dense(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ease_module, "_GRAM_CHUNK", 7)  # several blocks, a ragged last one
+    train = block_world()
+    gram = ease_module.gram(train, NUM_USERS, NUM_ITEMS).numpy()
+    x = np.zeros((NUM_USERS + 1, NUM_ITEMS))
+    x[train.user_idx, train.item_idx - 1] = 1
+    np.testing.assert_array_equal(gram, x.T @ x)
+
+
+def test_ease_rejects_a_non_positive_l2() -> None:
+    with pytest.raises(ValueError, match="l2 > 0"):
+        EASE(EASEConfig(l2=0.0), NUM_USERS, NUM_ITEMS)
+    with pytest.raises(ValueError, match="l2 > 0"):
+        EASE(EASEConfig(), NUM_USERS, NUM_ITEMS).set_regularization(-1.0)
+
+
+def _mean_losses(model: Recommender, batches: list[dict[str, Tensor]], steps: int) -> list[float]:
+    """Losses of ``steps`` Adam steps cycling over ``batches``."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    model.train()
+    losses = []
+    for step in range(steps):
+        optimizer.zero_grad()
+        loss = model.loss(batches[step % len(batches)])
+        assert torch.isfinite(loss)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_multvae_loss_finite_and_falling() -> None:
+    model = build("multvae")
+    rng = np.random.default_rng(0)
+    batches = list(row_batches(block_world(), 16, NUM_ITEMS, rng))
+    losses = _mean_losses(model, batches, steps=60)
+    assert np.mean(losses[-6:]) < 0.9 * np.mean(losses[:6])
+
+
+def test_multvae_anneals_beta_to_its_cap_in_training_only() -> None:
+    config = MultVAEConfig(hidden_dim=16, latent_dim=4, beta_max=0.2, total_anneal_steps=1000)
+    model = MultVAE(config, NUM_USERS, NUM_ITEMS)
+    batch = next(row_batches(block_world(), 16, NUM_ITEMS, np.random.default_rng(0)))
+    model.eval()
+    model.loss(batch)
+    assert model.beta == 0.0  # evaluation does not advance the schedule
+    model.train()
+    for _ in range(100):
+        model.loss(batch)
+    assert model.beta == pytest.approx(0.1)  # linear: 100 of 1000 steps
+    for _ in range(150):
+        model.loss(batch)
+    assert model.beta == 0.2  # 0.25 on the line, capped
+    assert int(model.state_dict()["anneal_step"]) == 250
+
+
+def test_multvae_scores_the_posterior_mean_deterministically() -> None:
+    model = build("multvae")
+    query = model.example_query(batch_size=3, length=5)
+    torch.testing.assert_close(scores(model, query), scores(model, query), rtol=0, atol=0)
+
+
+def test_neumf_loss_finite_and_falling() -> None:
+    model = build("neumf")
+    rng = np.random.default_rng(0)
+    batches = list(pair_batches(block_world(), 64, NUM_ITEMS, 4, rng))
+    losses = _mean_losses(model, batches, steps=60)
+    assert np.mean(losses[-4:]) < 0.9 * np.mean(losses[:4])
+
+
+def test_neumf_all_item_scores_equal_pairwise_logits(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Eager scoring in chunks of 2 users: a chunk of 2 and one of 1 here.
+    monkeypatch.setattr("recsys.models.neumf._ACTIVATION_FLOATS", 2 * NUM_ITEMS * 16)
+    model = build("neumf")
+    assert isinstance(model, NeuMF)
+    for parameter in model.parameters():  # leave the near-zero initialisation
+        nn.init.normal_(parameter, std=0.5)
+    users = torch.tensor([3, 1, 7])
+    every_item = torch.arange(1, NUM_ITEMS + 1).expand(3, -1)  # (B, I)
+    with torch.no_grad():
+        pairwise = model._logits(users, every_item)
+    torch.testing.assert_close(scores(model, Query(user=users)), pairwise)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_onnx_export_matches_torch_at_another_batch_size(name: str) -> None:
+    model = build(name)
+    if model.batch_kind == "fit":
+        model.fit(block_world())
+    else:
+        batches = (
+            row_batches(block_world(), 16, NUM_ITEMS, np.random.default_rng(0))
+            if model.batch_kind == "rows"
+            else pair_batches(block_world(), 64, NUM_ITEMS, 4, np.random.default_rng(0))
+        )
+        _mean_losses(model, list(batches), steps=5)
+    session = onnx_session(model)
+    queries = [model.example_query(batch_size=b, length=n) for b, n in [(5, 9), (1, 3)]]
+    if model.input_kinds == ("history",):  # repeated items count once (EASE, MultVAE)
+        queries.append(Query(history=torch.tensor([[0, 2, 2, 5, 2], [1, 1, 1, 1, 1]])))
+    for query in queries:
+        inputs = query.history if model.input_kinds == ("history",) else query.user
+        assert inputs is not None
+        (onnx_scores,) = session.run(["scores"], {model.input_kinds[0]: inputs.numpy()})
+        assert onnx_scores.shape == (query.batch_size, NUM_ITEMS)
+        np.testing.assert_allclose(onnx_scores, scores(model, query).numpy(), atol=1e-4)
