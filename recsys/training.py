@@ -84,8 +84,12 @@ class TrainResult:
 
 
 def set_threads(threads: int | None) -> int:
-    """Use every core by default (intra-op); inter-op parallelism buys nothing here."""
-    count = threads or os.cpu_count() or 1
+    """Intra-op threads: ``threads``, else ``RECSYS_THREADS``, else every core.
+
+    Set fewer when other processes share the cores: OpenMP threads that wait on each other
+    while the cores are oversubscribed made a small model's epoch 100x slower here.
+    """
+    count = threads or int(os.environ.get("RECSYS_THREADS") or 0) or os.cpu_count() or 1
     torch.set_num_threads(count)
     return count
 

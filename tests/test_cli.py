@@ -146,3 +146,59 @@ def test_cli_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "imported with the CSV importer: 6,000 new" in out
     assert "imported again with the CSV importer: 0 new, 6,000 already stored" in out
     assert (tmp_path / "home" / "recsys.db").exists()
+
+
+def test_cli_train_prints_metrics_json_with_epochs_and_time(recsys_env: dict[str, str]) -> None:
+    runner.invoke(
+        app, ["generate", "synthetic", "--users", "120", "--items", "60", "--interactions", "2400"]
+    )
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            "sasrec",
+            "--split",
+            "loo",
+            "--epochs",
+            "2",
+            "--set",
+            "max_len=20",
+            "--set",
+            "batch_size=64",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    data = _json_tail(result.stdout)  # the progress bar goes to stderr
+    assert data["model"] == "sasrec" and data["protocol"] == "loo"
+    assert data["epochs"] == 2
+    assert data["params"]["max_len"] == 20  # type: ignore[index]
+    assert data["train_config"]["batch_size"] == 64  # type: ignore[index]
+    assert data["seconds"] > 0
+    metrics = data["metrics"]
+    assert set(metrics) >= {"ndcg@10", "ndcg@20", "hr@10", "hr@20", "mrr@10", "coverage@10"}  # type: ignore[arg-type]
+    ndcg = metrics["ndcg@10"]  # type: ignore[index]
+    assert ndcg["ci_low"] <= ndcg["value"] <= ndcg["ci_high"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "bert"], "unknown model 'bert'; choose from: pop, ease, mlp"),
+        (
+            ["--model", "sasrec", "--set", "heads=2"],
+            "unknown setting 'heads' for sasrec; valid keys:",
+        ),
+        (["--model", "sasrec", "--set", "max_len=long"], "bad value 'long' for max_len"),
+        (["--model", "sasrec", "--split", "random"], "unknown split 'random'"),
+    ],
+)
+def test_cli_train_bad_model_or_setting_is_one_line(
+    recsys_env: dict[str, str], args: list[str], message: str
+) -> None:
+    result = _recsys("train", *args, env=recsys_env)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
