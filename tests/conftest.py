@@ -28,7 +28,7 @@ POSTGRES_ENV = "RECSYS_TEST_POSTGRES_URL"
 BACKENDS = ["sqlite", "postgresql"]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_dataset() -> Callable[[str], Path]:
     """Path to a real dataset in the shared data folder beside the checkout, or skip with why."""
 

@@ -20,11 +20,13 @@ from recsys.models.layers import (
 )
 
 TRAIN_DEFAULTS: dict[str, float | int] = {
-    "learning_rate": 1e-3,
+    # Amazon Toys (19k users, 12k items, max_len 50): validation NDCG@10 peaks after about
+    # 8-12 epochs at 3e-3 (about 14 s each on 2 cores); 1e-3 was still climbing after 11.
+    "learning_rate": 3e-3,
     "weight_decay": 0.0,
     "batch_size": 128,
-    "max_epochs": 200,
-    "patience": 10,
+    "max_epochs": 50,
+    "patience": 5,
 }
 
 
