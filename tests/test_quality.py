@@ -54,8 +54,7 @@ def ml100k(
 def outcomes(ml100k: tuple[str, Snapshot, Split]) -> dict[str, Outcome]:
     url, snapshot, data = ml100k
     return {
-        name: train_and_evaluate(url, name, "loo", snapshot=snapshot, data=data)
-        for name in FLOORS
+        name: train_and_evaluate(url, name, "loo", snapshot=snapshot, data=data) for name in FLOORS
     }
 
 
