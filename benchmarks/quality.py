@@ -64,6 +64,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="cap on epochs for every model")
     parser.add_argument("--budget", type=float, help="wall-clock budget per model, seconds")
     parser.add_argument("--set", action="append", default=[], help="model:key=value override")
+    parser.add_argument(
+        "--train-set", action="append", default=[], help="model:key=value training override"
+    )
+    parser.add_argument("--tag", help="suffix for the result files (e.g. an experiment name)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -96,6 +100,13 @@ def main() -> None:
                 if target == name:
                     key, _, value = setting.partition("=")
                     overrides[key] = value
+            for item in args.train_set:
+                target, _, setting = item.partition(":")
+                if target == name:
+                    key, _, value = setting.partition("=")
+                    train_overrides[key] = (
+                        float(value) if "." in value or "e" in value else int(value)
+                    )
             if args.epochs:
                 train_overrides["max_epochs"] = args.epochs
             if args.budget:
@@ -178,7 +189,7 @@ def main() -> None:
             )
     for note in notes:
         print(note)
-    name = f"quality-{args.dataset}-{args.protocol}"
+    name = f"quality-{args.dataset}-{args.protocol}" + (f"-{args.tag}" if args.tag else "")
     info = machine_info(["recsys/models", "recsys/training.py", "recsys/evaluation.py"])
     json_path, md_path = write_results(
         name,

@@ -26,12 +26,12 @@ pytestmark = pytest.mark.slow
 FLOORS = {
     "pop": 0.020,
     "ease": 0.033,
-    "mlp": 0.030,
-    "neumf": 0.030,
-    "multvae": 0.030,
-    "caser": 0.040,
-    "gru4rec": 0.045,
-    "sasrec": 0.050,
+    "mlp": 0.022,
+    "neumf": 0.032,
+    "multvae": 0.028,
+    "caser": 0.050,
+    "gru4rec": 0.065,
+    "sasrec": 0.080,
 }
 
 
