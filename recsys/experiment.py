@@ -10,6 +10,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
+
 from recsys.data.extract import Snapshot, extract
 from recsys.data.splits import Protocol, Split, split
 from recsys.data.validation import QualityReport, quality_report
@@ -112,8 +114,9 @@ def train_and_evaluate(
         )
     side = side_features(url, snapshot, data) if name == "mlp" else None
     model_config = model_config or model_spec.config()
-    model = build_model(name, data.num_users, data.num_items, side=side, config=model_config)
     config = train_config_with(model_spec.train_defaults, train_overrides or {})
+    torch.manual_seed(config.seed)  # the initial weights belong to the seeded run too
+    model = build_model(name, data.num_users, data.num_items, side=side, config=model_config)
     result = train(model, data, config)
     test = evaluate_on_test(model, data)
     return Outcome(
