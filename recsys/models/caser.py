@@ -10,17 +10,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys.models.base import BatchKind, InputKind, Query, Recommender, SideInfo
-from recsys.models.layers import full_softmax_loss, item_embedding, sampled_bce_loss
+from recsys.models.layers import (
+    SEQUENCE_TRAIN_DEFAULTS,
+    full_softmax_loss,
+    item_embedding,
+    sampled_bce_loss,
+)
 
-TRAIN_DEFAULTS: dict[str, float | int] = {
-    # Amazon Toys (19k users, 12k items, max_len 50): validation NDCG@10 peaks after about
-    # 12-16 epochs at this rate (about 10 s each on 2 cores).
-    "learning_rate": 3e-3,
-    "weight_decay": 0.0,
-    "batch_size": 128,
-    "max_epochs": 50,
-    "patience": 5,
-}
+TRAIN_DEFAULTS = SEQUENCE_TRAIN_DEFAULTS
 
 
 @dataclass(frozen=True)

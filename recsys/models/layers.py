@@ -10,6 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# Training settings the sequence models share. On Amazon Toys (19k users, 12k items,
+# max_len 50) validation NDCG@10 peaks after 8-16 epochs at this rate (10-14 s each on 2
+# cores); 1e-3 was still climbing after 11 epochs.
+SEQUENCE_TRAIN_DEFAULTS: dict[str, float | int] = {
+    "learning_rate": 3e-3,
+    "weight_decay": 0.0,
+    "batch_size": 128,
+    "max_epochs": 50,
+    "patience": 5,
+}
+
 # Added to attention logits of forbidden keys. Finite (not -inf) so a query whose keys are all
 # forbidden (a padding position) gets a finite, ignored row instead of NaN; exp() of it
 # underflows to exactly 0 in float32, so allowed keys see no leak.

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from recsys.models.base import BatchKind, InputKind, Query, Recommender, SideInfo
 from recsys.models.layers import (
+    SEQUENCE_TRAIN_DEFAULTS,
     TransformerBlock,
     attention_mask,
     full_softmax_loss,
@@ -19,15 +20,7 @@ from recsys.models.layers import (
     trim_left_padding,
 )
 
-TRAIN_DEFAULTS: dict[str, float | int] = {
-    # Amazon Toys (19k users, 12k items, max_len 50): validation NDCG@10 peaks after about
-    # 8-12 epochs at 3e-3 (about 14 s each on 2 cores); 1e-3 was still climbing after 11.
-    "learning_rate": 3e-3,
-    "weight_decay": 0.0,
-    "batch_size": 128,
-    "max_epochs": 50,
-    "patience": 5,
-}
+TRAIN_DEFAULTS = SEQUENCE_TRAIN_DEFAULTS
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -22,15 +22,6 @@ from recsys.models.pop import Pop, PopConfig
 
 NUM_USERS = 40
 NUM_ITEMS = 24
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models: one intra-op thread is faster, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def train_set(pairs: list[tuple[int, int]], num_users: int) -> TrainSet:

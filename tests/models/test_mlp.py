@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 
 import numpy as np
 import onnxruntime as ort
@@ -23,15 +22,6 @@ NUM_ITEMS = 2 * GROUP_ITEMS
 CONFIG = MLPConfig(embedding_dim=8, hidden=(16, 8), dropout=0.0, id_dropout=0.3)
 GENRE_X = [1.0, 0.0, 0.0]  # item features: [genre X, genre Y, noise]
 GENRE_Y = [0.0, 1.0, 0.0]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models: one intra-op thread is faster, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def genre_world(seed: int = 0) -> tuple[TrainSet, SideInfo]:

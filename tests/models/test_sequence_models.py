@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,15 +34,6 @@ BUILDERS: dict[str, Callable[..., Recommender]] = {
         CaserConfig(embedding_dim=32, max_len=MAX_LEN, **kw), NUM_USERS, NUM_ITEMS
     ),
 }
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, and do not stall when other jobs hold the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(params=sorted(BUILDERS))
