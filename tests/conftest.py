@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import torch
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
@@ -111,3 +112,12 @@ def recsys_env(
     monkeypatch.setenv("RECSYS_HOME", str(home))
     monkeypatch.setenv("RECSYS_DATABASE_URL", database_url)
     return {"RECSYS_HOME": str(home), "RECSYS_DATABASE_URL": database_url}
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread, and do not stall when other jobs hold the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

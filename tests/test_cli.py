@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -180,6 +181,11 @@ def test_cli_train_prints_metrics_json_with_epochs_and_time(recsys_env: dict[str
     assert set(metrics) >= {"ndcg@10", "ndcg@20", "hr@10", "hr@20", "mrr@10", "coverage@10"}  # type: ignore[arg-type]
     ndcg = metrics["ndcg@10"]  # type: ignore[index]
     assert ndcg["ci_low"] <= ndcg["value"] <= ndcg["ci_high"]
+    # Registered, exported with parity, and gated against popularity (the registry was empty).
+    assert data["version"] == 1 and data["status"] == "ready"
+    assert data["parity"]["passed"] is True  # type: ignore[index]
+    assert data["gate"]["baseline"] == "popularity"  # type: ignore[index]
+    assert data["champion"] == (1 if data["gate"]["promoted"] else None)  # type: ignore[index]
 
 
 @pytest.mark.parametrize(
@@ -202,3 +208,96 @@ def test_cli_train_bad_model_or_setting_is_one_line(
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr
+
+
+def _json_ok(*args: str) -> dict[str, Any]:
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    return _json_tail(result.stdout)  # type: ignore[return-value]
+
+
+def test_cli_train_registers_then_models_list_show_promote_rollback(
+    recsys_env: dict[str, str],
+) -> None:
+    runner.invoke(
+        app, ["generate", "synthetic", "--users", "150", "--items", "60", "--interactions", "4000"]
+    )
+    first = _json_ok("train", "--model", "ease")
+    assert first["gate"]["promoted"] is True and first["champion"] == 1
+    second = _json_ok("train", "--model", "pop")
+    assert second["version"] == 2 and second["gate"]["promoted"] is False
+    assert second["gate"]["baseline"] == "champion v1" and second["champion"] == 1
+
+    listed = _json_ok("models", "list")["versions"]
+    assert [(v["version"], v["aliases"]) for v in listed] == [(2, []), (1, ["champion"])]
+    table = runner.invoke(app, ["models", "list"])
+    assert "champion" in table.stdout and "ease" in table.stdout
+
+    shown = _json_ok("models", "show", "2")
+    assert shown["family"] == "pop" and shown["gate"]["diff"] < 0
+    assert shown["snapshot"]["num_interactions"] == 4000 and shown["onnx_sha256"]
+
+    moved = _json_ok("models", "promote", "v2", "--reason", "try popularity")
+    assert (moved["from_version"], moved["to_version"]) == (1, 2)
+    assert "recsys models promote" in moved["actor"] and moved["reason"] == "try popularity"
+    back = _json_ok("models", "rollback")
+    assert (back["from_version"], back["to_version"], back["action"]) == (2, 1, "rollback")
+    history = _json_ok("models", "show", "champion")["alias_moves"]
+    assert [m["action"] for m in history] == ["promote", "promote", "rollback"]
+
+    again = runner.invoke(app, ["models", "rollback"])
+    assert again.exit_code == 1 and "no earlier version" in again.output
+    missing = runner.invoke(app, ["models", "show", "9"])
+    assert missing.exit_code == 1 and "no registered model version 9" in missing.output
+
+    evaluated = _json_ok("evaluate", "champion")
+    assert evaluated["version"] == 1
+    assert evaluated["metrics"]["ndcg@10"]["value"] == pytest.approx(
+        first["metrics"]["ndcg@10"]["value"], abs=1e-6
+    )
+
+
+RECOMMEND_WITHOUT_TORCH = """
+import json, sys
+from typer.testing import CliRunner
+from recsys.cli import app
+result = CliRunner().invoke(app, ["recommend", sys.argv[1], "-k", "5", "--json"])
+assert result.exit_code == 0, result.output
+print(json.dumps({"torch": "torch" in sys.modules, "out": result.stdout.splitlines()[-1]}))
+"""
+
+
+def test_cli_recommend_scores_through_onnxruntime_without_torch(
+    recsys_env: dict[str, str],
+) -> None:
+    missing = _recsys("recommend", "u1", env=recsys_env)
+    assert missing.returncode == 1 and "there is no champion model yet" in missing.stderr
+
+    runner.invoke(
+        app, ["generate", "synthetic", "--users", "150", "--items", "60", "--interactions", "4000"]
+    )
+    _json_ok("train", "--model", "sasrec", "--epochs", "2", "--set", "max_len=20")
+    runner.invoke(app, ["models", "promote", "1"])  # whatever the gate said
+    done = subprocess.run(
+        [sys.executable, "-c", RECOMMEND_WITHOUT_TORCH, "u3"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **recsys_env},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["torch"] is False, "the recommend path imported torch"
+    data = json.loads(report["out"])
+    assert data["version"] == 1 and data["model"] == "sasrec" and data["fallback"] is None
+    assert len(data["items"]) == 5
+    assert all(row["title"].startswith("Item ") for row in data["items"])
+    scores = [row["score"] for row in data["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+    cold = _json_ok("recommend", "someone-new", "-k", "3")
+    assert cold["fallback"] == "popular" and cold["known_user"] is False
+    assert len(cold["items"]) == 3
+
+    table = _recsys("recommend", "u3", "-k", "2", env=recsys_env)
+    assert table.returncode == 0 and "sasrec v1" in table.stdout

@@ -84,3 +84,38 @@ def _attributes_by_id(
             for c, value in zip(columns, row[1:], strict=True):
                 out[c][k] = value
     return out
+
+
+def user_history(engine: Engine, user_id: str) -> list[str] | None:
+    """External ids of the items a user interacted with, oldest first; None for no such user.
+
+    Reads the live table (the unique index on (user_id, occurred_at, ...) serves it), so an
+    event recorded a moment ago is part of the answer.
+    """
+    events = interactions_table.c
+    with engine.connect() as conn:
+        user_pk = conn.execute(
+            select(users_table.c.id).where(users_table.c.external_id == user_id)
+        ).scalar()
+        if user_pk is None:
+            return None
+        rows = conn.execute(
+            select(items_table.c.external_id)
+            .join(items_table, items_table.c.id == events.item_id)
+            .where(events.user_id == user_pk)
+            .order_by(events.occurred_at, events.id)
+        ).scalars()
+        return [str(r) for r in rows]
+
+
+def item_titles(engine: Engine, item_ids: list[str]) -> dict[str, str | None]:
+    """Title of each item id that exists (a short list: one IN query)."""
+    if not item_ids:
+        return {}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(items_table.c.external_id, items_table.c.title).where(
+                items_table.c.external_id.in_(item_ids)
+            )
+        ).all()
+    return {str(external_id): title for external_id, title in rows}

@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 typed tables for users, items, interactions and import runs.
+"""SQLAlchemy 2 typed tables: users, items, interactions, import runs and the model registry.
 
 Times of events are Unix epoch milliseconds in UTC (BIGINT): one unambiguous unit on SQLite
 and PostgreSQL, exact in uniqueness checks, and cheap to extract into numpy.
@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Float,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -121,8 +122,79 @@ class Interaction(Base):
     import_id: Mapped[int | None] = mapped_column(Integer)
 
 
+class ModelVersion(Base):
+    """One registered model version: what it is, what it was trained on and how it scored.
+
+    ``status`` is ``pending`` while the artifact is written (invisible to every reader),
+    ``ready`` when servable, ``unservable`` when the ONNX graph failed parity, ``failed`` when
+    registration raised, ``abandoned`` when a crashed registration was swept up.
+    """
+
+    __tablename__ = "model_versions"
+    # SQLite: AUTOINCREMENT, so a number is never reused even after a failed registration.
+    __table_args__ = (
+        Index(None, "status"),
+        Index(None, "snapshot_digest"),
+        {"sqlite_autoincrement": True},
+    )
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    family: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    registered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    train_config: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    training: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    protocol: Mapped[str | None] = mapped_column(String(16))
+    evaluated_users: Mapped[int | None] = mapped_column(Integer)
+    eval_digest: Mapped[str | None] = mapped_column(String(64))
+    snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    snapshot_digest: Mapped[str | None] = mapped_column(String(64))
+    item_map_digest: Mapped[str | None] = mapped_column(String(64))
+    artifact_path: Mapped[str | None] = mapped_column(Text)
+    onnx_sha256: Mapped[str | None] = mapped_column(String(64))
+    opset: Mapped[int | None] = mapped_column(Integer)
+    parity: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    gate: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    code_version: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class ModelAlias(Base):
+    """A named pointer (``champion``, ``challenger``) at a model version."""
+
+    __tablename__ = "model_aliases"
+
+    alias: Mapped[str] = mapped_column(String(32), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, ForeignKey("model_versions.version"))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AliasEvent(Base):
+    """Every move of an alias: who or what moved it, when, from which version, to which, why."""
+
+    __tablename__ = "alias_events"
+    __table_args__ = (Index(None, "alias", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alias: Mapped[str] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(16))  # promote | rollback
+    from_version: Mapped[int | None] = mapped_column(Integer, ForeignKey("model_versions.version"))
+    to_version: Mapped[int] = mapped_column(Integer, ForeignKey("model_versions.version"))
+    actor: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 # Core-level handles for bulk statements (the ORM classes type ``__table__`` loosely).
 users_table = cast(Table, User.__table__)
 items_table = cast(Table, Item.__table__)
 imports_table = cast(Table, ImportRun.__table__)
 interactions_table = cast(Table, Interaction.__table__)
+model_versions_table = cast(Table, ModelVersion.__table__)
+model_aliases_table = cast(Table, ModelAlias.__table__)
+alias_events_table = cast(Table, AliasEvent.__table__)

@@ -18,7 +18,15 @@ from recsys.db.migrate import (
     upgrade,
 )
 
-TABLES = {"users", "items", "interactions", "imports"}
+TABLES = {
+    "users",
+    "items",
+    "interactions",
+    "imports",
+    "model_versions",
+    "model_aliases",
+    "alias_events",
+}
 
 
 def _tables(url: str) -> set[str]:

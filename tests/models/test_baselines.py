@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -14,6 +14,7 @@ from torch import Tensor, nn
 import recsys.models.ease as ease_module
 from recsys.data.batches import pair_batches, row_batches
 from recsys.data.splits import Ragged, TrainSet
+from recsys.export import export_onnx
 from recsys.models.base import Query, Recommender
 from recsys.models.ease import EASE, EASEConfig
 from recsys.models.multvae import MultVAE, MultVAEConfig
@@ -64,37 +65,10 @@ def build(name: str) -> Recommender:
     return BUILDERS[name]()
 
 
-class ScoreGraph(nn.Module):
-    """What gets exported: the model's one input kind -> scores (B, I)."""
-
-    def __init__(self, model: Recommender) -> None:
-        super().__init__()
-        self.model = model
-        (self.kind,) = model.input_kinds
-
-    def forward(self, inputs: Tensor) -> Tensor:
-        query = Query(history=inputs) if self.kind == "history" else Query(user=inputs)
-        return self.model.score(query)
-
-
-def onnx_session(model: Recommender) -> ort.InferenceSession:
-    """Export ``model.score`` with the TorchScript exporter, dynamic batch (and length)."""
-    graph = ScoreGraph(model).eval()
-    example = model.example_query(batch_size=2, length=6)
-    inputs = example.history if graph.kind == "history" else example.user
-    axes = {0: "batch", 1: "length"} if graph.kind == "history" else {0: "batch"}
-    buffer = io.BytesIO()
-    torch.onnx.export(
-        graph,
-        (inputs,),
-        buffer,
-        dynamo=False,
-        opset_version=17,
-        input_names=[graph.kind],
-        output_names=["scores"],
-        dynamic_axes={graph.kind: axes, "scores": {0: "batch"}},
-    )
-    return ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+def onnx_session(model: Recommender, folder: Path) -> ort.InferenceSession:
+    """Export ``model.score`` the way the registry does (recsys.export) and open it."""
+    export_onnx(model, folder / "model.onnx", metadata={})
+    return ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
 
 
 def scores(model: Recommender, query: Query) -> Tensor:
@@ -275,7 +249,7 @@ def test_neumf_all_item_scores_equal_pairwise_logits(monkeypatch: pytest.MonkeyP
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
-def test_onnx_export_matches_torch_at_another_batch_size(name: str) -> None:
+def test_onnx_export_matches_torch_at_another_batch_size(name: str, tmp_path: Path) -> None:
     model = build(name)
     if model.batch_kind == "fit":
         model.fit(block_world())
@@ -286,7 +260,7 @@ def test_onnx_export_matches_torch_at_another_batch_size(name: str) -> None:
             else pair_batches(block_world(), 64, NUM_ITEMS, 4, np.random.default_rng(0))
         )
         _mean_losses(model, list(batches), steps=5)
-    session = onnx_session(model)
+    session = onnx_session(model, tmp_path)
     queries = [model.example_query(batch_size=b, length=n) for b, n in [(5, 9), (1, 3)]]
     if model.input_kinds == ("history",):  # repeated items count once (EASE, MultVAE)
         queries.append(Query(history=torch.tensor([[0, 2, 2, 5, 2], [1, 1, 1, 1, 1]])))

@@ -9,8 +9,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from recsys.export import export_onnx
 from recsys.models.base import Query, Recommender
 from recsys.models.caser import Caser, CaserConfig
 from recsys.models.gru4rec import GRU4Rec, GRU4RecConfig
@@ -73,17 +74,6 @@ def successor_task(seed: int = 0) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     target[history == 0] = 0
     batch = {"history": torch.from_numpy(history), "target": torch.from_numpy(target)}
     return batch, torch.from_numpy(window[:, 1:].copy()), torch.from_numpy(following)
-
-
-class ScoreGraph(nn.Module):
-    """What gets exported: history (B, L) -> scores (B, I)."""
-
-    def __init__(self, model: Recommender) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, history: Tensor) -> Tensor:
-        return self.model.score(Query(history=history))
 
 
 def scores(model: Recommender, history: Tensor) -> Tensor:
@@ -181,16 +171,7 @@ def test_onnx_export_matches_torch_at_other_shapes(name: str, tmp_path: Path) ->
     example = model.example_query(batch_size=2, length=8).history
     assert example is not None
     path = tmp_path / f"{name}.onnx"
-    torch.onnx.export(
-        ScoreGraph(model).eval(),
-        (example,),
-        path,
-        dynamo=False,
-        opset_version=17,
-        input_names=["history"],
-        output_names=["scores"],
-        dynamic_axes={"history": {0: "batch", 1: "length"}, "scores": {0: "batch"}},
-    )
+    export_onnx(model, path, metadata={})
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     for batch_size, length in [(5, 13), (1, 3), (3, 25)]:
         history = left_padded_histories(batch_size, length, seed=batch_size)

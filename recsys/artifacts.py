@@ -1,0 +1,278 @@
+"""Model artifacts on disk: the folder layout, integrity checks and onnxruntime scoring.
+
+A version's folder holds the ONNX graph, the weights (``.npz``), the config, the id maps,
+the training popularity, the metrics and the evaluation report, plus a manifest of every
+file's sha256. Nothing in it needs unpickling. This module never imports torch: the
+``recommend`` path and the service load and score artifacts through it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from recsys.errors import RecsysError
+
+logger = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+WEIGHTS_FILE = "weights.npz"
+CONFIG_FILE = "config.json"
+ID_MAPS_FILE = "id_maps.json"
+POPULARITY_FILE = "popularity.json"
+METRICS_FILE = "metrics.json"
+EVALUATION_FILE = "evaluation.json"
+REPORT_FILE = "report.md"
+MANIFEST_FILE = "manifest.json"
+# Written before the manifest; the manifest then records a sha256 for each of them.
+ARTIFACT_FILES = (
+    ONNX_FILE,
+    WEIGHTS_FILE,
+    CONFIG_FILE,
+    ID_MAPS_FILE,
+    POPULARITY_FILE,
+    METRICS_FILE,
+    EVALUATION_FILE,
+    REPORT_FILE,
+)
+
+FloatArray = npt.NDArray[np.float32]
+Int64Array = npt.NDArray[np.int64]
+
+
+class ArtifactIntegrityError(RecsysError):
+    """An artifact file is missing or no longer matches the sha256 recorded for it."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON and fsync it: an artifact is only as durable as its slowest file."""
+    with path.open("w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1, default=str)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ArtifactIntegrityError(f"artifact file missing: {path}") from exc
+    except json.JSONDecodeError as exc:
+        raise ArtifactIntegrityError(f"artifact file {path} is not valid JSON: {exc}") from exc
+
+
+def write_manifest(folder: Path) -> dict[str, str]:
+    """Record the sha256 of every artifact file in ``manifest.json``; returns the mapping."""
+    missing = [name for name in ARTIFACT_FILES if not (folder / name).is_file()]
+    if missing:
+        raise ArtifactIntegrityError(f"artifact in {folder} lacks {', '.join(missing)}")
+    hashes = {name: sha256_file(folder / name) for name in ARTIFACT_FILES}
+    write_json(folder / MANIFEST_FILE, {"sha256": hashes})
+    return hashes
+
+
+def verify(folder: Path, onnx_sha256: str | None = None) -> None:
+    """Refuse an artifact whose files do not match the manifest (and the registry's hash).
+
+    ``onnx_sha256`` is the hash the registry recorded; it guards against a replaced
+    manifest as well as a replaced graph.
+    """
+    if not folder.is_dir():
+        raise ArtifactIntegrityError(f"artifact folder {folder} does not exist")
+    recorded: dict[str, str] = read_json(folder / MANIFEST_FILE).get("sha256", {})
+    if onnx_sha256 is not None and recorded.get(ONNX_FILE) != onnx_sha256:
+        raise ArtifactIntegrityError(
+            f"{folder / MANIFEST_FILE} does not match the registry's ONNX sha256 {onnx_sha256}"
+        )
+    for name in ARTIFACT_FILES:
+        path = folder / name
+        if name not in recorded:
+            raise ArtifactIntegrityError(f"{folder / MANIFEST_FILE} has no sha256 for {name}")
+        if not path.is_file():
+            raise ArtifactIntegrityError(f"artifact file missing: {path}")
+        actual = sha256_file(path)
+        if actual != recorded[name]:
+            raise ArtifactIntegrityError(
+                f"{path} does not match its recorded sha256 (expected {recorded[name][:12]}..., "
+                f"found {actual[:12]}...): the file was changed after registration; "
+                "refusing to load it"
+            )
+
+
+@dataclass
+class Artifact:
+    """A loaded, verified artifact: config, id maps, popularity and an onnxruntime session.
+
+    Score matrices follow the model contract: column ``j`` is item index ``j + 1``.
+    """
+
+    folder: Path
+    config: dict[str, Any]
+    user_ids: list[str]
+    item_ids: list[str]
+    popularity: FloatArray  # (I,) training events per item
+    threads: int | None = None
+    _session: Any = field(default=None, repr=False)
+
+    @classmethod
+    def load(
+        cls, folder: Path, *, onnx_sha256: str | None = None, threads: int | None = None
+    ) -> Artifact:
+        """Verify every file against the manifest (and ``onnx_sha256``), then read it."""
+        folder = Path(folder)
+        verify(folder, onnx_sha256)
+        config = read_json(folder / CONFIG_FILE)
+        maps = read_json(folder / ID_MAPS_FILE)
+        popularity = np.asarray(read_json(folder / POPULARITY_FILE)["counts"], dtype=np.float32)
+        artifact = cls(
+            folder=folder,
+            config=config,
+            user_ids=[str(u) for u in maps["users"]],
+            item_ids=[str(i) for i in maps["items"]],
+            popularity=popularity,
+            threads=threads,
+        )
+        if len(artifact.item_ids) != artifact.num_items or len(popularity) != artifact.num_items:
+            raise ArtifactIntegrityError(f"{folder}: id maps disagree with the config")
+        return artifact
+
+    @property
+    def family(self) -> str:
+        return str(self.config["family"])
+
+    @property
+    def version(self) -> int:
+        return int(self.config["version"])
+
+    @property
+    def input_kinds(self) -> tuple[str, ...]:
+        return tuple(self.config["input_kinds"])
+
+    @property
+    def max_len(self) -> int:
+        return int(self.config.get("max_len") or 200)
+
+    @property
+    def num_items(self) -> int:
+        return int(self.config["num_items"])
+
+    @property
+    def num_users(self) -> int:
+        return int(self.config["num_users"])
+
+    @cached_property
+    def item_index(self) -> dict[str, int]:
+        return {item_id: idx for idx, item_id in enumerate(self.item_ids, start=1)}
+
+    @cached_property
+    def user_index(self) -> dict[str, int]:
+        return {user_id: idx for idx, user_id in enumerate(self.user_ids, start=1)}
+
+    @property
+    def session(self) -> Any:
+        """The onnxruntime session, created on first use."""
+        if self._session is None:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            if self.threads:
+                options.intra_op_num_threads = self.threads
+            self._session = ort.InferenceSession(
+                str(self.folder / ONNX_FILE), options, providers=["CPUExecutionProvider"]
+            )
+        return self._session
+
+    def score(self, history: Int64Array | None, users: Int64Array | None) -> FloatArray:
+        """Scores (B, I) for left-padded histories (B, L) and/or user indices (B,)."""
+        feeds: dict[str, Any] = {}
+        if "history" in self.input_kinds:
+            if history is None:
+                raise RecsysError(f"{self.family} scores histories; none given")
+            feeds["history"] = np.ascontiguousarray(history[:, -self.max_len :], dtype=np.int64)
+            if feeds["history"].shape[1] == 0:
+                feeds["history"] = np.zeros((len(history), 1), dtype=np.int64)
+        if "user" in self.input_kinds:
+            if users is None:
+                raise RecsysError(f"{self.family} scores users; none given")
+            feeds["user"] = np.ascontiguousarray(users, dtype=np.int64)
+        (scores,) = self.session.run(["scores"], feeds)
+        return np.asarray(scores, dtype=np.float32)
+
+    def history_indices(self, item_ids: list[str]) -> tuple[Int64Array, list[str]]:
+        """Indices of the known items of a history (order kept) and the unknown ids."""
+        index = self.item_index
+        known = [index[i] for i in item_ids if i in index]
+        unknown = [i for i in item_ids if i not in index]
+        return np.asarray(known, dtype=np.int64), unknown
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """Top-k of one request: item ids best first, their scores, and the fallback used."""
+
+    item_ids: list[str]
+    scores: list[float]
+    fallback: str | None
+    unknown_items: list[str]
+
+
+def recommend(
+    artifact: Artifact,
+    history: list[str],
+    *,
+    user_id: str | None = None,
+    k: int = 10,
+    exclude_seen: bool = True,
+) -> Ranked:
+    """Top-``k`` items for a user (or an anonymous visitor) from their item history.
+
+    ``history`` is external item ids, oldest first. Items the model does not know are
+    reported and skipped. When the model has nothing personal to go on (a history model
+    and no known item, a user model and an unknown user) the training popularity answers,
+    marked ``fallback="popular"``. Seen items are excluded unless ``exclude_seen`` is false.
+    """
+    if k <= 0:
+        raise RecsysError(f"k must be positive, got {k}")
+    known, unknown = artifact.history_indices(history)
+    user_idx = artifact.user_index.get(user_id, 0) if user_id is not None else 0
+    personal = ("history" in artifact.input_kinds and len(known) > 0) or (
+        "user" in artifact.input_kinds and user_idx > 0
+    )
+    if personal:
+        window = known[-artifact.max_len :][None, :]  # (1, L)
+        scores = artifact.score(window, np.asarray([user_idx], dtype=np.int64))[0].copy()
+        fallback = None
+    else:
+        scores = artifact.popularity.astype(np.float32, copy=True)
+        fallback = "popular"
+    if exclude_seen and len(known):
+        scores[known - 1] = -np.inf
+    k = min(k, int(np.isfinite(scores).sum()))
+    if k == 0:
+        return Ranked([], [], fallback, unknown)
+    top = np.argpartition(-scores, k - 1)[:k]
+    top = top[np.argsort(-scores[top], kind="stable")]  # (K,) best first
+    return Ranked(
+        item_ids=[artifact.item_ids[j] for j in top],
+        scores=[float(scores[j]) for j in top],
+        fallback=fallback,
+        unknown_items=unknown,
+    )
