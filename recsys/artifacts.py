@@ -29,6 +29,7 @@ WEIGHTS_FILE = "weights.npz"
 CONFIG_FILE = "config.json"
 ID_MAPS_FILE = "id_maps.json"
 POPULARITY_FILE = "popularity.json"
+ITEM_VECTORS_FILE = "item_vectors.npy"
 METRICS_FILE = "metrics.json"
 EVALUATION_FILE = "evaluation.json"
 REPORT_FILE = "report.md"
@@ -40,6 +41,7 @@ ARTIFACT_FILES = (
     CONFIG_FILE,
     ID_MAPS_FILE,
     POPULARITY_FILE,
+    ITEM_VECTORS_FILE,
     METRICS_FILE,
     EVALUATION_FILE,
     REPORT_FILE,
@@ -185,6 +187,18 @@ class Artifact:
     @cached_property
     def user_index(self) -> dict[str, int]:
         return {user_id: idx for idx, user_id in enumerate(self.user_ids, start=1)}
+
+    @cached_property
+    def unit_vectors(self) -> FloatArray | None:
+        """Item representations scaled to unit length, (I, D); None when the model has none."""
+        vectors = np.load(self.folder / ITEM_VECTORS_FILE, allow_pickle=False)
+        if vectors.ndim != 2 or vectors.shape[1] == 0:
+            return None
+        if vectors.shape[0] != self.num_items:
+            raise ArtifactIntegrityError(f"{self.folder}: item vectors disagree with the config")
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        unit: FloatArray = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+        return unit
 
     @property
     def session(self) -> Any:

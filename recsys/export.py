@@ -29,6 +29,7 @@ from recsys.artifacts import (
     CONFIG_FILE,
     EVALUATION_FILE,
     ID_MAPS_FILE,
+    ITEM_VECTORS_FILE,
     METRICS_FILE,
     ONNX_FILE,
     POPULARITY_FILE,
@@ -238,9 +239,10 @@ def write_artifact(
     """Export ``outcome.model`` to ``folder`` with everything needed to trust and reload it.
 
     Files: model.onnx (with metadata), weights.npz, config.json, id_maps.json,
-    popularity.json, metrics.json, evaluation.json, report.md and manifest.json (sha256 of
-    every file). Parity is measured here; a failed check is returned, not raised, so the
-    caller can record the version as unservable with the reason.
+    popularity.json, item_vectors.npy (similar items, explanations), metrics.json,
+    evaluation.json, report.md and manifest.json (sha256 of every file). Parity is measured
+    here; a failed check is returned, not raised, so the caller can record the version as
+    unservable with the reason.
     """
     folder.mkdir(parents=True, exist_ok=False)
     model = outcome.model.eval()
@@ -302,6 +304,15 @@ def write_artifact(
             "item_digest": snapshot.items.digest(),
         },
     )
+    vectors = model.item_vectors()
+    with (folder / ITEM_VECTORS_FILE).open("wb") as handle:
+        np.save(
+            handle,
+            np.zeros((model.num_items, 0), np.float32)
+            if vectors is None
+            else vectors.float().cpu().numpy(),
+            allow_pickle=False,
+        )
     counts = np.bincount(data.train.item_idx, minlength=data.num_items + 1)[1:]
     write_json(folder / POPULARITY_FILE, {"counts": counts.astype(int).tolist()})
     summary = outcome.to_dict()

@@ -110,6 +110,10 @@ def test_artifact_reloads_without_unpickling_and_scores_like_torch(
     with np.load(folder / "weights.npz", allow_pickle=False) as weights:
         assert set(weights.files) == set(outcome.model.state_dict())
 
+    vectors = np.load(folder / "item_vectors.npy", allow_pickle=False)
+    assert vectors.shape[0] == outcome.split.num_items and vectors.shape[1] > 0
+    assert Artifact.load(folder).unit_vectors is not None
+
     rebuilt = load_model(folder)
     batch = parity_batches(outcome.model, outcome.split.test, sizes=(9,))[0]
     users = batch.get("user", np.zeros(9, dtype=np.int64))

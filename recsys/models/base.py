@@ -72,6 +72,13 @@ class Recommender(nn.Module):
         """Scores of all items, (B, I); higher is better."""
         raise NotImplementedError
 
+    def item_vectors(self) -> Tensor | None:
+        """Item representations (I, D), row ``j`` for item index ``j + 1``, or None.
+
+        Used for similar items and explanations (cosine similarity); not part of scoring.
+        """
+        return None
+
     def example_query(self, batch_size: int = 2, length: int | None = None) -> Query:
         """A small valid query for export and tests."""
         length = length or min(self.max_len or 8, 8)

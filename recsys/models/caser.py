@@ -109,3 +109,6 @@ class Caser(Recommender):
         last = F.pad(query.history, (window - 1, 0))[:, -window:]  # (B, window)
         z = self._encode(last)  # (B, D)
         return z @ self.output_items.weight[1:].T + self.output_bias[1:]  # (B, I)
+
+    def item_vectors(self) -> Tensor:
+        return self.items.weight[1:].detach()  # (I, D) the input embeddings

@@ -123,6 +123,10 @@ class EASE(Recommender):
         unique = ordered.masked_fill(repeated, 0)  # (B, L)
         return F.embedding_bag(unique, self.weights, mode="sum", padding_idx=0)  # (B, I)
 
+    def item_vectors(self) -> Tensor:
+        # Row i of the item-item weights says how item i raises every other item: (I, I).
+        return self.weights[1:].detach()
+
 
 def gram(train: TrainSet, num_users: int, num_items: int) -> Tensor:
     """XᵀX (I, I) float32 of the binary user-item matrix X of the training events.

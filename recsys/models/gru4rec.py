@@ -107,3 +107,6 @@ class GRU4Rec(Recommender):
         last = (history.shape[1] - 1 - pads).clamp(min=0)  # (B,)
         final = out.gather(1, last.view(-1, 1, 1).expand(-1, 1, out.shape[2])).squeeze(1)
         return final @ self.items.weight[1:].T  # (B, I)
+
+    def item_vectors(self) -> Tensor:
+        return self.items.weight[1:].detach()  # (I, D) the input embeddings

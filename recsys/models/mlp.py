@@ -183,6 +183,9 @@ class MLP(Recommender):
         grown.train(self.training)
         return grown
 
+    def item_vectors(self) -> Tensor:
+        return self.item_ids.weight[1:].detach()  # (I, D) the id embeddings
+
 
 def _feature_layer(width: int, out: int) -> nn.Linear | None:
     return nn.Linear(width, out, bias=False) if width > 0 else None

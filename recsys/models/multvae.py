@@ -112,3 +112,6 @@ class MultVAE(Recommender):
         rows = rows.scatter(1, history, torch.ones_like(history, dtype=torch.float32))
         mean, _ = self._encode(rows[:, 1:])  # (B, D)
         return self._decode(mean)  # (B, I)
+
+    def item_vectors(self) -> Tensor:
+        return self.decoder_out.weight.detach()  # (I, H): each item's output weights

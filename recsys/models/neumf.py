@@ -122,6 +122,10 @@ class NeuMF(Recommender):
         parts = [self._logits(users[i : i + step], None) for i in range(0, len(users), step)]
         return torch.cat(parts) if parts else self._logits(users, None)  # (B, I)
 
+    def item_vectors(self) -> Tensor:
+        weights = (self.gmf_items.weight[1:], self.mlp_items.weight[1:])
+        return torch.cat(weights, dim=1).detach()  # (I, D_gmf + D_mlp)
+
 
 def _embedding(rows: int, dim: int) -> nn.Embedding:
     """``rows + 1`` rows, row 0 padding; N(0, 0.01²) as in the paper's code."""

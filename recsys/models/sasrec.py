@@ -106,3 +106,6 @@ class SASRec(Recommender):
         history = query.history[:, -self.config.max_len :]  # (B, L)
         hidden = self._encode(history)  # (B, L, D)
         return hidden[:, -1] @ self.items.weight[1:].T  # (B, I)
+
+    def item_vectors(self) -> Tensor:
+        return self.items.weight[1:].detach()  # (I, D) the input embeddings
