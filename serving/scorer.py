@@ -1,0 +1,511 @@
+"""The scorer behind the prediction API: the champion's ONNX graph, live histories, filters.
+
+Everything a request needs that is not HTTP lives here: id maps, each user's history read
+from the live database (an event recorded a moment ago counts), exclusion of seen items,
+item-attribute filters with backfill, popularity for cold starts, explanations and similar
+items from the model's item representations, and the atomic swap to a new champion.
+Imports neither torch nor bentoml.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import Engine, select
+
+from recsys import registry
+from recsys.artifacts import Artifact
+from recsys.data.readers import FUTURE_TOLERANCE_MS
+from recsys.db.events import Event, Recorded, record_events
+from recsys.db.queries import user_history
+from recsys.db.schema import items_table
+from recsys.errors import RecsysError
+
+logger = logging.getLogger(__name__)
+
+MAX_K = 1000
+MAX_LIST = 1000  # items in a session, a score request or an events call
+MAX_VALUE = 1e9  # event values are ratings, counts or prices; extraction keeps float32
+EXPLAIN_TOP = 3
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+
+
+class RequestError(RecsysError):
+    """A request the caller must fix: ``status`` is the HTTP code, ``field`` the culprit."""
+
+    status = 400
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class NotFoundError(RequestError):
+    status = 404
+
+
+class NotReadyError(RecsysError):
+    """No model is loaded yet (no champion, or it is still loading)."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Item filters. Genre and attribute filters are soft (backfilled when too strict);
+    ``exclude_items`` is hard. ``attributes`` matches keys of the items' attributes JSON."""
+
+    include_genres: tuple[str, ...] = ()
+    exclude_genres: tuple[str, ...] = ()
+    exclude_items: tuple[str, ...] = ()
+    attributes: dict[str, Any] = field(default_factory=dict)
+    min_year: int | None = None
+    max_year: int | None = None
+    min_price: float | None = None
+    max_price: float | None = None
+
+    @property
+    def soft(self) -> bool:
+        return bool(
+            self.include_genres
+            or self.exclude_genres
+            or self.attributes
+            or any(
+                v is not None
+                for v in (self.min_year, self.max_year, self.min_price, self.max_price)
+            )
+        )
+
+
+@dataclass
+class Catalogue:
+    """Item attributes aligned with an artifact's item columns (column j = index j + 1)."""
+
+    titles: list[str | None]
+    genres: dict[str, npt.NDArray[np.bool_]]
+    year: FloatArray
+    price: FloatArray
+    attributes: list[dict[str, Any]]
+
+    @classmethod
+    def load(cls, engine: Engine, item_ids: list[str]) -> Catalogue:
+        position = {item_id: j for j, item_id in enumerate(item_ids)}
+        count = len(item_ids)
+        titles: list[str | None] = [None] * count
+        genre_rows: dict[str, list[int]] = {}
+        year = np.full(count, np.nan, dtype=np.float32)
+        price = np.full(count, np.nan, dtype=np.float32)
+        attributes: list[dict[str, Any]] = [{} for _ in range(count)]
+        c = items_table.c
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(c.external_id, c.title, c.genres, c.year, c.price, c.attributes)
+            )
+            for external_id, title, genres, yr, pr, attrs in rows:
+                j = position.get(external_id)
+                if j is None:
+                    continue
+                titles[j] = title
+                for genre in genres or []:
+                    genre_rows.setdefault(str(genre), []).append(j)
+                if yr is not None:
+                    year[j] = yr
+                if pr is not None:
+                    price[j] = pr
+                if isinstance(attrs, dict):
+                    attributes[j] = attrs
+        masks = {}
+        for genre, rows_of in genre_rows.items():
+            mask = np.zeros(count, dtype=bool)
+            mask[rows_of] = True
+            masks[genre] = mask
+        return cls(titles, masks, year, price, attributes)
+
+    def mask(self, filters: Filters) -> npt.NDArray[np.bool_] | None:
+        """Items passing the soft filters, (I,); None when there are none."""
+        if not filters.soft:
+            return None
+        count = len(self.titles)
+        keep = np.ones(count, dtype=bool)
+        if filters.include_genres:
+            wanted = np.zeros(count, dtype=bool)
+            for genre in filters.include_genres:
+                wanted |= self._genre(genre, "filters.include_genres")
+            keep &= wanted
+        for genre in filters.exclude_genres:
+            keep &= ~self._genre(genre, "filters.exclude_genres")
+        bounds = [
+            (self.year, filters.min_year, filters.max_year),
+            (self.price, filters.min_price, filters.max_price),
+        ]
+        for values, low, high in bounds:
+            with np.errstate(invalid="ignore"):
+                if low is not None:
+                    keep &= values >= low
+                if high is not None:
+                    keep &= values <= high
+        for key, wanted_value in filters.attributes.items():
+            present = [j for j, attrs in enumerate(self.attributes) if key in attrs]
+            if not present:
+                raise RequestError(f"filters.attributes.{key}", "no item has this attribute")
+            matches = np.zeros(count, dtype=bool)
+            matches[[j for j in present if self.attributes[j][key] == wanted_value]] = True
+            keep &= matches
+        return keep
+
+    def _genre(self, genre: str, field_name: str) -> npt.NDArray[np.bool_]:
+        if genre not in self.genres:
+            known = ", ".join(sorted(self.genres)[:20]) or "none"
+            raise RequestError(field_name, f"unknown genre {genre!r}; genres include: {known}")
+        return self.genres[genre]
+
+
+@dataclass
+class LoadedModel:
+    """A champion ready to serve: its artifact, catalogue and popularity order."""
+
+    artifact: Artifact
+    catalogue: Catalogue
+    loaded_at: float
+    load_seconds: float
+
+    @property
+    def version(self) -> int:
+        return self.artifact.version
+
+    @property
+    def family(self) -> str:
+        return self.artifact.family
+
+    def warm_up(self) -> None:
+        """Run the graph at a few batch sizes so the first request pays no set-up cost."""
+        for rows in (1, 8):
+            history = np.zeros((rows, min(self.artifact.max_len, 50)), dtype=np.int64)
+            history[:, -1] = 1
+            self.artifact.score(history, np.ones(rows, dtype=np.int64))
+        if self.artifact.unit_vectors is not None:
+            self.artifact.unit_vectors[:1] @ self.artifact.unit_vectors[:8].T
+
+
+def load_model(engine: Engine, ref: int | str = registry.CHAMPION, threads: int = 1) -> LoadedModel:
+    """Load, verify and warm up a registered version (the champion by default)."""
+    started = time.perf_counter()
+    artifact = registry.load_artifact(engine, ref, threads=threads)
+    model = LoadedModel(
+        artifact=artifact,
+        catalogue=Catalogue.load(engine, artifact.item_ids),
+        loaded_at=time.time(),
+        load_seconds=0.0,
+    )
+    model.warm_up()
+    model.load_seconds = time.perf_counter() - started
+    return model
+
+
+def _top(scores: FloatArray, k: int) -> IntArray:
+    """Columns of the ``k`` best finite scores, best first (stable for ties)."""
+    finite = int(np.isfinite(scores).sum())
+    k = min(k, finite)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    top = np.argpartition(-scores, k - 1)[:k]
+    return top[np.argsort(-scores[top], kind="stable")].astype(np.int64)
+
+
+class Scorer:
+    """Answers prediction requests with the current model; swaps models atomically.
+
+    Each request reads ``self._model`` once, so a swap in the middle of a request cannot mix
+    two versions.
+    """
+
+    def __init__(self, engine: Engine, model: LoadedModel | None = None, threads: int = 1):
+        self.engine = engine
+        self.threads = threads
+        self._model = model
+        self._reload_lock = threading.Lock()
+        self.last_reload_error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self) -> LoadedModel:
+        model = self._model
+        if model is None:
+            raise NotReadyError(
+                "no model is loaded yet: promote a champion (`recsys train` or "
+                "`recsys models promote`)"
+            )
+        return model
+
+    def reload(self, ref: int | str = registry.CHAMPION, *, force: bool = False) -> dict[str, Any]:
+        """Load the version ``ref`` names beside the current one and swap if it differs.
+
+        A version that fails to load leaves the current one serving; the error is kept in
+        ``last_reload_error`` and returned.
+        """
+        with self._reload_lock:
+            current = self._model.version if self._model is not None else None
+            try:
+                target = registry.alias_version(self.engine, ref) if isinstance(ref, str) else ref
+            except Exception as exc:  # the database may be briefly unreachable
+                return self._reload_failed(current, None, exc)
+            if target is None:
+                return {"changed": False, "version": current, "reason": f"no {ref} yet"}
+            if target == current and not force:
+                return {"changed": False, "version": current}
+            try:
+                fresh = load_model(self.engine, target, threads=self.threads)
+            except Exception as exc:
+                return self._reload_failed(current, target, exc)
+            self._model = fresh  # the swap: one reference assignment
+            self.last_reload_error = None
+            logger.info(
+                "serving v%d (%s), loaded in %.2fs", target, fresh.family, fresh.load_seconds
+            )
+            return {"changed": True, "version": target, "previous": current}
+
+    def _reload_failed(
+        self, current: int | None, target: int | None, exc: Exception
+    ) -> dict[str, Any]:
+        message = f"{type(exc).__name__}: {exc}"
+        self.last_reload_error = f"v{target}: {message}" if target is not None else message
+        logger.error("could not load v%s, still serving v%s: %s", target, current, message)
+        return {"changed": False, "version": current, "failed": target, "error": message}
+
+    # Requests ---------------------------------------------------------------------------
+
+    def recommend(
+        self,
+        user_id: str,
+        *,
+        k: int = 10,
+        exclude_seen: bool = True,
+        filters: Filters | None = None,
+        explain: bool = False,
+    ) -> dict[str, Any]:
+        model = self.model
+        _check_k(k)
+        history = user_history(self.engine, user_id)
+        known_user = history is not None
+        out = self._rank(
+            model, history or [], user_id, k, exclude_seen, filters or Filters(), explain
+        )
+        return {"user_id": user_id, "known_user": known_user, **out}
+
+    def recommend_session(
+        self,
+        item_ids: Sequence[str],
+        *,
+        k: int = 10,
+        filters: Filters | None = None,
+        explain: bool = False,
+    ) -> dict[str, Any]:
+        model = self.model
+        _check_k(k)
+        _check_list("item_ids", item_ids)
+        return self._rank(model, list(item_ids), None, k, True, filters or Filters(), explain)
+
+    def similar_items(
+        self, item_id: str, *, k: int = 10, filters: Filters | None = None
+    ) -> dict[str, Any]:
+        model = self.model
+        _check_k(k)
+        artifact = model.artifact
+        unit = artifact.unit_vectors
+        if unit is None:
+            raise RequestError(
+                "item_id", f"v{model.version} ({model.family}) has no item representations"
+            )
+        idx = artifact.item_index.get(item_id)
+        if idx is None:
+            raise NotFoundError("item_id", f"unknown item {item_id!r}")
+        similarity = (unit @ unit[idx - 1]).astype(np.float32)  # (I,)
+        similarity[idx - 1] = -np.inf
+        hard = self._hard_exclusions(model, filters or Filters())
+        similarity[hard] = -np.inf
+        columns, matches, backfilled = self._select(model, similarity, k, filters or Filters())
+        return {
+            "item_id": item_id,
+            "model_version": model.version,
+            "model_family": model.family,
+            "backfilled": backfilled,
+            "items": [
+                {
+                    "item_id": artifact.item_ids[j],
+                    "title": model.catalogue.titles[j],
+                    "similarity": round(float(similarity[j]), 6),
+                    "matches_filters": m,
+                }
+                for j, m in zip(columns, matches, strict=True)
+            ],
+        }
+
+    def score(self, user_id: str, item_ids: Sequence[str]) -> dict[str, Any]:
+        model = self.model
+        _check_list("item_ids", item_ids)
+        artifact = model.artifact
+        history = user_history(self.engine, user_id) or []
+        scores, fallback, _, _ = self._scores(model, history, user_id)
+        known = [(i, artifact.item_index[i]) for i in item_ids if i in artifact.item_index]
+        unknown = [i for i in item_ids if i not in artifact.item_index]
+        return {
+            "user_id": user_id,
+            "model_version": model.version,
+            "model_family": model.family,
+            "fallback": fallback,
+            "scores": [{"item_id": i, "score": float(scores[idx - 1])} for i, idx in known],
+            "unknown_items": unknown,
+        }
+
+    def record_events(self, events: Sequence[Event]) -> Recorded:
+        """Store events after the checks an import applies (time range, value range)."""
+        _check_list("events", events)
+        latest = int(time.time() * 1000) + FUTURE_TOLERANCE_MS
+        for n, event in enumerate(events):
+            when = event.occurred_at_ms
+            if when is not None and not 0 <= when <= latest:
+                raise RequestError(
+                    f"events[{n}].occurred_at", "must be after 1970 and not in the future"
+                )
+            if event.value is not None and not abs(event.value) <= MAX_VALUE:
+                raise RequestError(f"events[{n}].value", f"must be within +-{MAX_VALUE:g}")
+        return record_events(self.engine, events)
+
+    def info(self) -> dict[str, Any]:
+        model = self._model
+        return {
+            "ready": model is not None,
+            "model_version": None if model is None else model.version,
+            "model_family": None if model is None else model.family,
+            "num_items": None if model is None else model.artifact.num_items,
+            "loaded_at": None if model is None else model.loaded_at,
+            "load_seconds": None if model is None else round(model.load_seconds, 3),
+            "last_reload_error": self.last_reload_error,
+        }
+
+    # Internals --------------------------------------------------------------------------
+
+    def _scores(
+        self, model: LoadedModel, history: list[str], user_id: str | None
+    ) -> tuple[FloatArray, str | None, IntArray, list[str]]:
+        """Scores (I,) for a history and user; popularity when nothing personal is known."""
+        artifact = model.artifact
+        known, unknown = artifact.history_indices(history)
+        user_idx = artifact.user_index.get(user_id, 0) if user_id is not None else 0
+        personal = ("history" in artifact.input_kinds and len(known) > 0) or (
+            "user" in artifact.input_kinds and user_idx > 0
+        )
+        if not personal:
+            return artifact.popularity.astype(np.float32, copy=True), "popular", known, unknown
+        window = known[-artifact.max_len :][None, :]  # (1, L)
+        if window.shape[1] == 0:
+            window = np.zeros((1, 1), dtype=np.int64)
+        scores = artifact.score(window, np.asarray([user_idx], dtype=np.int64))[0]
+        return scores.astype(np.float32, copy=True), None, known, unknown
+
+    def _hard_exclusions(self, model: LoadedModel, filters: Filters) -> IntArray:
+        index = model.artifact.item_index
+        return np.asarray(
+            [index[i] - 1 for i in filters.exclude_items if i in index], dtype=np.int64
+        )
+
+    def _select(
+        self, model: LoadedModel, scores: FloatArray, k: int, filters: Filters
+    ) -> tuple[list[int], list[bool], int]:
+        """Top-k columns under the soft filters, backfilled from the best others if short."""
+        mask = model.catalogue.mask(filters)
+        if mask is None:
+            return _top(scores, k).tolist(), [True] * min(k, int(np.isfinite(scores).sum())), 0
+        passing = np.where(mask, scores, -np.inf).astype(np.float32)
+        chosen = _top(passing, k).tolist()
+        backfill: list[int] = []
+        if len(chosen) < k:
+            others = np.where(mask, -np.inf, scores).astype(np.float32)
+            backfill = _top(others, k - len(chosen)).tolist()
+        return chosen + backfill, [True] * len(chosen) + [False] * len(backfill), len(backfill)
+
+    def _rank(
+        self,
+        model: LoadedModel,
+        history: list[str],
+        user_id: str | None,
+        k: int,
+        exclude_seen: bool,
+        filters: Filters,
+        explain: bool,
+    ) -> dict[str, Any]:
+        artifact = model.artifact
+        scores, fallback, known, unknown = self._scores(model, history, user_id)
+        if exclude_seen and len(known):
+            scores[known - 1] = -np.inf
+        scores[self._hard_exclusions(model, filters)] = -np.inf
+        columns, matches, backfilled = self._select(model, scores, k, filters)
+        reasons = (
+            _explanations(artifact, columns, known, model.catalogue)
+            if explain
+            else [None] * len(columns)
+        )
+        items = []
+        for j, m, because in zip(columns, matches, reasons, strict=True):
+            row: dict[str, Any] = {
+                "item_id": artifact.item_ids[j],
+                "title": model.catalogue.titles[j],
+                "score": round(float(scores[j]), 6),
+                "matches_filters": m,
+            }
+            if explain:
+                row["because"] = because
+            items.append(row)
+        return {
+            "model_version": model.version,
+            "model_family": model.family,
+            "fallback": fallback,
+            "backfilled": backfilled,
+            "unknown_items": sorted(set(unknown)),
+            "items": items,
+        }
+
+
+def _explanations(
+    artifact: Artifact, columns: list[int], known: IntArray, catalogue: Catalogue
+) -> list[list[dict[str, Any]]]:
+    """For each recommended column, the history items most similar to it (cosine), top 3."""
+    unit = artifact.unit_vectors
+    if unit is None or len(known) == 0 or not columns:
+        return [[] for _ in columns]
+    history = np.unique(known[-artifact.max_len :]) - 1  # (H,) columns
+    similarity = unit[columns] @ unit[history].T  # (K, H)
+    top = min(EXPLAIN_TOP, len(history))
+    best = np.argsort(-similarity, axis=1, kind="stable")[:, :top]  # (K, top)
+    return [
+        [
+            {
+                "item_id": artifact.item_ids[history[h]],
+                "title": catalogue.titles[history[h]],
+                "weight": round(float(similarity[row, h]), 4),
+            }
+            for h in best[row]
+        ]
+        for row in range(len(columns))
+    ]
+
+
+def _check_k(k: int) -> None:
+    if not 1 <= k <= MAX_K:
+        raise RequestError("k", f"must be between 1 and {MAX_K}, got {k}")
+
+
+def _check_list(name: str, values: Sequence[Any]) -> None:
+    if not values:
+        raise RequestError(name, "must not be empty")
+    if len(values) > MAX_LIST:
+        raise RequestError(name, f"at most {MAX_LIST} entries, got {len(values)}")

@@ -1,0 +1,173 @@
+"""The scorer on a small exported SASRec: live history, filters, cold start, explanations, swap."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from recsys import registry
+from recsys.artifacts import ONNX_FILE
+from recsys.db.events import Event
+from recsys.db.queries import user_history
+from serving.scorer import Filters, NotFoundError, RequestError, Scorer
+
+
+@pytest.fixture(scope="module")
+def scorer(home: Any) -> Scorer:
+    scorer = Scorer(home.engine)
+    assert scorer.reload()["version"] == home.champion
+    return scorer
+
+
+def test_scorer_recommend_excludes_the_live_history_and_names_the_version(
+    scorer: Scorer, home: Any
+) -> None:
+    out = scorer.recommend("u5", k=10)
+    assert out["model_version"] == home.champion and out["model_family"] == "sasrec"
+    assert out["fallback"] is None and out["known_user"] is True
+    seen = set(user_history(home.engine, "u5") or [])
+    ids = [row["item_id"] for row in out["items"]]
+    assert len(ids) == 10 and not set(ids) & seen
+    scores = [row["score"] for row in out["items"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(row["title"] == f"Item {row['item_id'][1:]}" for row in out["items"])
+
+    with_seen = scorer.recommend("u5", k=90, exclude_seen=False)
+    assert {row["item_id"] for row in with_seen["items"]} & seen
+
+
+def test_scorer_an_event_changes_the_next_recommendation(scorer: Scorer) -> None:
+    before = {r["item_id"]: r["score"] for r in scorer.recommend("u7", k=10)["items"]}
+    first = next(iter(before))
+    recorded = scorer.record_events([Event("u7", first, "purchase")])
+    assert recorded.inserted == 1
+    after = {r["item_id"]: r["score"] for r in scorer.recommend("u7", k=10)["items"]}
+    assert first not in after  # seen now, so excluded
+    common = set(before) & set(after)
+    # The sequence model read the new event: the remaining items were scored afresh.
+    assert any(abs(before[i] - after[i]) > 1e-4 for i in common)
+
+
+def test_scorer_cold_start_popularity_respects_filters(scorer: Scorer) -> None:
+    out = scorer.recommend("never-seen-user", k=5, filters=Filters(include_genres=("Drama",)))
+    assert out["known_user"] is False and out["fallback"] == "popular"
+    assert all(row["matches_filters"] for row in out["items"])
+    model = scorer.model
+    drama = model.catalogue.genres["Drama"]
+    for row in out["items"]:
+        assert drama[model.artifact.item_index[row["item_id"]] - 1]
+
+
+def test_scorer_a_user_created_after_training_gets_personalised_results(
+    scorer: Scorer, home: Any
+) -> None:
+    items = scorer.model.artifact.item_ids[:3]
+    scorer.record_events(
+        [Event("brand-new", item, occurred_at_ms=n) for n, item in enumerate(items)]
+    )
+    out = scorer.recommend("brand-new", k=5)
+    assert out["known_user"] is True and out["fallback"] is None
+    assert not {row["item_id"] for row in out["items"]} & set(items)
+
+
+def test_scorer_filters_backfill_when_too_strict_and_say_so(scorer: Scorer) -> None:
+    catalogue = scorer.model.catalogue
+    rare = min(catalogue.genres, key=lambda g: int(catalogue.genres[g].sum()))
+    count = int(catalogue.genres[rare].sum())
+    k = count + 5
+    out = scorer.recommend("u9", k=k, exclude_seen=False, filters=Filters(include_genres=(rare,)))
+    assert len(out["items"]) == k and out["backfilled"] == 5
+    assert [row["matches_filters"] for row in out["items"]] == [True] * count + [False] * 5
+
+    excluded = [row["item_id"] for row in scorer.recommend("u9", k=3)["items"]]
+    out = scorer.recommend("u9", k=3, filters=Filters(exclude_items=tuple(excluded)))
+    assert not {row["item_id"] for row in out["items"]} & set(excluded)
+
+
+@pytest.mark.parametrize(
+    ("filters", "field"),
+    [
+        (Filters(include_genres=("Opera",)), "filters.include_genres"),
+        (Filters(exclude_genres=("Opera",)), "filters.exclude_genres"),
+        (Filters(attributes={"colour": "red"}), "filters.attributes.colour"),
+    ],
+)
+def test_scorer_bad_filters_are_request_errors_naming_the_field(
+    scorer: Scorer, filters: Filters, field: str
+) -> None:
+    with pytest.raises(RequestError) as caught:
+        scorer.recommend("u1", filters=filters)
+    assert caught.value.field == field
+
+
+def test_scorer_explanations_name_history_items_with_weights(scorer: Scorer, home: Any) -> None:
+    history = set(user_history(home.engine, "u11") or [])
+    out = scorer.recommend("u11", k=5, explain=True)
+    for row in out["items"]:
+        because = row["because"]
+        assert 1 <= len(because) <= 3
+        assert {b["item_id"] for b in because} <= history
+        weights = [b["weight"] for b in because]
+        assert weights == sorted(weights, reverse=True) and all(-1 <= w <= 1 for w in weights)
+
+
+def test_scorer_session_similar_items_and_scores(scorer: Scorer) -> None:
+    ids = scorer.model.artifact.item_ids
+    session = scorer.recommend_session([ids[0], ids[1], "not-an-item"], k=4)
+    assert session["fallback"] is None and session["unknown_items"] == ["not-an-item"]
+    assert not {row["item_id"] for row in session["items"]} & {ids[0], ids[1]}
+
+    similar = scorer.similar_items(ids[2], k=5)
+    assert len(similar["items"]) == 5 and ids[2] not in {r["item_id"] for r in similar["items"]}
+    sims = [r["similarity"] for r in similar["items"]]
+    assert sims == sorted(sims, reverse=True)
+    with pytest.raises(NotFoundError):
+        scorer.similar_items("not-an-item")
+
+    scored = scorer.score("u3", [ids[4], ids[5], "not-an-item"])
+    assert [s["item_id"] for s in scored["scores"]] == [ids[4], ids[5]]
+    assert scored["unknown_items"] == ["not-an-item"]
+    full = scorer.recommend("u3", k=90, exclude_seen=False)
+    by_id = {row["item_id"]: row["score"] for row in full["items"]}
+    assert scored["scores"][0]["score"] == pytest.approx(by_id[ids[4]], abs=1e-5)
+
+
+def test_scorer_rejects_bad_sizes(scorer: Scorer) -> None:
+    with pytest.raises(RequestError, match="k: must be between 1 and 1000"):
+        scorer.recommend("u1", k=0)
+    with pytest.raises(RequestError, match="item_ids: must not be empty"):
+        scorer.recommend_session([])
+    with pytest.raises(RequestError, match="at most 1000"):
+        scorer.score("u1", ["i1"] * 1001)
+    with pytest.raises(RequestError, match=r"events\[1\]\.occurred_at"):
+        scorer.record_events([Event("u1", "i1"), Event("u1", "i2", occurred_at_ms=-5)])
+    with pytest.raises(RequestError, match=r"events\[0\]\.value"):
+        scorer.record_events([Event("u1", "i1", value=1e300)])
+
+
+def test_scorer_swaps_to_a_new_champion_and_keeps_serving_when_one_fails_to_load(
+    home: Any,
+) -> None:
+    scorer = Scorer(home.engine)
+    scorer.reload()
+    old = scorer.model.version
+    broken = home.register("sasrec")
+    folder = registry.get_version(home.engine, broken).artifact_path
+    assert folder is not None
+    onnx_path = f"{folder}/{ONNX_FILE}"
+    with open(onnx_path, "ab") as handle:
+        handle.write(b"tampered")
+    registry.promote(home.engine, broken, actor="tests", reason="a bad release")
+    outcome = scorer.reload()
+    assert outcome["changed"] is False and outcome["failed"] == broken
+    assert "does not match its recorded sha256" in outcome["error"]
+    assert scorer.model.version == old and scorer.recommend("u1")["model_version"] == old
+    assert scorer.info()["last_reload_error"]
+
+    good = home.register("sasrec")
+    registry.promote(home.engine, good, actor="tests", reason="the fix")
+    assert scorer.reload() == {"changed": True, "version": good, "previous": old}
+    assert scorer.recommend("u1")["model_version"] == good
+    assert scorer.info()["last_reload_error"] is None
+    registry.promote(home.engine, home.champion, actor="tests", reason="restore")
