@@ -156,6 +156,11 @@ class Artifact:
             raise ArtifactIntegrityError(f"{folder}: id maps disagree with the config")
         return artifact
 
+    def manifest_sha256(self, name: str) -> str | None:
+        """The sha256 the manifest records for one of the artifact's files."""
+        recorded: dict[str, str] = read_json(self.folder / MANIFEST_FILE).get("sha256", {})
+        return recorded.get(name)
+
     @property
     def family(self) -> str:
         return str(self.config["family"])

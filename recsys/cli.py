@@ -663,6 +663,56 @@ def recommend(
         )
 
 
+@app.command("serve")
+@user_errors
+def serve(
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 3000,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    bento: Annotated[
+        str | None, typer.Option(help="Serve a built bento (e.g. recsys:latest) instead.")
+    ] = None,
+) -> None:
+    """Start the prediction API (BentoML) on the registry's current champion."""
+    import os
+    import sys
+
+    from recsys import registry
+
+    settings = get_settings()
+    champion = registry.alias_version(_engine(settings), registry.CHAMPION)
+    if champion is None and bento is None:
+        typer.echo(
+            "no champion yet: the service answers /readyz with 503 until one is promoted",
+            err=True,
+        )
+    executable = str(Path(sys.executable).with_name("bentoml"))
+    target = bento or "serving.service:RecsysService"
+    typer.echo(f"serving {target} (champion v{champion}) on http://{host}:{port}", err=True)
+    os.execv(executable, [executable, "serve", target, "--host", host, "--port", str(port)])
+
+
+@app.command("bento")
+@user_errors
+def build_bento(
+    version: Annotated[str, typer.Option(help="Version number or alias to package.")] = "champion",
+    as_json: JsonOption = False,
+) -> None:
+    """Package a version as a bento: its artifact into BentoML's model store, then build."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "serving.bento", "--version", version],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        raise RecsysError(f"bento build failed: {lines[-1] if lines else done.returncode}")
+    data = json.loads(done.stdout.strip().splitlines()[-1])
+    _emit(data, as_json)
+
+
 @app.command("demo")
 @user_errors
 def demo(

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from sqlalchemy import Engine, select
 
 from recsys import registry
-from recsys.artifacts import Artifact
+from recsys.artifacts import ONNX_FILE, Artifact
 from recsys.data.readers import FUTURE_TOLERANCE_MS
 from recsys.db.events import Event, Recorded, record_events
 from recsys.db.queries import user_history
@@ -174,6 +174,7 @@ class LoadedModel:
     catalogue: Catalogue
     loaded_at: float
     load_seconds: float
+    source: str = "registry"  # or "bento": the model a bento carries
 
     @property
     def version(self) -> int:
@@ -196,12 +197,20 @@ class LoadedModel:
 def load_model(engine: Engine, ref: int | str = registry.CHAMPION, threads: int = 1) -> LoadedModel:
     """Load, verify and warm up a registered version (the champion by default)."""
     started = time.perf_counter()
-    artifact = registry.load_artifact(engine, ref, threads=threads)
+    return prepare(engine, registry.load_artifact(engine, ref, threads=threads), started)
+
+
+def prepare(
+    engine: Engine, artifact: Artifact, started: float | None = None, source: str = "registry"
+) -> LoadedModel:
+    """Catalogue and warm-up for an already verified artifact."""
+    started = time.perf_counter() if started is None else started
     model = LoadedModel(
         artifact=artifact,
         catalogue=Catalogue.load(engine, artifact.item_ids),
         loaded_at=time.time(),
         load_seconds=0.0,
+        source=source,
     )
     model.warm_up()
     model.load_seconds = time.perf_counter() - started
@@ -231,6 +240,7 @@ class Scorer:
         self._model = model
         self._reload_lock = threading.Lock()
         self.last_reload_error: str | None = None
+        self._failed_version: int | None = None
 
     @property
     def ready(self) -> bool:
@@ -262,12 +272,16 @@ class Scorer:
                 return {"changed": False, "version": current, "reason": f"no {ref} yet"}
             if target == current and not force:
                 return {"changed": False, "version": current}
+            if target == self._failed_version and not force:
+                # Already reported; retried only on an explicit reload.
+                return {"changed": False, "version": current, "failed": target}
             try:
                 fresh = load_model(self.engine, target, threads=self.threads)
             except Exception as exc:
                 return self._reload_failed(current, target, exc)
             self._model = fresh  # the swap: one reference assignment
             self.last_reload_error = None
+            self._failed_version = None
             logger.info(
                 "serving v%d (%s), loaded in %.2fs", target, fresh.family, fresh.load_seconds
             )
@@ -277,9 +291,28 @@ class Scorer:
         self, current: int | None, target: int | None, exc: Exception
     ) -> dict[str, Any]:
         message = f"{type(exc).__name__}: {exc}"
+        self._failed_version = target
         self.last_reload_error = f"v{target}: {message}" if target is not None else message
         logger.error("could not load v%s, still serving v%s: %s", target, current, message)
         return {"changed": False, "version": current, "failed": target, "error": message}
+
+    def serve_artifact(self, artifact: Artifact) -> None:
+        """Serve an artifact that came from elsewhere (a bento's model store).
+
+        Refused if the registry knows this version with another ONNX hash.
+        """
+        try:
+            record = registry.get_version(self.engine, artifact.version)
+        except registry.RegistryError:
+            record = None  # a database without this version: the manifest check stands
+        recorded = None if record is None else record.onnx_sha256
+        if recorded is not None and recorded != artifact.manifest_sha256(ONNX_FILE):
+            raise RecsysError(
+                f"the packaged model claims to be v{artifact.version} but its ONNX graph "
+                "differs from the registry's"
+            )
+        with self._reload_lock:
+            self._model = prepare(self.engine, artifact, source="bento")
 
     # Requests ---------------------------------------------------------------------------
 
@@ -386,6 +419,7 @@ class Scorer:
             "ready": model is not None,
             "model_version": None if model is None else model.version,
             "model_family": None if model is None else model.family,
+            "source": None if model is None else model.source,
             "num_items": None if model is None else model.artifact.num_items,
             "loaded_at": None if model is None else model.loaded_at,
             "load_seconds": None if model is None else round(model.load_seconds, 3),

@@ -1,9 +1,10 @@
 """The prediction API: a thin BentoML service over :mod:`serving.scorer`.
 
 Run it with ``recsys serve`` or ``bentoml serve serving.service:RecsysService``. It serves the
-registry's champion, polls the ``champion`` alias every ``RECSYS_POLL_SECONDS`` (default 10)
-and swaps to a new one without dropping requests; ``POST /admin/reload`` with
-``Authorization: Bearer $RECSYS_ADMIN_TOKEN`` does it at once.
+registry's champion (or, when that cannot be loaded here, the model a bento carries; set
+``RECSYS_MODEL_SOURCE=bento`` to start on the packaged model), polls the ``champion`` alias
+every ``RECSYS_POLL_SECONDS`` (default 10) and swaps to a new one without dropping requests;
+``POST /admin/reload`` with ``Authorization: Bearer $RECSYS_ADMIN_TOKEN`` does it at once.
 """
 
 from __future__ import annotations
@@ -166,6 +167,7 @@ class ModelInfo(BaseModel):
     ready: bool
     model_version: int | None
     model_family: str | None
+    source: str | None
     num_items: int | None
     loaded_at: float | None
     load_seconds: float | None
@@ -180,11 +182,28 @@ class RecsysService:
         settings = get_settings()
         threads = int(os.environ.get("RECSYS_SCORER_THREADS") or 1)
         self.scorer = Scorer(create_engine(settings.database_url), threads=threads)
+        source = os.environ.get("RECSYS_MODEL_SOURCE", "auto")
+        if source == "bento":
+            self._serve_packaged()
         self._report(self.scorer.reload())
+        if source == "auto" and not self.scorer.ready:
+            # No loadable champion here (say, a fresh machine): serve what the bento carries.
+            self._serve_packaged()
         self.poll_seconds = float(os.environ.get("RECSYS_POLL_SECONDS") or 10)
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="champion-poll", daemon=True)
         self._poller.start()
+
+    def _serve_packaged(self) -> None:
+        """Start on the model the bento carries; the registry may still move us on."""
+        from serving.bento import stored_artifact
+
+        artifact = stored_artifact()
+        if artifact is None:
+            logger.warning("no champion could be loaded and no model is packaged")
+            return
+        self.scorer.serve_artifact(artifact)
+        logger.info("serving packaged v%d (%s)", artifact.version, artifact.family)
 
     def __is_ready__(self) -> bool:
         return self.scorer.ready

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import Engine
 
@@ -59,3 +67,48 @@ def make_home(path: Path) -> Home:
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Home:
     return make_home(tmp_path_factory.mktemp("serving") / "home")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def bentoml_serve(
+    target: str, env: dict[str, str], cwd: Path, log: Path, ready_within: float = 90
+) -> Iterator[str]:
+    """Run `bentoml serve TARGET` on a free port until ready; yield its URL; stop it after."""
+    port = free_port()
+    bentoml = Path(sys.executable).with_name("bentoml")
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [str(bentoml), "serve", target, "--port", str(port)],
+            cwd=cwd,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + ready_within
+            while True:
+                if process.poll() is not None:
+                    pytest.fail(f"bentoml serve exited: {log.read_text()[-3000:]}")
+                try:
+                    if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"not ready in {ready_within:.0f} s: {log.read_text()[-3000:]}")
+                time.sleep(0.3)
+            yield base
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -18,60 +15,19 @@ import pytest
 from recsys import registry
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import make_home
+from conftest import bentoml_serve, make_home
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "test-admin-token"
 POLL_SECONDS = 1.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
     home = make_home(tmp_path_factory.mktemp("http") / "home")
-    port = free_port()
-    env = {
-        **os.environ,
-        **home.env,
-        "RECSYS_POLL_SECONDS": str(POLL_SECONDS),
-        "RECSYS_ADMIN_TOKEN": TOKEN,
-    }
-    bentoml = Path(sys.executable).with_name("bentoml")
-    log = (home.path / "serve.log").open("w")
-    process = subprocess.Popen(
-        [str(bentoml), "serve", "serving.service:RecsysService", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"bentoml serve exited: {(home.path / 'serve.log').read_text()}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"not ready in 90 s: {(home.path / 'serve.log').read_text()}")
-            time.sleep(0.3)
+    env = {**home.env, "RECSYS_POLL_SECONDS": str(POLL_SECONDS), "RECSYS_ADMIN_TOKEN": TOKEN}
+    with bentoml_serve("serving.service:RecsysService", env, ROOT, home.path / "serve.log") as base:
         yield base, home
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 def post(base: str, endpoint: str, body: Any) -> httpx.Response:
