@@ -82,20 +82,26 @@ def bentoml_serve(
     """Run `bentoml serve TARGET` on a free port until ready; yield its URL; stop it after."""
     port = free_port()
     bentoml = Path(sys.executable).with_name("bentoml")
+    command = [str(bentoml), "serve", target, "--port", str(port)]
+    with running(command, port, env, cwd, log, ready_within) as base:
+        yield base
+
+
+@contextmanager
+def running(
+    command: list[str], port: int, env: dict[str, str], cwd: Path, log: Path, ready_within: float
+) -> Iterator[str]:
+    """Run a server command until its /readyz answers 200; yield its URL; stop it after."""
     with log.open("w") as out:
         process = subprocess.Popen(
-            [str(bentoml), "serve", target, "--port", str(port)],
-            cwd=cwd,
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
+            command, cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
         )
         base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + ready_within
             while True:
                 if process.poll() is not None:
-                    pytest.fail(f"bentoml serve exited: {log.read_text()[-3000:]}")
+                    pytest.fail(f"{command[0]} exited: {log.read_text()[-3000:]}")
                 try:
                     if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
                         break

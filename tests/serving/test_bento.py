@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import bentoml_serve, make_home
+from conftest import bentoml_serve, free_port, make_home, running
 
 
 def test_bento_carries_the_champion_and_serves_on_a_fresh_home(tmp_path: Path) -> None:
@@ -39,3 +39,12 @@ def test_bento_carries_the_champion_and_serves_on_a_fresh_home(tmp_path: Path) -
         assert "does not exist" in info["last_reload_error"]  # the registry's copy is not here
         response = httpx.post(f"{base}/recommend", json={"user_id": "u1", "k": 3})
         assert response.status_code == 200 and response.json()["model_version"] == home.champion
+
+
+def test_recsys_serve_starts_the_service_on_the_champion(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "home")
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("recsys")), "serve", "--port", str(port)]
+    with running(command, port, home.env, tmp_path, tmp_path / "serve.log", 90) as base:
+        info = httpx.post(f"{base}/model").json()
+        assert info["model_version"] == home.champion and info["source"] == "registry"
