@@ -190,6 +190,33 @@ class AliasEvent(Base):
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class Recommendation(Base):
+    """One slot of a precomputed top-k list (batch scoring); a batch replaces the previous."""
+
+    __tablename__ = "recommendations"
+    __table_args__ = (UniqueConstraint("user_id", "rank"),)
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(255))
+    rank: Mapped[int] = mapped_column(Integer)
+    item_id: Mapped[str] = mapped_column(String(255))
+    score: Mapped[float] = mapped_column(Float)
+    model_version: Mapped[int] = mapped_column(Integer)
+    batch_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Lock(Base):
+    """A named lock held by one process (one retrain at a time), with when and by whom."""
+
+    __tablename__ = "locks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 # Core-level handles for bulk statements (the ORM classes type ``__table__`` loosely).
 users_table = cast(Table, User.__table__)
 items_table = cast(Table, Item.__table__)
@@ -198,3 +225,5 @@ interactions_table = cast(Table, Interaction.__table__)
 model_versions_table = cast(Table, ModelVersion.__table__)
 model_aliases_table = cast(Table, ModelAlias.__table__)
 alias_events_table = cast(Table, AliasEvent.__table__)
+recommendations_table = cast(Table, Recommendation.__table__)
+locks_table = cast(Table, Lock.__table__)

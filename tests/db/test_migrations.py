@@ -26,6 +26,8 @@ TABLES = {
     "model_versions",
     "model_aliases",
     "alias_events",
+    "recommendations",
+    "locks",
 }
 
 
