@@ -713,6 +713,87 @@ def build_bento(
     _emit(data, as_json)
 
 
+def _run_flow(module: str, args: list[str]) -> dict[str, Any]:
+    """Run a flow module in a subprocess (the library never imports Prefect); its JSON result."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+    )
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        errors = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        raise RecsysError(f"{module} failed: {errors[-1] if errors else done.returncode}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+@app.command("retrain")
+@user_errors
+def retrain(
+    models: Annotated[
+        str, typer.Option(help="Comma-separated model families.")
+    ] = "sasrec,gru4rec,ease",
+    split_name: Annotated[str, typer.Option("--split", help="loo or temporal.")] = "loo",
+    margin: Annotated[float, typer.Option(help="Gain the candidate must show (CI low).")] = 0.0,
+    force: Annotated[bool, typer.Option("--force", help="Retrain even if no new data.")] = False,
+    build_bento: Annotated[
+        bool, typer.Option("--build-bento", help="Build a bento on promotion.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Run the Prefect retrain flow once and print its decision."""
+    args = ["--models", models, "--split", split_name, "--margin", str(margin)]
+    args += ["--force"] if force else []
+    args += ["--build-bento"] if build_bento else []
+    result = _run_flow("flows.retrain", args)
+    if as_json:
+        _emit(result, True)
+        return
+    typer.echo(f"retrain {result['status']}: {result['reason']}")
+    for row in result.get("candidates", []):
+        typer.echo(
+            f"  v{row['version']} {row['model']:<8} {row['status']:<10} "
+            f"ndcg@10 {row.get('ndcg@10', float('nan')):.4f} {row.get('ndcg@10 ci', '')}"
+        )
+    typer.echo(f"report: {result.get('report_path')}")
+
+
+@app.command("batch")
+@user_errors
+def batch(
+    k: Annotated[int, typer.Option("-k", "--k", help="Items per user.", min=1, max=1000)] = 10,
+    as_json: JsonOption = False,
+) -> None:
+    """Run the batch flow: the champion's top-k for every user into `recommendations`."""
+    _emit(_run_flow("flows.batch", ["-k", str(k)]), as_json)
+
+
+@app.command("schedule")
+@user_errors
+def schedule(
+    cron: Annotated[str, typer.Option(help="Cron schedule of the retrain (UTC).")] = "0 3 * * *",
+    models: Annotated[
+        str, typer.Option(help="Comma-separated model families.")
+    ] = "sasrec,gru4rec,ease",
+    apply_only: Annotated[
+        bool, typer.Option("--apply-only", help="Register the deployment and exit.")
+    ] = False,
+) -> None:
+    """Create the scheduled retrain deployment and, unless --apply-only, serve its runs."""
+    import os
+    import sys
+
+    args = [sys.executable, "-m", "flows.deploy", "--cron", cron, "--models", models]
+    if apply_only:
+        typer.echo(json.dumps(_run_flow("flows.deploy", [*args[3:], "--apply-only"])))
+        return
+    os.execv(sys.executable, args)
+
+
 @app.command("demo")
 @user_errors
 def demo(

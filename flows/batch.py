@@ -1,0 +1,62 @@
+"""The batch flow: top-k for every user with the champion, into the ``recommendations`` table."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.common import DB_RETRIES, DB_RETRY_DELAYS, settings_and_engine, transient_database_error
+from recsys import registry
+from recsys.batch import BatchResult, batch_recommend
+
+
+@task(
+    name="batch_recommend",
+    retries=DB_RETRIES,
+    retry_delay_seconds=DB_RETRY_DELAYS,
+    retry_condition_fn=transient_database_error,
+    cache_policy=NO_CACHE,
+)
+def batch_recommend_task(k: int, batch_size: int) -> BatchResult:
+    settings, engine = settings_and_engine()
+    artifact = registry.load_artifact(engine, registry.CHAMPION, threads=os.cpu_count())
+    return batch_recommend(engine, settings.database_url, artifact, k=k, batch_size=batch_size)
+
+
+@flow(name="batch-recommend")
+def batch_recommend_flow(k: int = 10, batch_size: int = 1024) -> dict[str, Any]:
+    """Replace the stored recommendations with the champion's top-``k`` for every user."""
+    result = batch_recommend_task(k, batch_size)
+    summary = result.to_dict()
+    create_markdown_artifact(
+        "# Batch recommendations\n\n"
+        + "\n".join(f"- {key}: {value}" for key, value in summary.items())
+        + "\n",
+        key="batch-recommendations",
+    )
+    get_run_logger().info(
+        "%d users scored with v%d at %.0f users/s",
+        result.users,
+        result.model_version,
+        result.users_per_second,
+    )
+    return summary
+
+
+def main() -> None:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="Run the batch recommendation flow once.")
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    args = parser.parse_args()
+    print(json.dumps(batch_recommend_flow(k=args.k, batch_size=args.batch_size), default=str))
+
+
+if __name__ == "__main__":
+    main()

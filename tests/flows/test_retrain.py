@@ -1,0 +1,128 @@
+"""The retrain flow for real under a temporary Prefect server, and its failure modes."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+import flows.retrain as retrain_module
+from flows.retrain import extract_task, quality_report_task, retrain_flow
+from recsys import registry
+from recsys.db import locks
+from recsys.db.engine import create_engine
+from recsys.export import Parity
+
+
+def engine() -> Any:
+    return create_engine(os.environ["RECSYS_DATABASE_URL"])
+
+
+def test_retrain_tasks_run_as_plain_functions(flow_home: dict[str, str]) -> None:
+    snapshot = extract_task.fn(flow_home["RECSYS_DATABASE_URL"])
+    assert len(snapshot) == 5000
+    assert quality_report_task.fn(snapshot).ok
+
+
+def test_retrain_flow_promotes_reports_and_then_skips_unchanged_data(
+    flow_home: dict[str, str],
+) -> None:
+    result = retrain_flow(models=["pop", "ease"])
+    assert result["status"] == "promoted", result["reason"]
+    versions = {row["model"]: row["version"] for row in result["candidates"]}
+    assert result["champion_after"] == versions["ease"] and result["champion_before"] is None
+    assert result["gate"]["baseline"] == "popularity" and result["gate"]["ci_low"] > 0
+    report = Path(result["report_path"]).read_text()
+    assert "## Candidates" in report and "## Gate decision" in report and "PROMOTED" in report
+    for row in result["candidates"]:
+        assert (Path(row["artifact"]) / "retrain-report.md").exists()
+        assert row["parity_max_abs_diff"] is not None and row["parity_max_abs_diff"] <= 1e-4
+    record = registry.get_version(engine(), versions["ease"])
+    assert record.flow_run_id == result["flow_run_id"]
+
+    again = retrain_flow(models=["pop", "ease"])
+    assert again["status"] == "skipped"
+    assert again["reason"].startswith(f"no new data since champion v{versions['ease']}")
+    assert len(registry.list_versions(engine())) == 2
+
+
+def test_retrain_flow_registers_a_worse_candidate_without_promoting_it(
+    flow_home: dict[str, str],
+) -> None:
+    first = retrain_flow(models=["ease"])
+    champion = first["champion_after"]
+    worse = retrain_flow(models=["pop"], force=True)
+    assert worse["status"] == "kept" and worse["champion_after"] == champion
+    (row,) = worse["candidates"]
+    assert registry.get_version(engine(), row["version"]).status == "ready"
+    assert worse["gate"]["diff"] < 0 and worse["gate"]["baseline"] == f"champion v{champion}"
+
+
+def test_retrain_flow_retries_a_transient_database_error(
+    flow_home: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = {"n": 0}
+    real_extract = retrain_module.extract
+
+    def flaky(url: str) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OperationalError("SELECT ...", {}, Exception("database is locked"))
+        return real_extract(url)
+
+    monkeypatch.setattr(retrain_module, "extract", flaky)
+    monkeypatch.setattr(retrain_module.extract_task, "retry_delay_seconds", [0.1])
+    result = retrain_flow(models=["ease"])
+    assert result["status"] == "promoted" and calls["n"] == 2
+
+
+def test_retrain_flow_crash_in_training_fails_the_run_and_keeps_the_champion(
+    flow_home: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    champion = retrain_flow(models=["ease"])["champion_after"]
+    real_train = retrain_module.train_and_evaluate
+
+    def crash(url: str, name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "sasrec":
+            raise RuntimeError("out of memory while training sasrec")
+        return real_train(url, name, *args, **kwargs)
+
+    monkeypatch.setattr(retrain_module, "train_and_evaluate", crash)
+    state = retrain_flow(models=["ease", "sasrec"], force=True, return_state=True)
+    assert state.is_failed() and "out of memory" in str(state.message)
+    assert registry.alias_version(engine()) == champion
+    locks.acquire(engine(), "retrain", holder="check", ttl=timedelta(hours=1))  # released
+
+
+def test_retrain_flow_parity_failure_fails_the_run_and_keeps_the_champion(
+    flow_home: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    champion = retrain_flow(models=["ease"])["champion_after"]
+    import recsys.export as export_module
+
+    def broken(model: Any, path: Any, batches: Any, atol: float = 1e-4) -> Parity:
+        return Parity(False, 0.5, 0.2, [[37, 5]], atol, "max |onnx - torch| = 0.5 exceeds 0.0001")
+
+    monkeypatch.setattr(export_module, "check_parity", broken)
+    state = retrain_flow(models=["ease"], force=True, return_state=True)
+    assert state.is_failed() and "nothing promoted" in str(state.message)
+    assert registry.alias_version(engine()) == champion
+    statuses = [r.status for r in registry.list_versions(engine())]
+    assert statuses.count("unservable") == 1
+
+
+def test_retrain_flow_does_not_run_while_another_retrain_holds_the_lock(
+    flow_home: dict[str, str],
+) -> None:
+    from datetime import timedelta
+
+    locks.acquire(engine(), "retrain", holder="flow run other", ttl=timedelta(hours=1))
+    state = retrain_flow(models=["ease"], return_state=True)
+    assert state.is_failed() and "already running" in str(state.message)
+    assert registry.list_versions(engine()) == []
+    locks.release(engine(), "retrain", holder="flow run other")
+    assert retrain_flow(models=["ease"])["status"] == "promoted"
