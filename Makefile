@@ -23,7 +23,7 @@ test-all: $(STAMP)
 	$(BIN)/pytest -m ''
 
 demo: $(STAMP)
-	$(BIN)/recsys demo
+	$(BIN)/recsys demo $(if $(DATA),--data $(DATA),)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py

@@ -74,9 +74,17 @@ def split_task(snapshot: Snapshot, protocol: Protocol) -> Split:
 
 @task(name="train_and_evaluate", cache_policy=NO_CACHE)
 def train_task(
-    url: str, name: str, protocol: Protocol, snapshot: Snapshot, data: Split, threads: int
+    url: str,
+    name: str,
+    protocol: Protocol,
+    snapshot: Snapshot,
+    data: Split,
+    threads: int,
+    budget_seconds: float | None = None,
 ) -> Outcome:
     overrides: dict[str, Any] = {"threads": threads, "progress": False}
+    if budget_seconds is not None:
+        overrides["budget_seconds"] = budget_seconds
     return train_and_evaluate(
         url, name, protocol, snapshot=snapshot, data=data, train_overrides=overrides
     )
@@ -173,6 +181,7 @@ def retrain_flow(
     metric: str = "ndcg@10",
     build_bento: bool = False,
     service_url: str | None = None,
+    budget_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Retrain ``models`` on the current data and promote the best one if it beats the champion."""
     logger = get_run_logger()
@@ -203,7 +212,9 @@ def retrain_flow(
         data = split_task(snapshot, protocol)
         threads = max(1, (os.cpu_count() or 1) // max(1, min(len(models), 2)))
         futures = [
-            train_task.submit(settings.database_url, name, protocol, snapshot, data, threads)
+            train_task.submit(
+                settings.database_url, name, protocol, snapshot, data, threads, budget_seconds
+            )
             for name in models
         ]
         outcomes = [future.result() for future in futures]  # a failed training fails the run
@@ -254,6 +265,7 @@ def main() -> None:
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--build-bento", action="store_true")
     parser.add_argument("--service-url", default=os.environ.get("RECSYS_SERVICE_URL"))
+    parser.add_argument("--budget-seconds", type=float, default=None)
     args = parser.parse_args()
     result = retrain_flow(
         models=[m.strip() for m in args.models.split(",") if m.strip()],
@@ -262,6 +274,7 @@ def main() -> None:
         force=args.force,
         build_bento=args.build_bento,
         service_url=args.service_url,
+        budget_seconds=args.budget_seconds,
     )
     print(json.dumps(result, default=str))
 

@@ -743,10 +743,14 @@ def retrain(
     build_bento: Annotated[
         bool, typer.Option("--build-bento", help="Build a bento on promotion.")
     ] = False,
+    budget_seconds: Annotated[
+        float | None, typer.Option(help="Training time budget per model.")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Run the Prefect retrain flow once and print its decision."""
     args = ["--models", models, "--split", split_name, "--margin", str(margin)]
+    args += ["--budget-seconds", str(budget_seconds)] if budget_seconds else []
     args += ["--force"] if force else []
     args += ["--build-bento"] if build_bento else []
     result = _run_flow("flows.retrain", args)
@@ -797,36 +801,65 @@ def schedule(
 @app.command("demo")
 @user_errors
 def demo(
+    data: Annotated[
+        Path | None, typer.Option(help="A MovieLens folder to import instead of synthetic data.")
+    ] = None,
     users: Annotated[int, typer.Option(help="Synthetic users.")] = 2000,
     items: Annotated[int, typer.Option(help="Synthetic items.")] = 1000,
     interactions: Annotated[int, typer.Option(help="Synthetic interactions.")] = 60000,
+    models: Annotated[str, typer.Option(help="Model families to train.")] = "sasrec,gru4rec,ease",
+    budget_seconds: Annotated[float, typer.Option(help="Training budget per model.")] = 60.0,
 ) -> None:
-    """The whole path that exists today on the embedded default, narrated step by step."""
-    from recsys.data.extract import extract
-    from recsys.data.frames import write_csv
-    from recsys.data.importers import CsvColumns, import_events
-    from recsys.data.ingest import ingest
-    from recsys.data.synthetic import SyntheticConfig, generate
-    from recsys.data.validation import quality_report
+    """The whole path on the embedded default: data, retrain flow, champion, live service."""
     from recsys.db.migrate import upgrade
-    from recsys.db.queries import stats as read_stats
 
     settings = get_settings()
     started = time.perf_counter()
     typer.echo(f"recsys demo: home {settings.home}, database {_safe_url(settings.database_url)}")
-
     revision = upgrade(settings.database_url)
     typer.echo(f"1. migrated the database to schema revision {revision}")
+    engine = _engine(settings)
+    if data is not None:
+        from recsys.data.importers import import_movielens
+        from recsys.data.ingest import ingest
+
+        loaded = ingest(engine, import_movielens(data), settings.rejects_dir)
+        typer.echo(
+            f"2. imported {data}: {loaded.rows_inserted:,} new, {loaded.rows_skipped:,} already "
+            f"stored, {loaded.rows_rejected:,} rejected"
+        )
+    else:
+        _demo_synthetic(settings, engine, users, items, interactions)
+
+    typer.echo(f"3. running the retrain flow (Prefect) on {models}, {budget_seconds:g}s each ...")
+    result = _run_flow(
+        "flows.retrain", ["--models", models, "--budget-seconds", str(budget_seconds)]
+    )
+    typer.echo(f"   {result['status']}: {result['reason']}")
+    for row in result.get("candidates", []):
+        typer.echo(
+            f"   v{row['version']} {row['model']:<8} ndcg@10 {row.get('ndcg@10', 0):.4f} "
+            f"{row.get('ndcg@10 ci', '')}  ({row['train_seconds']:.0f}s)"
+        )
+    typer.echo(f"   report: {result.get('report_path')}")
+    _demo_service(settings, engine)
+    typer.echo(f"done in {time.perf_counter() - started:.1f}s; nothing left running")
+
+
+def _demo_synthetic(
+    settings: Settings, engine: Engine, users: int, items: int, interactions: int
+) -> None:
+    from recsys.data.frames import write_csv
+    from recsys.data.importers import CsvColumns, import_events
+    from recsys.data.ingest import ingest
+    from recsys.data.synthetic import SyntheticConfig, generate
 
     folder = settings.home / "demo"
-    batch = generate(SyntheticConfig(users, items, interactions, seed=42))
-    paths = write_csv(batch, folder)
+    paths = write_csv(generate(SyntheticConfig(users, items, interactions, seed=42)), folder)
     typer.echo(
         f"2. generated {interactions:,} synthetic interactions of {users:,} users on "
         f"{items:,} items (seed 42) as CSV files in {folder}"
     )
-
-    engine = _engine(settings)
     columns = CsvColumns("user_id", "item_id", "occurred_at", "value", "event_type")
     for attempt in ("imported", "imported again"):
         parsed = import_events(
@@ -838,21 +871,104 @@ def demo(
         )
         result = ingest(engine, parsed, settings.rejects_dir)
         typer.echo(
-            f"3. {attempt} with the CSV importer: {result.rows_inserted:,} new, "
-            f"{result.rows_skipped:,} already stored, {result.rows_rejected:,} rejected "
-            f"({result.rows_per_second:,.0f} rows/s)"
+            f"   {attempt} with the CSV importer: {result.rows_inserted:,} new, "
+            f"{result.rows_skipped:,} already stored, {result.rows_rejected:,} rejected"
         )
 
-    snapshot = extract(settings.database_url)
-    report = quality_report(snapshot)
-    typer.echo(
-        f"4. extracted a snapshot of {len(snapshot):,} interactions in {snapshot.seconds:.2f}s "
-        f"(digest {snapshot.descriptor.digest[:12]}); quality: "
-        f"{len(report.errors)} errors, {len(report.warnings)} warnings"
-    )
-    typer.echo("5. the store now holds:")
-    _print_mapping(read_stats(engine), indent=3)
-    typer.echo(f"done in {time.perf_counter() - started:.1f}s")
+
+def _demo_service(settings: Settings, engine: Engine) -> None:
+    """Start the service, ask it for recommendations, print them, stop it."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+    from sqlalchemy import func, select
+
+    from recsys.db.queries import user_history
+    from recsys.db.schema import interactions_table, users_table
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    env = {
+        **os.environ,
+        "RECSYS_HOME": str(settings.home),
+        "RECSYS_DATABASE_URL": settings.database_url,
+    }
+    log = settings.home / "demo-service.log"
+    bentoml = str(Path(sys.executable).with_name("bentoml"))
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [bentoml, "serve", "serving.service:RecsysService", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while not _ready(base):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RecsysError(f"the service did not start; see {log}")
+            time.sleep(0.3)
+        typer.echo(f"4. started the service (BentoML) at {base}")
+        with engine.connect() as conn:
+            counts = (
+                select(users_table.c.external_id, func.count().label("n"))
+                .join(interactions_table, interactions_table.c.user_id == users_table.c.id)
+                .group_by(users_table.c.external_id)
+                .having(func.count() >= 5)
+                .order_by(users_table.c.external_id)
+                .limit(3)
+            )
+            known = [str(row[0]) for row in conn.execute(counts)]
+        for n, user_id in enumerate(known):
+            reply = httpx.post(
+                f"{base}/recommend", json={"user_id": user_id, "k": 5, "explain": n == 0}
+            ).json()
+            _print_recommendations(f"user {user_id}", reply, explain=n == 0)
+        session = (user_history(engine, known[0]) or [])[-3:]
+        reply = httpx.post(f"{base}/recommend_session", json={"item_ids": session, "k": 5}).json()
+        _print_recommendations(f"anonymous session {session}", reply, explain=False)
+        reply = httpx.post(f"{base}/recommend", json={"user_id": "someone-new", "k": 5}).json()
+        _print_recommendations("unknown user someone-new", reply, explain=False)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    typer.echo("5. stopped the service")
+
+
+def _ready(base: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _print_recommendations(who: str, reply: dict[str, Any], explain: bool) -> None:
+    if "items" not in reply:
+        raise RecsysError(f"the service answered {reply}")
+    fallback = f", fallback: {reply['fallback']}" if reply.get("fallback") else ""
+    typer.echo(f"\n   {who}: {reply['model_family']} v{reply['model_version']}{fallback}")
+    typer.echo(f"   {'rank':>4}  {'item':<10} {'score':>9}  title")
+    for rank, item in enumerate(reply["items"], start=1):
+        typer.echo(
+            f"   {rank:>4}  {item['item_id']:<10} {item['score']:>9.4f}  {item['title'] or ''}"
+        )
+    if explain and reply["items"] and reply["items"][0].get("because"):
+        reasons = ", ".join(
+            f"{b['title'] or b['item_id']} ({b['weight']:.2f})"
+            for b in reply["items"][0]["because"]
+        )
+        typer.echo(f"   why #1 ({reply['items'][0]['title']}): close to {reasons}")
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -138,15 +139,22 @@ def test_cli_unreachable_database_is_one_line(tmp_path: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_cli_demo_runs_end_to_end(tmp_path: Path) -> None:
+def test_cli_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path: Path) -> None:
     env = {"RECSYS_HOME": str(tmp_path / "home"), "RECSYS_DATABASE_URL": ""}
-    result = _recsys("demo", "--users", "300", "--items", "200", "--interactions", "6000", env=env)
+    args = ["--users", "300", "--items", "120", "--interactions", "6000", "--budget-seconds", "5"]
+    result = _recsys("demo", *args, env=env)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "migrated the database" in out
     assert "imported with the CSV importer: 6,000 new" in out
     assert "imported again with the CSV importer: 0 new, 6,000 already stored" in out
-    assert (tmp_path / "home" / "recsys.db").exists()
+    assert "running the retrain flow" in out and "report: " in out
+    assert out.count(" v1 sasrec ") + out.count(" v2 gru4rec ") + out.count(" v3 ease ") == 3
+    assert "anonymous session" in out and "fallback: popular" in out and "why #1" in out
+    assert "stopped the service" in out
+    url = out.split("started the service (BentoML) at ")[1].split()[0]
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/healthz", timeout=2)  # nothing left listening
 
 
 def test_cli_train_prints_metrics_json_with_epochs_and_time(recsys_env: dict[str, str]) -> None:
