@@ -1,0 +1,80 @@
+"""The ingest and batch flows under a temporary Prefect server."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
+
+import flows.ingest as ingest_module
+from flows.batch import batch_recommend_flow
+from flows.ingest import ingest_flow, rejects_report
+from flows.retrain import retrain_flow
+from recsys.db.engine import create_engine
+from recsys.db.queries import user_history
+from recsys.db.schema import recommendations_table
+
+
+def test_ingest_flow_counts_rejects_and_retries_a_transient_error(
+    flow_home: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "seq.txt"
+    source.write_text("alice a b c\nbob c d\n   \ncarol e\n", encoding="utf-8")
+    real = ingest_module.ingest
+    calls = {"n": 0}
+
+    def flaky(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OperationalError("INSERT ...", {}, Exception("server closed the connection"))
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ingest_module, "ingest", flaky)
+    monkeypatch.setattr(ingest_module.ingest_task, "retry_delay_seconds", [0.1])
+    result = ingest_flow(str(source), kind="sequences")
+    assert calls["n"] == 2
+    assert result["rows_inserted"] == 6
+    assert result["rows_rejected"] == 1 and result["rejects_by_reason"] == {"empty_sequence": 1}
+    assert Path(result["rejects_path"]).exists()
+
+
+def test_rejects_report_lists_reasons() -> None:
+    from recsys.db.load import LoadResult
+
+    result = LoadResult(1, "sequences", "x.txt", 5, 3, 0, 2, {"bad_id": 2}, "/r.csv", 2, 3, 0.1)
+    text = rejects_report(result)
+    assert "| bad_id | 2 |" in text and "rejected 2" in text
+
+
+def test_batch_flow_writes_every_users_top_k_and_replaces_the_previous_batch(
+    flow_home: dict[str, str],
+) -> None:
+    retrain_flow(models=["ease"])
+    first = batch_recommend_flow(k=5)
+    engine = create_engine(os.environ["RECSYS_DATABASE_URL"])
+    with engine.connect() as conn:
+        rows = conn.execute(select(recommendations_table)).all()
+    assert first["users"] == 200 and len(rows) == first["rows"] == 200 * 5
+    assert {r.batch_id for r in rows} == {first["batch_id"]}
+    assert {r.model_version for r in rows} == {first["model_version"]}
+    by_user: dict[str, list[tuple[int, str, float]]] = {}
+    for r in rows:
+        by_user.setdefault(r.user_id, []).append((r.rank, r.item_id, r.score))
+    for user_id in ("u1", "u2", "u3"):
+        ranked = sorted(by_user[user_id])
+        assert [rank for rank, _, _ in ranked] == [1, 2, 3, 4, 5]
+        scores = [score for _, _, score in ranked]
+        assert scores == sorted(scores, reverse=True)
+        assert not {item for _, item, _ in ranked} & set(user_history(engine, user_id) or [])
+
+    second = batch_recommend_flow(k=3)
+    with engine.connect() as conn:
+        batches = conn.execute(
+            select(recommendations_table.c.batch_id, func.count()).group_by(
+                recommendations_table.c.batch_id
+            )
+        ).all()
+    assert batches == [(second["batch_id"], 200 * 3)]
