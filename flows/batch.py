@@ -9,7 +9,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import DB_RETRIES, DB_RETRY_DELAYS, settings_and_engine, transient_database_error
+from flows.common import (
+    DB_RETRIES,
+    DB_RETRY_DELAYS,
+    print_result,
+    settings_and_engine,
+    transient_database_error,
+)
 from recsys import registry
 from recsys.batch import BatchResult, batch_recommend
 
@@ -49,13 +55,12 @@ def batch_recommend_flow(k: int = 10, batch_size: int = 1024) -> dict[str, Any]:
 
 def main() -> None:
     import argparse
-    import json
 
     parser = argparse.ArgumentParser(description="Run the batch recommendation flow once.")
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=1024)
     args = parser.parse_args()
-    print(json.dumps(batch_recommend_flow(k=args.k, batch_size=args.batch_size), default=str))
+    print_result(lambda: batch_recommend_flow(k=args.k, batch_size=args.batch_size))
 
 
 if __name__ == "__main__":

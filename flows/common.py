@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from prefect.runtime import flow_run
@@ -45,3 +48,13 @@ def task_runner(workers: int | None = None) -> Any:
 def current_run_id() -> str | None:
     run_id = flow_run.get_id()
     return str(run_id) if run_id else None
+
+
+def print_result(run: Callable[[], Any]) -> None:
+    """Entry points print one JSON line: the flow's result, or ``{"error": ...}`` and exit 1."""
+    try:
+        result = run()
+    except Exception as exc:  # reported to the caller as one line; Prefect logged the rest
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)}))
+        sys.exit(1)
+    print(json.dumps(result, default=str))

@@ -25,6 +25,7 @@ from flows.common import (
     DB_RETRIES,
     DB_RETRY_DELAYS,
     current_run_id,
+    print_result,
     settings_and_engine,
     task_runner,
     transient_database_error,
@@ -267,16 +268,17 @@ def main() -> None:
     parser.add_argument("--service-url", default=os.environ.get("RECSYS_SERVICE_URL"))
     parser.add_argument("--budget-seconds", type=float, default=None)
     args = parser.parse_args()
-    result = retrain_flow(
-        models=[m.strip() for m in args.models.split(",") if m.strip()],
-        split=args.split,
-        margin=args.margin,
-        force=args.force,
-        build_bento=args.build_bento,
-        service_url=args.service_url,
-        budget_seconds=args.budget_seconds,
+    print_result(
+        lambda: retrain_flow(
+            models=[m.strip() for m in args.models.split(",") if m.strip()],
+            split=args.split,
+            margin=args.margin,
+            force=args.force,
+            build_bento=args.build_bento,
+            service_url=args.service_url,
+            budget_seconds=args.budget_seconds,
+        )
     )
-    print(json.dumps(result, default=str))
 
 
 if __name__ == "__main__":

@@ -724,10 +724,14 @@ def _run_flow(module: str, args: list[str]) -> dict[str, Any]:
         text=True,
     )
     lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
+    try:
+        result: dict[str, Any] = json.loads(lines[-1]) if lines else {}
+    except json.JSONDecodeError:
+        result = {}
+    if done.returncode != 0 or not result:
         errors = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        raise RecsysError(f"{module} failed: {errors[-1] if errors else done.returncode}")
-    result: dict[str, Any] = json.loads(lines[-1])
+        reason = result.get("error") or (errors[-1] if errors else f"exit {done.returncode}")
+        raise RecsysError(f"{module.split('.')[-1]} failed: {reason}")
     return result
 
 
@@ -749,6 +753,10 @@ def retrain(
     as_json: JsonOption = False,
 ) -> None:
     """Run the Prefect retrain flow once and print its decision."""
+    from recsys.models import spec
+
+    for name in models.split(","):
+        spec(name.strip())
     args = ["--models", models, "--split", split_name, "--margin", str(margin)]
     args += ["--budget-seconds", str(budget_seconds)] if budget_seconds else []
     args += ["--force"] if force else []

@@ -309,3 +309,25 @@ def test_cli_recommend_scores_through_onnxruntime_without_torch(
 
     table = _recsys("recommend", "u3", "-k", "2", env=recsys_env)
     assert table.returncode == 0 and "sasrec v1" in table.stdout
+
+
+def test_cli_retrain_and_batch_run_the_flows(recsys_env: dict[str, str]) -> None:
+    runner.invoke(
+        app, ["generate", "synthetic", "--users", "120", "--items", "50", "--interactions", "3000"]
+    )
+    result = _recsys("retrain", "--models", "pop,ease", "--json", env=recsys_env)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert data["status"] == "promoted" and len(data["candidates"]) == 2
+    assert Path(data["report_path"]).exists()
+
+    table = _recsys("retrain", "--models", "pop,ease", env=recsys_env)
+    assert table.returncode == 0 and "retrain skipped: no new data since champion" in table.stdout
+
+    batch = _recsys("batch", "-k", "3", "--json", env=recsys_env)
+    assert batch.returncode == 0, batch.stderr
+    summary = json.loads(batch.stdout.strip().splitlines()[-1])
+    assert summary["users"] == 120 and summary["rows"] == 360
+
+    bad = _recsys("retrain", "--models", "bert4rec", env=recsys_env)
+    assert bad.returncode == 1 and "unknown model 'bert4rec'" in bad.stderr
