@@ -1,0 +1,119 @@
+"""The scheduled retrain deployment on a temporary Prefect server: its settings and a real run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+from prefect import get_client
+from prefect.client.schemas.objects import ConcurrencyLimitStrategy, FlowRun
+from prefect.client.schemas.schedules import CronSchedule
+from prefect.deployments.runner import RunnerDeployment
+from prefect.runner import Runner
+
+import flows.deploy as deploy_module
+from flows.deploy import main, retrain_deployment
+from recsys import registry
+from recsys.db.engine import create_engine
+from recsys.errors import RecsysError
+
+RUN_TIMEOUT = 300.0
+
+
+def read_deployment(deployment_id: UUID) -> Any:
+    with get_client(sync_client=True) as client:
+        return client.read_deployment(deployment_id)
+
+
+async def trigger_and_serve_once(deployment: RunnerDeployment) -> FlowRun:
+    """Register ``deployment`` on a runner, trigger one run now and let the runner execute it.
+
+    ``start(run_once=True)`` polls once, starts the due run in a ``python -m prefect.engine``
+    subprocess (as ``prefect.serve`` would) and returns when that process has exited.
+    """
+    runner = Runner(name="test-deploy", pause_on_shutdown=False)
+    deployment_id = await runner.aadd_deployment(deployment)
+    async with get_client() as client:
+        flow_run = await client.create_flow_run_from_deployment(deployment_id)
+        await asyncio.wait_for(runner.start(run_once=True, webserver=False), RUN_TIMEOUT)
+        return await client.read_flow_run(flow_run.id)
+
+
+def test_retrain_deployment_registers_schedule_limit_and_parameters_and_runs_a_retrain(
+    flow_home: dict[str, str],
+) -> None:
+    deployment = retrain_deployment(name="test-run", cron="0 3 * * *", models=["pop", "ease"])
+    deployment_id = deployment.apply()
+    assert isinstance(deployment_id, UUID)
+
+    stored = read_deployment(deployment_id)
+    assert stored.name == "test-run" and stored.entrypoint == "flows.retrain.retrain_flow"
+    (schedule,) = stored.schedules
+    assert isinstance(schedule.schedule, CronSchedule) and schedule.active
+    assert schedule.schedule.cron == "0 3 * * *" and schedule.schedule.timezone == "UTC"
+    assert stored.global_concurrency_limit is not None
+    assert stored.global_concurrency_limit.limit == 1
+    assert stored.concurrency_options is not None
+    assert stored.concurrency_options.collision_strategy == ConcurrencyLimitStrategy.CANCEL_NEW
+    assert stored.parameters == {
+        "models": ["pop", "ease"],
+        "split": "loo",
+        "margin": 0.0,
+        "force": False,
+    }
+    assert {"recsys", "retrain"} <= set(stored.tags) and "pop, ease" in stored.description
+
+    flow_run = asyncio.run(trigger_and_serve_once(deployment))
+    assert flow_run.deployment_id == deployment_id
+    assert flow_run.state is not None and flow_run.state.is_completed(), flow_run.state
+    assert flow_run.parameters["models"] == ["pop", "ease"]
+
+    versions = registry.list_versions(create_engine(os.environ["RECSYS_DATABASE_URL"]))
+    assert sorted(v.family for v in versions) == ["ease", "pop"]
+    assert {v.flow_run_id for v in versions} == {str(flow_run.id)}
+    assert any(registry.CHAMPION in v.aliases for v in versions)
+    report = Path(flow_home["RECSYS_HOME"]) / "reports" / f"retrain-{flow_run.id}.md"
+    assert "PROMOTED" in report.read_text()
+
+
+def test_deploy_main_apply_only_prints_the_registered_deployment(
+    flow_home: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--apply-only", "--name", "test-apply", "--cron", "30 4 * * 1", "--models", "ease"]
+    main([*args, "--split", "temporal", "--margin", "0.01"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["name"] == "retrain/test-apply" and printed["schedule"] == "30 4 * * 1"
+    stored = read_deployment(UUID(printed["deployment_id"]))
+    assert stored.name == "test-apply" and stored.schedules[0].schedule.cron == "30 4 * * 1"
+    assert stored.parameters == {
+        "models": ["ease"],
+        "split": "temporal",
+        "margin": 0.01,
+        "force": False,
+    }
+
+
+def test_deploy_main_serves_the_deployment_unless_apply_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    served: list[RunnerDeployment] = []
+    monkeypatch.setattr(deploy_module, "serve", lambda *d: served.extend(d))
+    main(["--cron", "0 5 * * *", "--models", "pop,ease"])
+    (deployment,) = served
+    assert deployment.name == "nightly" and deployment.parameters["models"] == ["pop", "ease"]
+    assert deployment.concurrency_limit == 1
+    assert deployment.schedules is not None
+    cron = deployment.schedules[0].schedule
+    assert isinstance(cron, CronSchedule) and cron.cron == "0 5 * * *"
+
+
+def test_retrain_deployment_rejects_unknown_models_and_splits() -> None:
+    with pytest.raises(RecsysError, match="unknown model 'nope'"):
+        retrain_deployment(models=["ease", "nope"])
+    with pytest.raises(RecsysError, match="unknown split"):
+        retrain_deployment(split="random")
