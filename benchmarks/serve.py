@@ -305,7 +305,8 @@ def _dataset(args: argparse.Namespace) -> tuple[ImportBatch, str]:
             f"dataset not found: {path} (pass --dataset-path, set RECSYS_DATASETS, "
             "or use --synthetic)"
         )
-    return import_sequences(path), str(path)
+    shown = path.relative_to(data_root()) if path.is_relative_to(data_root()) else path.name
+    return import_sequences(path), str(shown)
 
 
 def _train_champion(
@@ -779,7 +780,7 @@ def main() -> None:
                 servers[server.name] = {
                     "target": server.target,
                     "startup_s": round(running.startup_s, 1),
-                    "log": str(log),
+                    "log": os.path.relpath(log, REPO_ROOT),
                 }
                 if server.name == "recsys":
                     model = served_model(running.base)

@@ -34,7 +34,7 @@ def batch_recommend_task(k: int, batch_size: int) -> BatchResult:
 
 
 @flow(name="batch-recommend")
-def batch_recommend_flow(k: int = 10, batch_size: int = 1024) -> dict[str, Any]:
+def batch_recommend_flow(k: int = 10, batch_size: int = 256) -> dict[str, Any]:
     """Replace the stored recommendations with the champion's top-``k`` for every user."""
     result = batch_recommend_task(k, batch_size)
     summary = result.to_dict()
@@ -58,7 +58,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description="Run the batch recommendation flow once.")
     parser.add_argument("-k", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
     print_result(lambda: batch_recommend_flow(k=args.k, batch_size=args.batch_size))
 

@@ -221,6 +221,50 @@ class Artifact:
 
     def score(self, history: Int64Array | None, users: Int64Array | None) -> FloatArray:
         """Scores (B, I) for left-padded histories (B, L) and/or user indices (B,)."""
+        (scores,) = self.session.run(["scores"], self._feeds(history, users))
+        return np.asarray(scores, dtype=np.float32)
+
+    def top(
+        self, history: Int64Array | None, users: Int64Array | None, k: int
+    ) -> tuple[FloatArray, Int64Array]:
+        """The ``k`` best scores and their columns per row, best first: (B, k), (B, k).
+
+        Runs the graph with a TopK node appended, so the (B, I) score matrix never leaves
+        onnxruntime (batch scoring of large catalogues).
+        """
+        feeds = self._feeds(history, users)
+        feeds["k"] = np.asarray([min(k, self.num_items)], dtype=np.int64)
+        values, indices = self._top_session.run(["top_scores", "top_columns"], feeds)
+        return np.asarray(values, dtype=np.float32), np.asarray(indices, dtype=np.int64)
+
+    @cached_property
+    def _top_session(self) -> Any:
+        import onnx
+        import onnxruntime as ort
+
+        proto = onnx.load(str(self.folder / ONNX_FILE))
+        graph = proto.graph
+        graph.input.append(onnx.helper.make_tensor_value_info("k", onnx.TensorProto.INT64, [1]))
+        graph.node.append(
+            onnx.helper.make_node(
+                "TopK", ["scores", "k"], ["top_scores", "top_columns"], axis=1, largest=1, sorted=1
+            )
+        )
+        del graph.output[:]
+        graph.output.extend(
+            [
+                onnx.helper.make_tensor_value_info("top_scores", onnx.TensorProto.FLOAT, None),
+                onnx.helper.make_tensor_value_info("top_columns", onnx.TensorProto.INT64, None),
+            ]
+        )
+        options = ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        return ort.InferenceSession(
+            proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+
+    def _feeds(self, history: Int64Array | None, users: Int64Array | None) -> dict[str, Any]:
         feeds: dict[str, Any] = {}
         if "history" in self.input_kinds:
             if history is None:
@@ -232,8 +276,7 @@ class Artifact:
             if users is None:
                 raise RecsysError(f"{self.family} scores users; none given")
             feeds["user"] = np.ascontiguousarray(users, dtype=np.int64)
-        (scores,) = self.session.run(["scores"], feeds)
-        return np.asarray(scores, dtype=np.float32)
+        return feeds
 
     def history_indices(self, item_ids: list[str]) -> tuple[Int64Array, list[str]]:
         """Indices of the known items of a history (order kept) and the unknown ids."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Engine, delete, insert
+from sqlalchemy import Connection, Engine, delete
 
 from recsys.artifacts import Artifact
 from recsys.data.extract import extract
@@ -48,7 +48,7 @@ class BatchResult:
 
 
 def score_all(
-    artifact: Artifact, url: str, k: int, batch_size: int = 1024
+    artifact: Artifact, url: str, k: int, batch_size: int = 256
 ) -> tuple[list[str], npt.NDArray[np.int64], npt.NDArray[np.float32], int]:
     """Top-k item columns and scores for every user with events: (U,), (U, K), (U, K)."""
     snapshot = extract(url)
@@ -68,34 +68,41 @@ def score_all(
     k = min(k, artifact.num_items)
     top = np.zeros((len(active), k), dtype=np.int64)
     best = np.zeros((len(active), k), dtype=np.float32)
-    lengths = histories.lengths()
     popular = artifact.popularity.astype(np.float32)
     personalised = 0
+    offsets = histories.offsets
+    num_items = artifact.num_items
+    popular_order = np.argsort(-popular, kind="stable")  # (I,) columns, most popular first
     for start in range(0, len(active), batch_size):
         which = active[start : start + batch_size].astype(np.int64)
+        users = user_art[start : start + batch_size]
+        counts = offsets[which + 1] - offsets[which]
+        # Enough candidates that k remain after removing each row's seen items.
+        wanted = min(num_items, k + int(counts.max(initial=0)))
         history = left_padded(histories, which, artifact.max_len)  # (B, L)
-        scores = artifact.score(history, user_art[start : start + batch_size]).copy()  # (B, I)
-        cold = (
-            lengths[which] == 0
-            if "history" in artifact.input_kinds
-            else user_art[start : start + batch_size] == 0
-        )
-        scores[cold] = popular
+        values, columns = artifact.top(history, users, wanted)  # (B, W) best first
+        cold = counts == 0 if "history" in artifact.input_kinds else users == 0
+        if cold.any():
+            columns[cold] = popular_order[:wanted]
+            values[cold] = popular[popular_order[:wanted]]
         personalised += int((~cold).sum())
-        offsets = histories.offsets
-        rows = np.repeat(np.arange(len(which)), offsets[which + 1] - offsets[which])
-        seen = np.concatenate([histories.row(u) for u in which]) if len(rows) else rows
-        scores[rows, seen.astype(np.int64) - 1] = -np.inf
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # (B, K) unordered
-        part_scores = np.take_along_axis(scores, part, axis=1)
-        order = np.argsort(-part_scores, axis=1, kind="stable")
-        top[start : start + len(which)] = np.take_along_axis(part, order, axis=1)
-        best[start : start + len(which)] = np.take_along_axis(part_scores, order, axis=1)
+        # Seen items as flat row * I + column keys, compared with the candidates' keys.
+        rows = np.repeat(np.arange(len(which)), counts)
+        within = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+        seen = histories.values[np.repeat(offsets[which], counts) + within].astype(np.int64) - 1
+        keys = np.arange(len(which))[:, None] * num_items + columns  # (B, W)
+        hidden = np.isin(keys, rows * num_items + seen)
+        order = np.argsort(hidden, axis=1, kind="stable")[:, :k]  # unseen first, order kept
+        chosen = np.take_along_axis(columns, order, axis=1)
+        chosen_values = np.take_along_axis(values, order, axis=1)
+        chosen_values[np.take_along_axis(hidden, order, axis=1)] = -np.inf
+        top[start : start + len(which)] = chosen
+        best[start : start + len(which)] = chosen_values
     return user_ids, top, best, personalised
 
 
 def batch_recommend(
-    engine: Engine, url: str, artifact: Artifact, *, k: int = 10, batch_size: int = 1024
+    engine: Engine, url: str, artifact: Artifact, *, k: int = 10, batch_size: int = 256
 ) -> BatchResult:
     """Score every user and replace the ``recommendations`` table's contents atomically."""
     started = time.perf_counter()
@@ -105,23 +112,14 @@ def batch_recommend(
     now = datetime.now(UTC)
     item_ids = artifact.item_ids
     rows = [
-        {
-            "user_id": user_id,
-            "rank": rank,
-            "item_id": item_ids[column],
-            "score": float(score),
-            "model_version": artifact.version,
-            "batch_id": batch_id,
-            "created_at": now,
-        }
+        (user_id, rank, item_ids[column], score, artifact.version, batch_id, now)
         for user_id, columns, scores in zip(user_ids, top.tolist(), best.tolist(), strict=True)
         for rank, (column, score) in enumerate(zip(columns, scores, strict=True), start=1)
         if score != float("-inf")
     ]
     with engine.begin() as conn:
         conn.execute(delete(recommendations_table))
-        for start in range(0, len(rows), 50_000):
-            conn.execute(insert(recommendations_table), rows[start : start + 50_000])
+        _insert_rows(conn, rows)
     written = time.perf_counter()
     logger.info("batch %s: %d users, %d rows", batch_id, len(user_ids), len(rows))
     return BatchResult(
@@ -133,3 +131,26 @@ def batch_recommend(
         score_seconds=scored - started,
         write_seconds=written - scored,
     )
+
+
+COLUMNS = ("user_id", "rank", "item_id", "score", "model_version", "batch_id", "created_at")
+
+
+def _insert_rows(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Bulk insert: COPY on PostgreSQL, one executemany on SQLite (inside the caller's
+    transaction either way, so the swap stays atomic)."""
+    if conn.dialect.name == "postgresql":
+        cursor: Any = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        with cursor.copy(f"COPY recommendations ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        return
+    placeholders = ", ".join("?" for _ in COLUMNS)
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    # SQLAlchemy's own SQLite DATETIME text (UTC, no offset), so the ORM reads it back.
+    stamp = rows[0][-1].strftime("%Y-%m-%d %H:%M:%S.%f") if rows else None
+    cursor.executemany(
+        f"INSERT INTO recommendations ({', '.join(COLUMNS)}) VALUES ({placeholders})",
+        ((*row[:-1], stamp) for row in rows),
+    )
+    cursor.close()

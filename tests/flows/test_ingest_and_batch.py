@@ -13,6 +13,8 @@ import flows.ingest as ingest_module
 from flows.batch import batch_recommend_flow
 from flows.ingest import ingest_flow, rejects_report
 from flows.retrain import retrain_flow
+from recsys import registry
+from recsys.artifacts import recommend
 from recsys.db.engine import create_engine
 from recsys.db.queries import user_history
 from recsys.db.schema import recommendations_table
@@ -55,6 +57,7 @@ def test_batch_flow_writes_every_users_top_k_and_replaces_the_previous_batch(
     retrain_flow(models=["ease"])
     first = batch_recommend_flow(k=5)
     engine = create_engine(os.environ["RECSYS_DATABASE_URL"])
+    artifact = registry.load_artifact(engine)
     with engine.connect() as conn:
         rows = conn.execute(select(recommendations_table)).all()
     assert first["users"] == 200 and len(rows) == first["rows"] == 200 * 5
@@ -69,6 +72,8 @@ def test_batch_flow_writes_every_users_top_k_and_replaces_the_previous_batch(
         scores = [score for _, _, score in ranked]
         assert scores == sorted(scores, reverse=True)
         assert not {item for _, item, _ in ranked} & set(user_history(engine, user_id) or [])
+        one_by_one = recommend(artifact, user_history(engine, user_id) or [], k=5)
+        assert [item for _, item, _ in ranked] == one_by_one.item_ids
 
     second = batch_recommend_flow(k=3)
     with engine.connect() as conn:
