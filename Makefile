@@ -28,6 +28,8 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/extract.py
+	$(BIN)/python benchmarks/serve.py --home benchmarks/.homes/amazon-toys
+	$(BIN)/python benchmarks/batch.py --home benchmarks/.homes/amazon-toys
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
