@@ -242,10 +242,15 @@ def retrain_flow(
             summary.status = "promoted"
             summary.reason = f"v{records[best].version} ({outcomes[best].name}) is the new champion"
             if build_bento:
-                build_bento_task(records[best].version)
+                summary.bento = build_bento_task(records[best].version)
             token = os.environ.get("RECSYS_ADMIN_TOKEN")
             if service_url and token:
-                reload_service_task(service_url, token)
+                summary.service_reload = reload_service_task(service_url, token)
+            elif service_url:
+                logger.warning(
+                    "RECSYS_ADMIN_TOKEN is not set: the service picks v%d up at its next poll",
+                    records[best].version,
+                )
         else:
             summary.status = "kept"
             summary.reason = f"champion {_v(champion_before)} kept: {decision.reason}"

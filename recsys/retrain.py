@@ -57,6 +57,8 @@ class RetrainSummary:
     gate: dict[str, Any] | None = None
     flow_run_id: str | None = None
     report_path: str | None = None
+    bento: str | None = None
+    service_reload: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -114,6 +116,13 @@ def render_report(
         lines += [
             f"- v{row['version']} {row['model']}: `{row['artifact']}`" for row in summary.candidates
         ]
+        lines.append("")
+    if summary.bento or summary.service_reload:
+        lines += ["## Published", ""]
+        if summary.bento:
+            lines.append(f"- bento `{summary.bento}`")
+        if summary.service_reload:
+            lines.append(f"- service reload: `{summary.service_reload}`")
         lines.append("")
     lines += ["## Champion", ""]
     lines.append(f"- before: {_version(summary.champion_before)}")

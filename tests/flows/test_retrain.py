@@ -126,3 +126,33 @@ def test_retrain_flow_does_not_run_while_another_retrain_holds_the_lock(
     assert registry.list_versions(engine()) == []
     locks.release(engine(), "retrain", holder="flow run other")
     assert retrain_flow(models=["ease"])["status"] == "promoted"
+
+
+def test_retrain_flow_promotion_builds_a_bento_and_reloads_the_running_service(
+    flow_home: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    import httpx
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "serving"))
+    from conftest import bentoml_serve  # the serving tests' helper
+
+    first = retrain_flow(models=["ease"])["champion_after"]
+    token = "flow-test-token"
+    monkeypatch.setenv("RECSYS_ADMIN_TOKEN", token)
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+    env = {**flow_home, "RECSYS_ADMIN_TOKEN": token, "RECSYS_POLL_SECONDS": "3600"}
+    root = Path(__file__).parents[2]
+    with bentoml_serve("serving.service:RecsysService", env, root, tmp_path / "serve.log") as base:
+        assert httpx.post(f"{base}/model").json()["model_version"] == first
+        # A margin of -1 accepts any servable candidate: the point here is what follows it.
+        result = retrain_flow(
+            models=["pop"], force=True, margin=-1.0, build_bento=True, service_url=base
+        )
+        assert result["status"] == "promoted"
+        new = result["champion_after"]
+        assert new != first and result["bento"].startswith("recsys:")
+        assert result["service_reload"]["version"] == new
+        # Served at once, though the service would not poll for an hour.
+        assert httpx.post(f"{base}/model").json()["model_version"] == new
