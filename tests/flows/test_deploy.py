@@ -117,3 +117,48 @@ def test_retrain_deployment_rejects_unknown_models_and_splits() -> None:
         retrain_deployment(models=["ease", "nope"])
     with pytest.raises(RecsysError, match="unknown split"):
         retrain_deployment(split="random")
+
+
+def test_recsys_schedule_registers_then_serves_the_deployment(flow_home: dict[str, str]) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, **flow_home, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    recsys = str(Path(sys.executable).with_name("recsys"))
+    applied = subprocess.run(
+        [recsys, "schedule", "--cron", "30 2 * * *", "--models", "ease", "--apply-only"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert applied.returncode == 0, applied.stderr
+    registered = json.loads(applied.stdout.strip().splitlines()[-1])
+    assert registered["schedule"] == "30 2 * * *"
+    deployment = read_deployment(UUID(registered["deployment_id"]))
+    assert deployment.parameters["models"] == ["ease"]
+
+    # Without --apply-only the command stays up and serves the deployment's runs.
+    serving = subprocess.Popen(
+        [recsys, "schedule", "--cron", "45 1 * * *", "--models", "ease"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert serving.poll() is None, serving.stderr.read() if serving.stderr else ""
+            current = read_deployment(UUID(registered["deployment_id"]))
+            crons = [s.schedule.cron for s in current.schedules]
+            if crons == ["45 1 * * *"]:
+                break
+            assert time.monotonic() < deadline, f"the served deployment still has {crons}"
+            time.sleep(0.5)
+    finally:
+        serving.terminate()
+        serving.wait(timeout=30)
