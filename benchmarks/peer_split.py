@@ -127,31 +127,39 @@ def evaluate_lists(data: Split, snapshot: Snapshot, lists: dict[str, Sequence[st
     return evaluate(score, data.test, num_items=data.num_items, protocol="loo", ks=(10, 20))
 
 
-def main() -> None:
+DATASETS = {
+    "ml-100k": "ml-100k",
+    "amazon-toys": "amazon-toys-s3rec/Amazon_Toys_and_Games.txt",
+}
+DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def load_snapshot(dataset: str, data_root: Path, scratch: Path) -> Snapshot:
+    """Import a dataset into a scratch SQLite database and extract it (same way every time)."""
     from recsys.data.importers import import_movielens, import_sequences
     from recsys.data.ingest import ingest
     from recsys.db.engine import create_engine
     from recsys.db.migrate import upgrade
 
+    url = f"sqlite:///{scratch / 'recsys.db'}"
+    upgrade(url)
+    engine = create_engine(url)
+    path = data_root / DATASETS[dataset]
+    batch = import_movielens(path) if dataset == "ml-100k" else import_sequences(path)
+    ingest(engine, batch, scratch / "rejects")
+    engine.dispose()
+    return extract(url)
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", choices=["ml-100k", "amazon-toys"], required=True)
-    parser.add_argument(
-        "--data-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data"
-    )
+    parser.add_argument("--dataset", choices=sorted(DATASETS), required=True)
+    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        url = f"sqlite:///{Path(scratch) / 'recsys.db'}"
-        upgrade(url)
-        engine = create_engine(url)
-        if args.dataset == "ml-100k":
-            batch = import_movielens(args.data_root / "ml-100k")
-        else:
-            batch = import_sequences(
-                args.data_root / "amazon-toys-s3rec" / "Amazon_Toys_and_Games.txt"
-            )
-        ingest(engine, batch, Path(scratch) / "rejects")
-        exported = export_split(extract(url), args.out, args.dataset)
+        snapshot = load_snapshot(args.dataset, args.data_root, Path(scratch))
+        exported = export_split(snapshot, args.out, args.dataset)
     print(json.dumps(exported.meta, indent=2))
 
 
