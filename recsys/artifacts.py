@@ -296,6 +296,34 @@ class Ranked:
     unknown_items: list[str]
 
 
+def user_scores(
+    artifact: Artifact, known: Int64Array, user_id: str | None
+) -> tuple[FloatArray, str | None]:
+    """A writable (I,) score row for a user's known history, and the fallback used if any.
+
+    When the model has nothing personal to go on (a history model and no known item, a user
+    model and an unknown user) the training popularity answers, marked ``"popular"``.
+    """
+    user_idx = artifact.user_index.get(user_id, 0) if user_id is not None else 0
+    personal = ("history" in artifact.input_kinds and len(known) > 0) or (
+        "user" in artifact.input_kinds and user_idx > 0
+    )
+    if not personal:
+        return artifact.popularity.astype(np.float32, copy=True), "popular"
+    window = known[-artifact.max_len :][None, :]  # (1, L)
+    scores = artifact.score(window, np.asarray([user_idx], dtype=np.int64))[0]
+    return scores.astype(np.float32, copy=True), None
+
+
+def top_columns(scores: FloatArray, k: int) -> Int64Array:
+    """Columns of the ``k`` best finite scores, best first (stable for ties)."""
+    k = min(k, int(np.isfinite(scores).sum()))
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    top = np.argpartition(-scores, k - 1)[:k]
+    return top[np.argsort(-scores[top], kind="stable")].astype(np.int64)
+
+
 def recommend(
     artifact: Artifact,
     history: list[str],
@@ -314,24 +342,10 @@ def recommend(
     if k <= 0:
         raise RecsysError(f"k must be positive, got {k}")
     known, unknown = artifact.history_indices(history)
-    user_idx = artifact.user_index.get(user_id, 0) if user_id is not None else 0
-    personal = ("history" in artifact.input_kinds and len(known) > 0) or (
-        "user" in artifact.input_kinds and user_idx > 0
-    )
-    if personal:
-        window = known[-artifact.max_len :][None, :]  # (1, L)
-        scores = artifact.score(window, np.asarray([user_idx], dtype=np.int64))[0].copy()
-        fallback = None
-    else:
-        scores = artifact.popularity.astype(np.float32, copy=True)
-        fallback = "popular"
+    scores, fallback = user_scores(artifact, known, user_id)
     if exclude_seen and len(known):
         scores[known - 1] = -np.inf
-    k = min(k, int(np.isfinite(scores).sum()))
-    if k == 0:
-        return Ranked([], [], fallback, unknown)
-    top = np.argpartition(-scores, k - 1)[:k]
-    top = top[np.argsort(-scores[top], kind="stable")]  # (K,) best first
+    top = top_columns(scores, k)
     return Ranked(
         item_ids=[artifact.item_ids[j] for j in top],
         scores=[float(scores[j]) for j in top],

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from sqlalchemy import Engine, select
 
 from recsys import registry
-from recsys.artifacts import ONNX_FILE, Artifact
+from recsys.artifacts import ONNX_FILE, Artifact, top_columns, user_scores
 from recsys.data.readers import FUTURE_TOLERANCE_MS
 from recsys.db.events import Event, Recorded, record_events
 from recsys.db.queries import user_history
@@ -215,16 +215,6 @@ def prepare(
     model.warm_up()
     model.load_seconds = time.perf_counter() - started
     return model
-
-
-def _top(scores: FloatArray, k: int) -> IntArray:
-    """Columns of the ``k`` best finite scores, best first (stable for ties)."""
-    finite = int(np.isfinite(scores).sum())
-    k = min(k, finite)
-    if k <= 0:
-        return np.zeros(0, dtype=np.int64)
-    top = np.argpartition(-scores, k - 1)[:k]
-    return top[np.argsort(-scores[top], kind="stable")].astype(np.int64)
 
 
 class Scorer:
@@ -432,19 +422,9 @@ class Scorer:
         self, model: LoadedModel, history: list[str], user_id: str | None
     ) -> tuple[FloatArray, str | None, IntArray, list[str]]:
         """Scores (I,) for a history and user; popularity when nothing personal is known."""
-        artifact = model.artifact
-        known, unknown = artifact.history_indices(history)
-        user_idx = artifact.user_index.get(user_id, 0) if user_id is not None else 0
-        personal = ("history" in artifact.input_kinds and len(known) > 0) or (
-            "user" in artifact.input_kinds and user_idx > 0
-        )
-        if not personal:
-            return artifact.popularity.astype(np.float32, copy=True), "popular", known, unknown
-        window = known[-artifact.max_len :][None, :]  # (1, L)
-        if window.shape[1] == 0:
-            window = np.zeros((1, 1), dtype=np.int64)
-        scores = artifact.score(window, np.asarray([user_idx], dtype=np.int64))[0]
-        return scores.astype(np.float32, copy=True), None, known, unknown
+        known, unknown = model.artifact.history_indices(history)
+        scores, fallback = user_scores(model.artifact, known, user_id)
+        return scores, fallback, known, unknown
 
     def _hard_exclusions(self, model: LoadedModel, filters: Filters) -> IntArray:
         index = model.artifact.item_index
@@ -458,13 +438,17 @@ class Scorer:
         """Top-k columns under the soft filters, backfilled from the best others if short."""
         mask = model.catalogue.mask(filters)
         if mask is None:
-            return _top(scores, k).tolist(), [True] * min(k, int(np.isfinite(scores).sum())), 0
+            return (
+                top_columns(scores, k).tolist(),
+                [True] * min(k, int(np.isfinite(scores).sum())),
+                0,
+            )
         passing = np.where(mask, scores, -np.inf).astype(np.float32)
-        chosen = _top(passing, k).tolist()
+        chosen = top_columns(passing, k).tolist()
         backfill: list[int] = []
         if len(chosen) < k:
             others = np.where(mask, -np.inf, scores).astype(np.float32)
-            backfill = _top(others, k - len(chosen)).tolist()
+            backfill = top_columns(others, k - len(chosen)).tolist()
         return chosen + backfill, [True] * len(chosen) + [False] * len(backfill), len(backfill)
 
     def _rank(
