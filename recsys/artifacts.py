@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -304,15 +305,40 @@ def user_scores(
     When the model has nothing personal to go on (a history model and no known item, a user
     model and an unknown user) the training popularity answers, marked ``"popular"``.
     """
-    user_idx = artifact.user_index.get(user_id, 0) if user_id is not None else 0
-    personal = ("history" in artifact.input_kinds and len(known) > 0) or (
-        "user" in artifact.input_kinds and user_idx > 0
+    scores, fallbacks = batch_user_scores(artifact, [known], [user_id])
+    return scores[0], fallbacks[0]
+
+
+def batch_user_scores(
+    artifact: Artifact, knowns: Sequence[Int64Array], user_ids: Sequence[str | None]
+) -> tuple[FloatArray, list[str | None]]:
+    """:func:`user_scores` for many requests: writable (B, I) rows from one run of the graph.
+
+    Histories are left-padded to the longest one (at most ``max_len``); rows with nothing
+    personal get the training popularity and the fallback ``"popular"``.
+    """
+    by_history = "history" in artifact.input_kinds
+    by_user = "user" in artifact.input_kinds
+    users = np.asarray(
+        [artifact.user_index.get(u, 0) if u is not None else 0 for u in user_ids], dtype=np.int64
     )
-    if not personal:
-        return artifact.popularity.astype(np.float32, copy=True), "popular"
-    window = known[-artifact.max_len :][None, :]  # (1, L)
-    scores = artifact.score(window, np.asarray([user_idx], dtype=np.int64))[0]
-    return scores.astype(np.float32, copy=True), None
+    personal = np.asarray(
+        [
+            (by_history and len(known) > 0) or (by_user and u > 0)
+            for known, u in zip(knowns, users, strict=True)
+        ],
+        dtype=bool,
+    )
+    scores = np.empty((len(knowns), artifact.num_items), dtype=np.float32)
+    scores[~personal] = artifact.popularity
+    rows = np.flatnonzero(personal)
+    if len(rows):
+        tails = [knowns[int(r)][-artifact.max_len :] for r in rows]
+        window = np.zeros((len(rows), max(1, max(len(t) for t in tails))), dtype=np.int64)
+        for n, tail in enumerate(tails):
+            window[n, window.shape[1] - len(tail) :] = tail
+        scores[rows] = artifact.score(window, users[rows])
+    return scores, [None if p else "popular" for p in personal]
 
 
 def top_columns(scores: FloatArray, k: int) -> Int64Array:

@@ -21,10 +21,10 @@ import numpy.typing as npt
 from sqlalchemy import Engine, select
 
 from recsys import registry
-from recsys.artifacts import ONNX_FILE, Artifact, top_columns, user_scores
+from recsys.artifacts import ONNX_FILE, Artifact, batch_user_scores, top_columns, user_scores
 from recsys.data.readers import FUTURE_TOLERANCE_MS
 from recsys.db.events import Event, Recorded, record_events
-from recsys.db.queries import user_history
+from recsys.db.queries import user_histories, user_history
 from recsys.db.schema import items_table
 from recsys.errors import RecsysError
 
@@ -81,6 +81,17 @@ class Filters:
                 for v in (self.min_year, self.max_year, self.min_price, self.max_price)
             )
         )
+
+
+@dataclass(frozen=True)
+class RecommendQuery:
+    """One ``recommend`` request, as :meth:`Scorer.recommend_many` takes them."""
+
+    user_id: str
+    k: int = 10
+    exclude_seen: bool = True
+    filters: Filters = field(default_factory=Filters)
+    explain: bool = False
 
 
 @dataclass
@@ -315,14 +326,62 @@ class Scorer:
         filters: Filters | None = None,
         explain: bool = False,
     ) -> dict[str, Any]:
-        model = self.model
-        _check_k(k)
-        history = user_history(self.engine, user_id)
-        known_user = history is not None
-        out = self._rank(
-            model, history or [], user_id, k, exclude_seen, filters or Filters(), explain
+        (result,) = self.recommend_many(
+            [RecommendQuery(user_id, k, exclude_seen, filters or Filters(), explain)]
         )
-        return {"user_id": user_id, "known_user": known_user, **out}
+        if isinstance(result, RecsysError):
+            raise result
+        return result
+
+    def recommend_many(
+        self, queries: Sequence[RecommendQuery]
+    ) -> list[dict[str, Any] | RecsysError]:
+        """Answer several ``recommend`` requests together: one history query, one graph run.
+
+        Each answer is what :meth:`recommend` returns for that query alone, or the
+        :class:`RequestError` it would raise; all answers come from the same model version.
+        """
+        model = self.model
+        answers: list[dict[str, Any] | RecsysError] = []
+        valid: list[int] = []
+        for n, query in enumerate(queries):
+            try:
+                _check_k(query.k)
+            except RequestError as exc:
+                answers.append(exc)
+            else:
+                answers.append({})
+                valid.append(n)
+        if not valid:
+            return answers
+        histories = user_histories(self.engine, [queries[n].user_id for n in valid])
+        indexed = [
+            model.artifact.history_indices(histories.get(queries[n].user_id) or []) for n in valid
+        ]
+        knowns = [known for known, _ in indexed]
+        scores, fallbacks = batch_user_scores(
+            model.artifact, knowns, [queries[n].user_id for n in valid]
+        )
+        for row, n in enumerate(valid):
+            query = queries[n]
+            try:
+                ranked = self._finish(
+                    model,
+                    scores[row],
+                    fallbacks[row],
+                    knowns[row],
+                    indexed[row][1],
+                    query.k,
+                    query.exclude_seen,
+                    query.filters,
+                    query.explain,
+                )
+            except RequestError as exc:
+                answers[n] = exc
+            else:
+                known_user = query.user_id in histories
+                answers[n] = {"user_id": query.user_id, "known_user": known_user, **ranked}
+        return answers
 
     def recommend_session(
         self,
@@ -461,8 +520,25 @@ class Scorer:
         filters: Filters,
         explain: bool,
     ) -> dict[str, Any]:
-        artifact = model.artifact
         scores, fallback, known, unknown = self._scores(model, history, user_id)
+        return self._finish(
+            model, scores, fallback, known, unknown, k, exclude_seen, filters, explain
+        )
+
+    def _finish(
+        self,
+        model: LoadedModel,
+        scores: FloatArray,
+        fallback: str | None,
+        known: IntArray,
+        unknown: list[str],
+        k: int,
+        exclude_seen: bool,
+        filters: Filters,
+        explain: bool,
+    ) -> dict[str, Any]:
+        """A response from a writable score row: exclusions, filters, top-k, explanations."""
+        artifact = model.artifact
         if exclude_seen and len(known):
             scores[known - 1] = -np.inf
         scores[self._hard_exclusions(model, filters)] = -np.inf

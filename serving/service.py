@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Annotated, Any, TypeVar
@@ -25,12 +26,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from recsys.config import get_settings
 from recsys.db.engine import create_engine
 from recsys.db.events import Event
+from serving.batcher import MicroBatcher
 from serving.scorer import (
     MAX_K,
     MAX_LIST,
     Filters,
     NotFoundError,
     NotReadyError,
+    RecommendQuery,
     RequestError,
     Scorer,
 )
@@ -52,6 +55,12 @@ FALLBACKS = bentoml.metrics.Counter(
 MODEL_VERSION = bentoml.metrics.Gauge(
     name="recsys_model_version", documentation="Registry version of the model being served"
 )
+BATCH_SIZE = bentoml.metrics.Histogram(
+    name="recsys_recommend_batch_size",
+    documentation="recommend requests answered together by one history query and graph run",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+MAX_BATCH = 64
 RELOAD_FAILURES = bentoml.metrics.Counter(
     name="recsys_reload_failures", documentation="New champions that failed to load"
 )
@@ -174,6 +183,28 @@ class ModelInfo(BaseModel):
     last_reload_error: str | None
 
 
+@contextmanager
+def _translated_errors(endpoint: str) -> Iterator[None]:
+    """The scorer's errors as the HTTP errors BentoML answers with (4xx, or 503)."""
+    try:
+        yield
+    except NotFoundError as exc:
+        raise NotFound(str(exc)) from None
+    except RequestError as exc:
+        raise InvalidArgument(str(exc)) from None
+    except NotReadyError as exc:
+        raise ServiceUnavailable(str(exc)) from None
+    except SQLAlchemyError as exc:
+        logger.error("database error in %s: %s", endpoint, exc)
+        raise ServiceUnavailable("the database is unavailable; retry") from None
+
+
+def _count_fallback(endpoint: str, result: Any) -> None:
+    fallback = getattr(result, "fallback", None)
+    if fallback:
+        FALLBACKS.labels(endpoint=endpoint, fallback=fallback).inc()
+
+
 @bentoml.service(name="recsys", traffic={"timeout": 30})
 class RecsysService:
     """Recommendations from the registry's champion; every response names its version."""
@@ -182,6 +213,10 @@ class RecsysService:
         settings = get_settings()
         threads = int(os.environ.get("RECSYS_SCORER_THREADS") or 1)
         self.scorer = Scorer(create_engine(settings.database_url), threads=threads)
+        # Concurrent recommend requests share one history query and one ONNX run.
+        self._recommend_batcher: MicroBatcher[RecommendQuery, dict[str, Any]] = MicroBatcher(
+            self.scorer.recommend_many, max_batch=MAX_BATCH, on_batch=BATCH_SIZE.observe
+        )
         source = os.environ.get("RECSYS_MODEL_SOURCE", "auto")
         if source == "bento":
             self._serve_packaged()
@@ -224,24 +259,13 @@ class RecsysService:
 
     def _call(self, endpoint: str, work: Callable[[], T]) -> T:
         REQUESTS.labels(endpoint=endpoint).inc()
-        try:
+        with _translated_errors(endpoint):
             result = work()
-        except NotFoundError as exc:
-            raise NotFound(str(exc)) from None
-        except RequestError as exc:
-            raise InvalidArgument(str(exc)) from None
-        except NotReadyError as exc:
-            raise ServiceUnavailable(str(exc)) from None
-        except SQLAlchemyError as exc:
-            logger.error("database error in %s: %s", endpoint, exc)
-            raise ServiceUnavailable("the database is unavailable; retry") from None
-        fallback = getattr(result, "fallback", None)
-        if fallback:
-            FALLBACKS.labels(endpoint=endpoint, fallback=fallback).inc()
+        _count_fallback(endpoint, result)
         return result
 
     @bentoml.api
-    def recommend(
+    async def recommend(
         self,
         user_id: Id,
         k: K = 10,
@@ -250,18 +274,14 @@ class RecsysService:
         explain: bool = False,
     ) -> Recommendations:
         """Top-k for a user from their live history; popularity for unknown users."""
-        return self._call(
-            "recommend",
-            lambda: Recommendations(
-                **self.scorer.recommend(
-                    user_id,
-                    k=k,
-                    exclude_seen=exclude_seen,
-                    filters=filters.to_filters() if filters else None,
-                    explain=explain,
-                )
-            ),
-        )
+        REQUESTS.labels(endpoint="recommend").inc()
+        with _translated_errors("recommend"):
+            query = RecommendQuery(
+                user_id, k, exclude_seen, filters.to_filters() if filters else Filters(), explain
+            )
+            result = Recommendations(**await self._recommend_batcher.submit(query))
+        _count_fallback("recommend", result)
+        return result
 
     @bentoml.api
     def recommend_session(

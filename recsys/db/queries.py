@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -92,20 +93,34 @@ def user_history(engine: Engine, user_id: str) -> list[str] | None:
     Reads the live table (the unique index on (user_id, occurred_at, ...) serves it), so an
     event recorded a moment ago is part of the answer.
     """
+    return user_histories(engine, [user_id]).get(user_id)
+
+
+def user_histories(engine: Engine, user_ids: Sequence[str]) -> dict[str, list[str]]:
+    """:func:`user_history` for many users in one query; users that do not exist are absent.
+
+    A user with no events maps to an empty list.
+    """
+    if not user_ids:
+        return {}
     events = interactions_table.c
+    wanted = list(dict.fromkeys(user_ids))
+    joined = users_table.outerjoin(
+        interactions_table, events.user_id == users_table.c.id
+    ).outerjoin(items_table, items_table.c.id == events.item_id)
     with engine.connect() as conn:
-        user_pk = conn.execute(
-            select(users_table.c.id).where(users_table.c.external_id == user_id)
-        ).scalar()
-        if user_pk is None:
-            return None
         rows = conn.execute(
-            select(items_table.c.external_id)
-            .join(items_table, items_table.c.id == events.item_id)
-            .where(events.user_id == user_pk)
-            .order_by(events.occurred_at, events.id)
-        ).scalars()
-        return [str(r) for r in rows]
+            select(users_table.c.external_id, items_table.c.external_id)
+            .select_from(joined)
+            .where(users_table.c.external_id.in_(wanted))
+            .order_by(users_table.c.id, events.occurred_at, events.id)
+        ).all()
+    histories: dict[str, list[str]] = {}
+    for user, item in rows:
+        history = histories.setdefault(str(user), [])
+        if item is not None:
+            history.append(str(item))
+    return histories
 
 
 def item_titles(engine: Engine, item_ids: list[str]) -> dict[str, str | None]:

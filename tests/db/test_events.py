@@ -5,7 +5,8 @@ from __future__ import annotations
 from sqlalchemy import Engine
 
 from recsys.db.events import Event, record_events
-from recsys.db.queries import item_titles, user_history
+from recsys.db.queries import item_titles, user_histories, user_history
+from recsys.db.schema import users_table
 
 
 def test_record_events_creates_ids_skips_repeats_and_shows_in_history(engine: Engine) -> None:
@@ -32,3 +33,14 @@ def test_record_events_creates_ids_skips_repeats_and_shows_in_history(engine: En
     assert user_history(engine, "bob") == ["book"]
     assert user_history(engine, "carol") is None
     assert item_titles(engine, ["book", "nothing"]) == {"book": None}
+
+    # Many users in one query: absent users are left out, a user without events is empty.
+    with engine.begin() as conn:
+        conn.execute(users_table.insert().values(external_id="dave"))
+    assert user_histories(engine, ["bob", "carol", "alice", "dave", "bob"]) == {
+        "alice": ["book", "lamp", "pen"],
+        "bob": ["book"],
+        "dave": [],
+    }
+    assert user_history(engine, "dave") == []
+    assert user_histories(engine, []) == {}

@@ -10,7 +10,7 @@ from recsys import registry
 from recsys.artifacts import ONNX_FILE
 from recsys.db.events import Event
 from recsys.db.queries import user_history
-from serving.scorer import Filters, NotFoundError, RequestError, Scorer
+from serving.scorer import Filters, NotFoundError, RecommendQuery, RequestError, Scorer
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +171,48 @@ def test_scorer_swaps_to_a_new_champion_and_keeps_serving_when_one_fails_to_load
     assert scorer.recommend("u1")["model_version"] == good
     assert scorer.info()["last_reload_error"] is None
     registry.promote(home.engine, home.champion, actor="tests", reason="restore")
+
+
+def _without_float_noise(answer: Any) -> Any:
+    """Scores from a padded batch may differ from a lone run in the last float bits."""
+    if isinstance(answer, RequestError):
+        return ("error", str(answer))
+    items = [{**row, "score": round(row["score"], 4)} for row in answer["items"]]
+    return {**answer, "items": items}
+
+
+@pytest.mark.parametrize("family", ["sasrec", "neumf"])
+def test_scorer_recommend_many_answers_each_query_as_recommend_alone(
+    home: Any, family: str
+) -> None:
+    """The batched path behind the service: histories of every length, unknown users, a bad
+    request among good ones, filters and explanations; each answer equals a lone call."""
+    scorer = Scorer(home.engine)
+    version = home.champion if family == "sasrec" else home.register(family)
+    scorer.reload(version)
+    queries = [
+        RecommendQuery("u1"),
+        RecommendQuery("u7", k=5, explain=True),
+        RecommendQuery("nobody", k=4),
+        RecommendQuery("u3", k=0),  # invalid: fails alone
+        RecommendQuery("u12", k=6, exclude_seen=False),
+        RecommendQuery("u20", k=8, filters=Filters(include_genres=("Drama",))),
+        RecommendQuery("u1", k=3),
+    ]
+    together = scorer.recommend_many(queries)
+    assert len(together) == len(queries)
+    for query, answer in zip(queries, together, strict=True):
+        try:
+            alone: Any = scorer.recommend(
+                query.user_id,
+                k=query.k,
+                exclude_seen=query.exclude_seen,
+                filters=query.filters,
+                explain=query.explain,
+            )
+        except RequestError as exc:
+            alone = exc
+        assert _without_float_noise(answer) == _without_float_noise(alone), query
+    assert isinstance(together[3], RequestError) and together[3].field == "k"
+    assert together[2]["fallback"] == "popular" and together[2]["known_user"] is False
+    assert together[0]["fallback"] is None and together[0]["model_version"] == version

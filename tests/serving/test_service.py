@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from typing import Any
 
 import pytest
+from bentoml.exceptions import InvalidArgument
 
 from serving.service import FiltersIn, Recommendations, RecsysService
 
@@ -25,7 +27,8 @@ def service(home: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 def test_service_class_answers_in_process_with_the_champion(service: Any, home: Any) -> None:
     assert service.__is_ready__()
-    out = service.recommend(user_id="u2", k=4, filters=FiltersIn(exclude_genres=["Drama"]))
+    request = service.recommend(user_id="u2", k=4, filters=FiltersIn(exclude_genres=["Drama"]))
+    out = asyncio.run(request)  # recommend is a coroutine: concurrent calls share a batch
     assert isinstance(out, Recommendations)
     assert out.model_version == home.champion and len(out.items) == 4
     assert service.model_info().model_version == home.champion
@@ -43,6 +46,22 @@ scorer.reload()
 out = scorer.recommend("u1", k=3, explain=True)
 print(json.dumps({"torch": "torch" in sys.modules, "version": out["model_version"]}))
 """
+
+
+def test_service_concurrent_recommends_share_batches_and_keep_their_errors(service: Any) -> None:
+    async def many() -> list[Any]:
+        calls = [service.recommend(user_id=f"u{n}", k=3) for n in range(1, 31)]
+        calls.append(service.recommend(user_id="u1", k=3, filters=FiltersIn(exclude_items=["i1"])))
+        calls.append(
+            service.recommend(user_id="u1", k=3, filters=FiltersIn(include_genres=["Opera"]))
+        )
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    answers = asyncio.run(many())
+    assert all(isinstance(a, Recommendations) and len(a.items) == 3 for a in answers[:-1])
+    assert [a.user_id for a in answers[:30]] == [f"u{n}" for n in range(1, 31)]
+    assert "i1" not in {item.item_id for item in answers[30].items}
+    assert isinstance(answers[-1], InvalidArgument) and "include_genres" in str(answers[-1])
 
 
 def test_serving_import_path_never_imports_torch(home: Any) -> None:
