@@ -343,11 +343,16 @@ def batch_user_scores(
 
 def top_columns(scores: FloatArray, k: int) -> Int64Array:
     """Columns of the ``k`` best finite scores, best first (stable for ties)."""
-    k = min(k, int(np.isfinite(scores).sum()))
+    k = min(k, len(scores))
     if k <= 0:
         return np.zeros(0, dtype=np.int64)
     top = np.argpartition(-scores, k - 1)[:k]
-    return top[np.argsort(-scores[top], kind="stable")].astype(np.int64)
+    top = top[np.argsort(-scores[top], kind="stable")]
+    # Excluded items score -inf and sort last: fewer than k finite scores leave a short list.
+    finite = np.isfinite(scores[top])
+    if not finite[-1]:
+        top = top[finite]
+    return top.astype(np.int64)
 
 
 def recommend(

@@ -59,6 +59,9 @@ class MicroBatcher(Generic[Q, R]):
 
     async def _run(self) -> None:
         while self._waiting:
+            # Let the event loop finish parsing requests that already arrived, so they join
+            # this batch rather than the next (one pass of the loop, no timer).
+            await asyncio.sleep(0)
             batch = self._waiting[: self.max_batch]
             del self._waiting[: self.max_batch]
             live = [(q, f) for q, f in batch if not f.done()]  # callers may have gone

@@ -36,6 +36,7 @@ MAX_VALUE = 1e9  # event values are ratings, counts or prices; extraction keeps 
 EXPLAIN_TOP = 3
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
+NO_COLUMNS: IntArray = np.zeros(0, dtype=np.int64)
 
 
 class RequestError(RecsysError):
@@ -486,6 +487,8 @@ class Scorer:
         return scores, fallback, known, unknown
 
     def _hard_exclusions(self, model: LoadedModel, filters: Filters) -> IntArray:
+        if not filters.exclude_items:
+            return NO_COLUMNS
         index = model.artifact.item_index
         return np.asarray(
             [index[i] - 1 for i in filters.exclude_items if i in index], dtype=np.int64
@@ -497,11 +500,8 @@ class Scorer:
         """Top-k columns under the soft filters, backfilled from the best others if short."""
         mask = model.catalogue.mask(filters)
         if mask is None:
-            return (
-                top_columns(scores, k).tolist(),
-                [True] * min(k, int(np.isfinite(scores).sum())),
-                0,
-            )
+            columns = top_columns(scores, k).tolist()
+            return columns, [True] * len(columns), 0
         passing = np.where(mask, scores, -np.inf).astype(np.float32)
         chosen = top_columns(passing, k).tolist()
         backfill: list[int] = []
@@ -580,16 +580,14 @@ def _explanations(
     similarity = unit[columns] @ unit[history].T  # (K, H)
     top = min(EXPLAIN_TOP, len(history))
     best = np.argsort(-similarity, axis=1, kind="stable")[:, :top]  # (K, top)
+    weights = np.take_along_axis(similarity, best, axis=1).astype(np.float64).round(4).tolist()
+    ids, titles = artifact.item_ids, catalogue.titles
     return [
         [
-            {
-                "item_id": artifact.item_ids[history[h]],
-                "title": catalogue.titles[history[h]],
-                "weight": round(float(similarity[row, h]), 4),
-            }
-            for h in best[row]
+            {"item_id": ids[c], "title": titles[c], "weight": w}
+            for c, w in zip(row_columns, row_weights, strict=True)
         ]
-        for row in range(len(columns))
+        for row_columns, row_weights in zip(history[best].tolist(), weights, strict=True)
     ]
 
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, Table, func, select
+from sqlalchemy import Connection, Engine, Select, Table, bindparam, func, select
 
 from recsys.db.schema import imports_table, interactions_table, items_table, users_table
 
@@ -96,6 +96,22 @@ def user_history(engine: Engine, user_id: str) -> list[str] | None:
     return user_histories(engine, [user_id]).get(user_id)
 
 
+def _histories_query() -> Select[Any]:
+    events = interactions_table.c
+    joined = users_table.outerjoin(
+        interactions_table, events.user_id == users_table.c.id
+    ).outerjoin(items_table, items_table.c.id == events.item_id)
+    return (
+        select(users_table.c.external_id, items_table.c.external_id)
+        .select_from(joined)
+        .where(users_table.c.external_id.in_(bindparam("user_ids", expanding=True)))
+        .order_by(users_table.c.id, events.occurred_at, events.id)
+    )
+
+
+_HISTORIES = _histories_query()  # built once: the serving hot path runs it per batch
+
+
 def user_histories(engine: Engine, user_ids: Sequence[str]) -> dict[str, list[str]]:
     """:func:`user_history` for many users in one query; users that do not exist are absent.
 
@@ -103,18 +119,8 @@ def user_histories(engine: Engine, user_ids: Sequence[str]) -> dict[str, list[st
     """
     if not user_ids:
         return {}
-    events = interactions_table.c
-    wanted = list(dict.fromkeys(user_ids))
-    joined = users_table.outerjoin(
-        interactions_table, events.user_id == users_table.c.id
-    ).outerjoin(items_table, items_table.c.id == events.item_id)
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(users_table.c.external_id, items_table.c.external_id)
-            .select_from(joined)
-            .where(users_table.c.external_id.in_(wanted))
-            .order_by(users_table.c.id, events.occurred_at, events.id)
-        ).all()
+        rows = conn.execute(_HISTORIES, {"user_ids": list(dict.fromkeys(user_ids))}).all()
     histories: dict[str, list[str]] = {}
     for user, item in rows:
         history = histories.setdefault(str(user), [])
