@@ -4,7 +4,9 @@ Both take their ``@bentoml.service`` arguments from :class:`serving.service.Recs
 name and config), so worker count, threads and traffic settings stay identical to the
 service they are compared with:
 
-- ``NoopService``: ``POST /noop`` returns a constant; the framework's floor.
+- ``NoopService``: ``POST /noop`` (a sync endpoint, run in BentoML's worker threads, as the
+  naive variant is) and ``POST /noop_async`` (a coroutine, as ``/recommend`` is) return a
+  constant; the faster of the two is the framework's floor.
 - ``TorchEagerService``: ``POST /recommend`` (the body of the real ``/recommend``) scores the
   champion with its torch model in eager mode, one request at a time: the user's history read
   from the database, ids mapped with the artifact's item index, seen items excluded, top-k.
@@ -48,6 +50,11 @@ class NoopService:
 
     @bentoml.api
     def noop(self) -> dict[str, Any]:
+        return NOOP_RESPONSE
+
+    @bentoml.api
+    async def noop_async(self) -> dict[str, Any]:
+        """The same from a coroutine: BentoML runs it on the event loop, with no thread hop."""
         return NOOP_RESPONSE
 
 
