@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -82,6 +83,7 @@ HOME_MARKER = "bench-serve.json"  # how the script prepared a home, read when it
 TARGET_CONCURRENCY = 8
 ROUND_WARMUP_S = 0.5  # warm-up of the rounds after the first (new connections)
 REQUEST_TIMEOUT_S = 30.0  # the service's traffic timeout
+WRK = shutil.which("wrk")  # Debian/Ubuntu: apt-get install wrk
 READY_WITHIN_S = 180.0
 STOP_WITHIN_S = 30.0
 STARTUP_FAILED = "Application startup failed"  # what a bentoml worker logs when __init__ raises
@@ -243,6 +245,13 @@ def parse_args() -> argparse.Namespace:
         help="measured windows per point, interleaved with the server's other variants "
         "(default 4; --quick 1)",
     )
+    parser.add_argument(
+        "--client",
+        choices=("wrk", "python"),
+        default="python",
+        help="load generator: the async Python client (httpx; default) or wrk (C, little "
+        "client CPU, twice the request rate; see benchmarks/README.md on its tail latencies)",
+    )
     parser.add_argument("--k", type=int, default=10, help="items per recommendation")
     parser.add_argument("--seed", type=int, default=0, help="seed of the user draws")
     parser.add_argument(
@@ -261,6 +270,8 @@ def parse_args() -> argparse.Namespace:
         args.rounds = 1 if args.quick else 4
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.client == "wrk" and WRK is None:
+        parser.error("--client wrk: wrk is not installed (apt-get install wrk)")
     if args.duration <= 0 or args.warmup < 0:
         parser.error("--duration must be positive and --warmup not negative")
     return args
@@ -504,6 +515,101 @@ def tree_cpu_seconds(pid: int) -> float | None:
 
 def request_body(user_id: str, k: int, explain: bool) -> bytes:
     return json.dumps({"user_id": user_id, "k": k, "explain": explain}).encode()
+
+
+# wrk's Lua side: a random user per request, and at the end the latency quantiles (0.1% to
+# 99.9% in steps of 0.1%) and the error counts as one JSON line.
+WRK_SCRIPT = """
+local users = {}
+local k, explain, path = 10, "false", "/"
+
+function init(args)
+  for line in io.lines(args[1]) do users[#users + 1] = line end
+  k, explain, path = args[2], args[3], args[4]
+  math.randomseed(tonumber(args[5]) + os.time() % 1000)
+end
+
+function request()
+  local user = users[math.random(#users)]
+  local body = '{"user_id": "' .. user .. '", "k": ' .. k .. ', "explain": ' .. explain .. '}'
+  return wrk.format("POST", path, {["Content-Type"] = "application/json"}, body)
+end
+
+function done(summary, latency, requests)
+  local quantiles = {}
+  for i = 1, 999 do quantiles[i] = latency:percentile(i / 10) end
+  local e = summary.errors
+  io.write('WRK_RESULT {"requests": ' .. summary.requests
+    .. ', "duration_us": ' .. summary.duration
+    .. ', "status_errors": ' .. e.status
+    .. ', "socket_errors": ' .. (e.connect + e.read + e.write + e.timeout)
+    .. ', "quantiles_us": [' .. table.concat(quantiles, ",") .. ']}' .. string.char(10))
+end
+"""
+
+
+def wrk_loop(
+    base: str,
+    variant: Variant,
+    users_file: Path,
+    script: Path,
+    concurrency: int,
+    *,
+    warmup: float,
+    duration: float,
+    k: int,
+    seed: int,
+    server_pid: int,
+    round_index: int = 0,
+) -> Round:
+    """The same closed loop driven by wrk (C, one thread): C connections, back to back."""
+
+    def run(seconds: float) -> tuple[dict[str, Any], float]:
+        command = [
+            str(WRK), "-t1", f"-c{concurrency}", f"-d{max(seconds, 1.0):g}s", "--timeout",
+            f"{REQUEST_TIMEOUT_S:g}s", "-s", str(script), base, "--", str(users_file), str(k),
+            "true" if variant.explain else "false", variant.path, str(seed * 101 + round_index),
+        ]  # fmt: skip
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert process.stdout is not None
+        output = process.stdout.read().decode()
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        line = next((x for x in output.splitlines() if x.startswith("WRK_RESULT ")), None)
+        if process.returncode != 0 or line is None:
+            raise RuntimeError(f"wrk failed ({process.returncode}): {output[-2000:]}")
+        return json.loads(line.removeprefix("WRK_RESULT ")), usage.ru_utime + usage.ru_stime
+
+    if warmup > 0:
+        run(warmup)
+    server0 = tree_cpu_seconds(server_pid)
+    result, client_cpu = run(duration)
+    server1 = tree_cpu_seconds(server_pid)
+    wall = result["duration_us"] / 1e6
+    # Latencies rebuilt from wrk's 999 quantiles, one value per response, so that rounds
+    # merge like the Python client's raw samples.
+    quantiles = np.asarray(result["quantiles_us"], dtype=np.float64) / 1000.0  # ms
+    responses = int(result["requests"])
+    latencies = quantiles[(np.arange(responses) * len(quantiles)) // max(responses, 1)]
+    errors = int(result["status_errors"]) + int(result["socket_errors"])
+    ok = max(0, int(result["requests"]) - int(result["status_errors"]))
+    samples = []
+    if errors:
+        samples.append(
+            f"{result['status_errors']} non-2xx responses, {result['socket_errors']} socket errors"
+        )
+    return Round(
+        variant=variant.name,
+        concurrency=concurrency,
+        seconds=wall,
+        wall_s=wall,
+        # wrk's quantiles cover every response; with errors the percentiles include them.
+        latencies_ms=latencies[:ok].tolist(),
+        errors=errors,
+        client_cpu_s=client_cpu,
+        server_cpu_s=None if server0 is None or server1 is None else server1 - server0,
+        error_samples=samples,
+    )
 
 
 async def closed_loop(
@@ -785,6 +891,9 @@ def main() -> None:
     info = machine_info(SOURCES)
     info["packages"] = ", ".join(f"{p} {_version(p)}" for p in PACKAGES)
     info["scorer_threads"] = os.environ.get("RECSYS_SCORER_THREADS") or "1 (default)"
+    info["client"] = (
+        f"wrk ({_wrk_version()})" if args.client == "wrk" else "python (httpx, asyncio)"
+    )
     load = os.getloadavg()
     info["load_average"] = " ".join(f"{x:.2f}" for x in load)
     if load[0] > 0.5 * (os.cpu_count() or 1):
@@ -802,6 +911,10 @@ def main() -> None:
         if not users:
             raise SystemExit(f"{home} has no users")
         probe_users = random.Random(args.seed).sample(users, min(PROBE_USERS, len(users)))
+        users_file = Path(scratch) / "users.txt"
+        users_file.write_text("".join(f"{u}\n" for u in users))
+        wrk_script = Path(scratch) / "recommend.lua"
+        wrk_script.write_text(WRK_SCRIPT)
         env = {key: value for key, value in os.environ.items() if key != "RECSYS_MODEL_SOURCE"} | {
             "RECSYS_HOME": str(home),
             "RECSYS_DATABASE_URL": url,
@@ -848,20 +961,33 @@ def main() -> None:
                     rounds: dict[str, list[Round]] = {v.name: [] for v in variants}
                     for index in range(args.rounds):
                         for variant in variants:
-                            measured = asyncio.run(
-                                closed_loop(
+                            measure = dict(
+                                warmup=args.warmup if index == 0 else ROUND_WARMUP_S,
+                                duration=args.duration / args.rounds,
+                                k=args.k,
+                                seed=args.seed,
+                                server_pid=running.process.pid,
+                                round_index=index,
+                            )
+                            if args.client == "wrk":
+                                measured = wrk_loop(
                                     running.base,
                                     variant,
-                                    users,
+                                    users_file,
+                                    wrk_script,
                                     concurrency,
-                                    warmup=args.warmup if index == 0 else ROUND_WARMUP_S,
-                                    duration=args.duration / args.rounds,
-                                    k=args.k,
-                                    seed=args.seed,
-                                    server_pid=running.process.pid,
-                                    round_index=index,
+                                    **measure,  # type: ignore[arg-type]
                                 )
-                            )
+                            else:
+                                measured = asyncio.run(
+                                    closed_loop(
+                                        running.base,
+                                        variant,
+                                        users,
+                                        concurrency,
+                                        **measure,  # type: ignore[arg-type]
+                                    )
+                                )
                             rounds[variant.name].append(measured)
                     for variant in variants:
                         point = merge_rounds(rounds[variant.name])
@@ -871,6 +997,12 @@ def main() -> None:
                             print(f"    error: {sample}", flush=True)
 
     _report(args, info, prepared, model, servers, points, answers, len(users))
+
+
+def _wrk_version() -> str:
+    assert WRK is not None
+    done = subprocess.run([WRK, "-v"], capture_output=True, text=True)
+    return (done.stdout + done.stderr).split()[1] if (done.stdout + done.stderr).split() else "?"
 
 
 def _version(package: str) -> str:
@@ -927,13 +1059,19 @@ def _report(
         "Variants: "
         + "; ".join(f"{v.name} = {v.description}" for v in VARIANTS.values())
         + ". recommend and explain share one server process.",
-        f"Closed loop on loopback: C async httpx workers (one client process, one event loop) "
-        f"send the next request as soon as the last returns. Each point is {args.duration:g}s "
+        (
+            "Closed loop on loopback: wrk (one thread, C keep-alive connections; a Lua script "
+            "draws the user of each request) sends the next request on a connection as soon "
+            "as the last returns. "
+            if args.client == "wrk"
+            else "Closed loop on loopback: C async httpx workers (one client process, one "
+            "event loop) send the next request as soon as the last returns. "
+        )
+        + f"Each point is {args.duration:g}s "
         f"measured in {args.rounds} rounds; the variants served by one process take turns "
         f"round by round ({args.warmup:g}s warm-up before the first round, "
         f"{ROUND_WARMUP_S:g}s before the others). Requests finishing inside a window count; "
-        "req/s counts successful ones; latencies are of successful requests, measured by "
-        "the client.",
+        "req/s counts successful ones; latencies are measured by the client.",
         "Each server is `bentoml serve TARGET` with the service arguments of "
         "serving.service:RecsysService (benchmarks/serve_variants.py copies its name and "
         "config).",
