@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from recsys.data.batches import eval_query_arrays, sequence_batches
 from recsys.data.extract import IdMap, Snapshot, SnapshotDescriptor
 from recsys.data.splits import Split, leave_last_out
 from recsys.data.synthetic import SyntheticConfig, generate
 from recsys.models import build_model
+from recsys.models.base import Query, torch_scorer
 from recsys.models.sasrec import SASRecConfig
 from recsys.training import TrainConfig, train, train_config_with, validate
 
@@ -82,3 +84,38 @@ def test_training_stops_on_patience_and_budget(small_split: Split) -> None:
 def test_train_config_with_defaults_then_overrides() -> None:
     config = train_config_with({"learning_rate": 0.5, "unknown": 1}, {"batch_size": 7})
     assert (config.learning_rate, config.batch_size) == (0.5, 7)
+
+
+def test_sequence_batches_hold_every_user_once_grouped_by_length(small_split: Split) -> None:
+    lengths = small_split.train.sequences.lengths()
+    expected = set(np.flatnonzero(lengths >= 2).tolist())
+    for pool, seed in ((8, 0), (1, 1)):
+        rows: list[np.ndarray] = []
+        for batch in sequence_batches(
+            small_split.train, 16, 30, np.random.default_rng(seed), pool=pool
+        ):
+            history = batch["history"].numpy()
+            assert history.shape[1] == 30 and (batch["target"].numpy()[history == 0] == 0).all()
+            rows.append((history > 0).sum(axis=1))
+        assert sum(len(r) for r in rows) == len(expected)
+    # With the default pool a batch spans a narrow range of history lengths; without, it doesn't.
+    bucketed = list(sequence_batches(small_split.train, 16, 30, np.random.default_rng(0)))
+    plain = list(sequence_batches(small_split.train, 16, 30, np.random.default_rng(0), pool=1))
+
+    def mean_spread(batches: list[dict[str, torch.Tensor]]) -> float:
+        used = [(b["history"] > 0).sum(dim=1) for b in batches]
+        return float(np.mean([int(u.max() - u.min()) for u in used]))
+
+    assert mean_spread(bucketed) < mean_spread(plain) / 2
+
+
+def test_chunked_scoring_of_a_padding_invariant_model_matches_plain_scoring(
+    small_split: Split,
+) -> None:
+    model = _sasrec(small_split).eval()
+    assert model.padding_invariant
+    history, users = eval_query_arrays(small_split.valid, np.arange(len(small_split.valid)), 30)
+    chunked = torch_scorer(model, chunk=16)(history, users)
+    with torch.inference_mode():
+        plain = model.score(Query(history=torch.from_numpy(history))).numpy()
+    np.testing.assert_allclose(chunked, plain, atol=1e-5, rtol=0)

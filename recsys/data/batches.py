@@ -21,15 +21,28 @@ from recsys.data.splits import left_padded as left_padded
 
 
 def sequence_batches(
-    train: TrainSet, batch_size: int, max_len: int, rng: np.random.Generator
+    train: TrainSet, batch_size: int, max_len: int, rng: np.random.Generator, *, pool: int = 8
 ) -> Iterator[dict[str, Tensor]]:
-    """All-position next-item batches: {"history": (B, L), "target": (B, L)}, 0 = padding."""
+    """All-position next-item batches: {"history": (B, L), "target": (B, L)}, 0 = padding.
+
+    Users are shuffled, then each run of ``pool`` batches' worth of them is sorted by history
+    length before it is cut into batches, and the batches come out in random order. A batch
+    then holds histories of similar length, so models that trim the columns that are padding
+    in every row (``trim_left_padding``) skip most of the padding: on ml-100k at ``max_len``
+    200 less than half of the padded positions hold an item. ``pool=1`` gives plain random
+    batches. Every user with at least two training items is in exactly one batch per epoch.
+    """
     lengths = train.sequences.lengths()
     users = np.flatnonzero(lengths >= 2)
     rng.shuffle(users)
-    for start in range(0, len(users), batch_size):
-        chosen = users[start : start + batch_size]
-        window = left_padded(train.sequences, chosen, max_len + 1)  # (B, L + 1)
+    span = batch_size * max(pool, 1)
+    batches: list[npt.NDArray[np.int64]] = []
+    for start in range(0, len(users), span):
+        run = users[start : start + span]
+        run = run[np.argsort(np.minimum(lengths[run], max_len + 1), kind="stable")]
+        batches.extend(run[i : i + batch_size] for i in range(0, len(run), batch_size))
+    for index in rng.permutation(len(batches)):
+        window = left_padded(train.sequences, batches[index], max_len + 1)  # (B, L + 1)
         history, target = window[:, :-1], window[:, 1:].copy()
         target[history == 0] = 0  # no target where there is no input yet
         yield {"history": torch.from_numpy(history), "target": torch.from_numpy(target)}

@@ -54,6 +54,9 @@ class Recommender(nn.Module):
     batch_kind: ClassVar[BatchKind] = "sequence"
     # Longest history the model reads (sequence models); None means any length.
     max_len: int | None = None
+    # True when left padding does not change a history's scores (padding is masked out and
+    # positions count from the most recent item): evaluation may then drop all-padding columns.
+    padding_invariant: ClassVar[bool] = False
 
     def __init__(self, num_users: int, num_items: int) -> None:
         super().__init__()
@@ -95,17 +98,36 @@ class Recommender(nn.Module):
 ScoreFn = Any  # Callable[[np.ndarray (B, L) int64, np.ndarray (B,) int64], np.ndarray (B, I)]
 
 
-def torch_scorer(model: Recommender) -> ScoreFn:
-    """Wrap a model as the numpy scoring callable evaluation uses (eval mode, no grad)."""
+def torch_scorer(model: Recommender, chunk: int = 256) -> ScoreFn:
+    """Wrap a model as the numpy scoring callable evaluation uses (eval mode, no grad).
+
+    For a ``padding_invariant`` model the rows are scored ``chunk`` at a time in order of
+    history length, each chunk cut to its longest history: the same scores for much less work
+    when a few long histories would otherwise pad every row to ``max_len``.
+    """
     import numpy as np
+
+    def run(history: np.ndarray, users: np.ndarray) -> np.ndarray:
+        query = Query(
+            history=torch.from_numpy(history) if "history" in model.input_kinds else None,
+            user=torch.from_numpy(users) if "user" in model.input_kinds else None,
+        )
+        return model.score(query).float().numpy()
 
     def score(history: np.ndarray, users: np.ndarray) -> np.ndarray:
         model.eval()
         with torch.inference_mode():
-            query = Query(
-                history=torch.from_numpy(history) if "history" in model.input_kinds else None,
-                user=torch.from_numpy(users) if "user" in model.input_kinds else None,
-            )
-            return model.score(query).float().numpy()
+            if not model.padding_invariant or history.ndim != 2:
+                return run(history, users)
+            used = (history > 0).sum(axis=1)  # (B,)
+            order = np.argsort(used, kind="stable")
+            out = np.empty((len(history), model.num_items), dtype=np.float32)
+            for start in range(0, len(order), chunk):
+                rows = order[start : start + chunk]
+                width = max(int(used[rows].max()), 1)
+                out[rows] = run(
+                    np.ascontiguousarray(history[rows, -width:]), np.ascontiguousarray(users[rows])
+                )
+            return out
 
     return score

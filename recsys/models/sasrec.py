@@ -57,6 +57,7 @@ class SASRec(Recommender):
 
     input_kinds: ClassVar[tuple[InputKind, ...]] = ("history",)
     batch_kind: ClassVar[BatchKind] = "sequence"
+    padding_invariant: ClassVar[bool] = True
 
     def __init__(
         self,
