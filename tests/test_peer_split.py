@@ -77,3 +77,19 @@ def test_peer_lists_are_scored_by_our_full_ranking_evaluation(snapshot: Snapshot
     assert evaluate_lists(data, snapshot, perfect).mean("ndcg@10") == pytest.approx(1.0)
     assert evaluate_lists(data, snapshot, seen_first).mean("ndcg@10") == pytest.approx(1.0)
     assert evaluate_lists(data, snapshot, {}).mean("hr@20") == 0.0
+
+
+def test_time_to_best_target_counts_a_budget_stop_as_a_lower_bound() -> None:
+    from peers import time_to_best_target
+
+    def row(seconds: float, stopped: str) -> dict[str, object]:
+        return {"seconds_to_best": seconds, "stopped": stopped}
+
+    def verdict(ours: dict[str, object], theirs: dict[str, object]) -> str:
+        return str(time_to_best_target(ours, theirs, "peer")["verdict"])
+
+    assert verdict(row(100, "patience"), row(300, "patience")) == "PASS"
+    assert verdict(row(100, "patience"), row(300, "budget")) == "PASS"  # theirs is >= 300
+    assert verdict(row(100, "budget"), row(300, "patience")) == "INCONCLUSIVE"  # ours is >= 100
+    assert verdict(row(200, "patience"), row(300, "patience")) == "FAIL"
+    assert "lower bound" in str(time_to_best_target(row(1, "budget"), row(9, "x"), "p")["measured"])

@@ -89,6 +89,7 @@ def main() -> None:
         "wall_seconds": round(wall, 2),
         "epochs": outcome.training.epochs_run,
         "best_epoch": outcome.training.best_epoch,
+        "stopped": outcome.training.stopped,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "valid_metrics": {"ndcg@10": outcome.training.best_valid},
         "lists": lists,
