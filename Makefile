@@ -30,8 +30,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/extract.py
 	$(BIN)/python benchmarks/serve.py --home benchmarks/.homes/amazon-toys
 	$(BIN)/python benchmarks/batch.py --home benchmarks/.homes/amazon-toys
-	$(BIN)/python benchmarks/peers.py --dataset ml-100k --budget-seconds 120
-	$(BIN)/python benchmarks/peers.py --dataset amazon-toys --budget-seconds 600
+	$(BIN)/python benchmarks/peers.py --dataset ml-100k --budget-seconds 600
+	$(BIN)/python benchmarks/peers.py --dataset amazon-toys --budget-seconds 900
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

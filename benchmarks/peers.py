@@ -8,8 +8,8 @@ benchmarks/peers/recsys_runner.py), and scores every system's top-20 lists with
 recsys.evaluation on the same test targets (full ranking, seen items excluded, bootstrap CIs,
 paired comparisons). Writes results/peers-<dataset>.{json,md} and two plots.
 
-    .venv/bin/python benchmarks/peers.py --dataset ml-100k --budget-seconds 120
-    .venv/bin/python benchmarks/peers.py --dataset amazon-toys --budget-seconds 600
+    .venv/bin/python benchmarks/peers.py --dataset ml-100k --budget-seconds 600
+    .venv/bin/python benchmarks/peers.py --dataset amazon-toys --budget-seconds 900
     .venv/bin/python benchmarks/peers.py --dataset ml-100k --budget-seconds 20 --systems \\
         recsys:sasrec,recbole:SASRec        # the smallest configuration, a few minutes
 """
