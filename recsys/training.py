@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from recsys.data.batches import pair_batches, row_batches, sequence_batches
 from recsys.data.splits import Split
+from recsys.errors import RecsysError
 from recsys.evaluation import evaluate
 from recsys.models.base import Recommender, torch_scorer
 
@@ -55,6 +56,14 @@ class TrainConfig:
     threads: int | None = None
     valid_metric: str = "ndcg@10"
     progress: bool = True
+    # Sequence models: batches of similar history length (see data.batches.sequence_batches);
+    # 1 = plain random batches. Pays off only for models that trim padding (SASRec).
+    length_pool: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_epochs", "length_pool"):
+            if getattr(self, name) < 1:
+                raise RecsysError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -136,6 +145,8 @@ def train(model: Recommender, split: Split, config: TrainConfig | None = None) -
         for batch in _batches(model, split, config, rng):
             optimizer.zero_grad(set_to_none=True)
             loss = model.loss(batch)
+            if "weight" in batch:  # length-grouped batches: see sequence_batches
+                loss = loss * batch["weight"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{type(model).__name__}: loss became {loss.item()}")
             loss.backward()  # type: ignore[no-untyped-call]
@@ -183,7 +194,9 @@ def _batches(
 ) -> Iterator[dict[str, Tensor]]:
     if model.batch_kind == "sequence":
         assert model.max_len is not None, "sequence models declare max_len"
-        return sequence_batches(split.train, config.batch_size, model.max_len, rng)
+        return sequence_batches(
+            split.train, config.batch_size, model.max_len, rng, pool=config.length_pool
+        )
     if model.batch_kind == "pairs":
         return pair_batches(
             split.train, config.batch_size, split.num_items, config.num_negatives, rng

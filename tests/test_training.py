@@ -12,7 +12,8 @@ from recsys.data.batches import eval_query_arrays, sequence_batches
 from recsys.data.extract import IdMap, Snapshot, SnapshotDescriptor
 from recsys.data.splits import Split, leave_last_out
 from recsys.data.synthetic import SyntheticConfig, generate
-from recsys.models import build_model
+from recsys.errors import RecsysError
+from recsys.models import MODELS, build_model
 from recsys.models.base import Query, torch_scorer
 from recsys.models.sasrec import SASRecConfig
 from recsys.training import TrainConfig, train, train_config_with, validate
@@ -98,15 +99,39 @@ def test_sequence_batches_hold_every_user_once_grouped_by_length(small_split: Sp
             assert history.shape[1] == 30 and (batch["target"].numpy()[history == 0] == 0).all()
             rows.append((history > 0).sum(axis=1))
         assert sum(len(r) for r in rows) == len(expected)
-    # With the default pool a batch spans a narrow range of history lengths; without, it doesn't.
-    bucketed = list(sequence_batches(small_split.train, 16, 30, np.random.default_rng(0)))
-    plain = list(sequence_batches(small_split.train, 16, 30, np.random.default_rng(0), pool=1))
+    # Grouped, a batch spans a narrow range of history lengths; by default (plain), it doesn't.
+    grouped = list(sequence_batches(small_split.train, 16, 30, np.random.default_rng(0), pool=8))
+    plain = list(sequence_batches(small_split.train, 16, 30, np.random.default_rng(0)))
 
     def mean_spread(batches: list[dict[str, torch.Tensor]]) -> float:
         used = [(b["history"] > 0).sum(dim=1) for b in batches]
         return float(np.mean([int(u.max() - u.min()) for u in used]))
 
-    assert mean_spread(bucketed) < mean_spread(plain) / 2
+    assert mean_spread(grouped) < mean_spread(plain) / 2
+    with pytest.raises(ValueError, match="pool"):
+        next(sequence_batches(small_split.train, 16, 30, np.random.default_rng(0), pool=0))
+
+
+def test_grouped_batches_weigh_every_position_alike(small_split: Split) -> None:
+    """weight x (mean over a batch's positions) = (sum over them) / (mean positions per batch)."""
+    grouped = list(sequence_batches(small_split.train, 16, 30, np.random.default_rng(0), pool=8))
+    assert all(
+        "weight" not in b
+        for b in sequence_batches(small_split.train, 16, 30, np.random.default_rng(0))
+    )
+    positions = np.array([int((b["target"] > 0).sum()) for b in grouped], dtype=np.float64)
+    weights = np.array([float(b["weight"]) for b in grouped])
+    assert positions.std() > 0  # short and long batches really differ in size
+    np.testing.assert_allclose(weights, positions / positions.mean(), rtol=1e-6)
+    np.testing.assert_allclose(weights.mean(), 1.0, rtol=1e-6)
+
+
+def test_length_grouping_is_sasrecs_default_only() -> None:
+    assert MODELS["sasrec"].train_defaults["length_pool"] == 8
+    for name in ("gru4rec", "caser"):
+        assert train_config_with(MODELS[name].train_defaults, {}).length_pool == 1
+    with pytest.raises(RecsysError, match="length_pool must be at least 1"):
+        train_config_with({}, {"length_pool": 0})
 
 
 def test_chunked_scoring_of_a_padding_invariant_model_matches_plain_scoring(
