@@ -28,6 +28,8 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/extract.py
+	$(BIN)/python benchmarks/quality.py --dataset ml-100k
+	$(BIN)/python benchmarks/quality.py --dataset amazon-toys --models pop,sasrec,gru4rec,caser
 	$(BIN)/python benchmarks/serve.py --home benchmarks/.homes/amazon-toys
 	$(BIN)/python benchmarks/batch.py --home benchmarks/.homes/amazon-toys
 	$(BIN)/python benchmarks/peers.py --dataset ml-100k --budget-seconds 600
