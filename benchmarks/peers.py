@@ -17,6 +17,7 @@ paired comparisons). Writes results/peers-<dataset>.{json,md} and two plots.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ from peer_split import DATASETS, DEFAULT_DATA_ROOT, evaluate_lists, export_split
 
 from recsys.data.splits import split
 from recsys.evaluation import EvalResult, compare, eval_digest
+from recsys.models import MODELS
 
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 WORK = REPO_ROOT / "benchmarks" / ".peers"
@@ -121,7 +123,7 @@ def run_system(system: str, args: argparse.Namespace, split_dir: Path) -> dict[s
             model,
             *common,
         ]
-        command += [item for setting in args.ours_set for item in ("--set", setting)]
+        command += [item for setting in ours_settings(model, args) for item in ("--set", setting)]
     else:
         python = ensure_env(peer)
         command = [
@@ -155,6 +157,20 @@ def run_system(system: str, args: argparse.Namespace, split_dir: Path) -> dict[s
     return result
 
 
+def ours_settings(model: str, args: argparse.Namespace) -> list[str]:
+    """``--ours-set`` plus the peers' history window for our models that have one.
+
+    Every sequence model reads the same last ``--max-len`` items (RecBole's
+    MAX_ITEM_LIST_LENGTH, RecTools' session_max_len), ours included: SASRec's own default of
+    200 would otherwise see four times the history the peer SASRecs get.
+    """
+    settings = list(args.ours_set)
+    fields = {f.name for f in dataclasses.fields(MODELS[model].config)}
+    if "max_len" in fields and not any(s.startswith("max_len=") for s in settings):
+        settings.append(f"max_len={args.max_len}")
+    return settings
+
+
 def reused_run(system: str, args: argparse.Namespace, split_dir: Path) -> dict[str, Any]:
     """The last run of ``system`` on this split, if it had the same budget; else train it."""
     peer, model = system.split(":")
@@ -175,7 +191,12 @@ def main() -> None:
     parser.add_argument("--dataset", choices=sorted(DATASETS), required=True)
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
     parser.add_argument("--budget-seconds", type=float, default=120.0)
-    parser.add_argument("--max-len", type=int, default=50)
+    parser.add_argument(
+        "--max-len",
+        type=int,
+        default=50,
+        help="history window of every sequence model, ours included (RecBole's default 50)",
+    )
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--ours-set", action="append", default=[], help="key=value for ours")
     parser.add_argument(

@@ -82,7 +82,8 @@ def main() -> None:
         "model": args.model,
         "library_version": __version__,
         "config": {"model": str(outcome.to_dict()["params"]), "train": str(overrides)},
-        "config_source": "recsys defaults (recsys.models train defaults) plus the budget",
+        "config_source": "recsys defaults (recsys.models train defaults) plus the budget"
+        + (f"; overrides: {', '.join(args.set)}" if args.set else ""),
         "budget_seconds": args.budget_seconds,
         "train_seconds": round(outcome.training.seconds, 2),
         "seconds_to_best": round(outcome.training.seconds_to_best, 2),
