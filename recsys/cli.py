@@ -36,6 +36,8 @@ app.add_typer(import_app, name="import")
 models_app = typer.Typer(help="The model registry: versions and aliases.", no_args_is_help=True)
 app.add_typer(generate_app, name="generate")
 app.add_typer(models_app, name="models")
+keys_app = typer.Typer(help="API keys of the prediction API.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
 StrictOption = Annotated[
@@ -466,6 +468,89 @@ def _version_number(text: str) -> int:
     return number
 
 
+@keys_app.command("create")
+@user_errors
+def keys_create(
+    name: Annotated[str, typer.Argument(help="A name for the key (who or what uses it).")],
+    scope: Annotated[
+        list[str],
+        typer.Option("--scope", "-s", help="read, events or admin (repeat, or a,b)."),
+    ],
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print the key alone (for scripts).")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Make an API key; it is printed once and only its hash is stored."""
+    from recsys import keys
+    from recsys.db.migrate import require_current
+
+    engine = _engine(get_settings())
+    require_current(engine)
+    secret, record = keys.create_key(engine, name, scope)
+    data = {"name": record.name, "prefix": record.prefix, "scopes": list(record.scopes)}
+    if as_json:
+        _emit({**data, "key": secret}, True)
+        return
+    if quiet:
+        typer.echo(secret)
+        return
+    typer.echo(f"key {record.name!r} ({','.join(record.scopes)}); shown once, store it now:")
+    typer.echo(secret)
+
+
+@keys_app.command("list")
+@user_errors
+def keys_list(as_json: JsonOption = False) -> None:
+    """Every key with its scopes and whether it is revoked (never the key itself)."""
+    from recsys import keys
+    from recsys.db.migrate import require_current
+
+    engine = _engine(get_settings())
+    require_current(engine)
+    records = keys.list_keys(engine)
+    rows = [
+        {
+            "name": k.name,
+            "prefix": k.prefix,
+            "scopes": list(k.scopes),
+            "created_at": k.created_at.isoformat(),
+            "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+        }
+        for k in records
+    ]
+
+    def table() -> None:
+        if not records:
+            typer.echo("no keys yet: `recsys keys create NAME --scope read`")
+            return
+        typer.echo(f"{'name':<24} {'prefix':<10} {'scopes':<18} {'created (UTC)':<19}  revoked")
+        for k in records:
+            revoked = k.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if k.revoked_at else "-"
+            typer.echo(
+                f"{k.name:<24} {k.prefix:<10} {','.join(k.scopes):<18} "
+                f"{k.created_at.strftime('%Y-%m-%d %H:%M:%S'):<19}  {revoked}"
+            )
+
+    _emit({"keys": rows}, as_json, table)
+
+
+@keys_app.command("revoke")
+@user_errors
+def keys_revoke(
+    name: Annotated[str, typer.Argument(help="The key's name or prefix.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Revoke a key: the service refuses it within seconds (it re-reads keys every 5 s)."""
+    from recsys import keys
+    from recsys.db.migrate import require_current
+
+    engine = _engine(get_settings())
+    require_current(engine)
+    record = keys.revoke_key(engine, name)
+    _emit({"name": record.name, "prefix": record.prefix, "revoked": True}, as_json)
+
+
 @models_app.command("list")
 @user_errors
 def models_list(
@@ -890,10 +975,12 @@ def _demo_service(settings: Settings, engine: Engine) -> None:
     import socket
     import subprocess
     import sys
+    import uuid
 
     import httpx
     from sqlalchemy import func, select
 
+    from recsys import keys
     from recsys.db.queries import user_history
     from recsys.db.schema import interactions_table, users_table
 
@@ -915,13 +1002,16 @@ def _demo_service(settings: Settings, engine: Engine) -> None:
             stderr=subprocess.STDOUT,
         )
     base = f"http://127.0.0.1:{port}"
+    key_name = f"demo-{uuid.uuid4().hex[:8]}"
+    secret, _ = keys.create_key(engine, key_name, [keys.READ])
+    http = httpx.Client(headers={"Authorization": f"Bearer {secret}"}, timeout=30)
     try:
         deadline = time.monotonic() + 120
         while not _ready(base):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RecsysError(f"the service did not start; see {log}")
             time.sleep(0.3)
-        typer.echo(f"4. started the service (BentoML) at {base}")
+        typer.echo(f"4. started the service (BentoML) at {base} (with a read key for the demo)")
         with engine.connect() as conn:
             counts = (
                 select(users_table.c.external_id, func.count().label("n"))
@@ -933,16 +1023,18 @@ def _demo_service(settings: Settings, engine: Engine) -> None:
             )
             known = [str(row[0]) for row in conn.execute(counts)]
         for n, user_id in enumerate(known):
-            reply = httpx.post(
+            reply = http.post(
                 f"{base}/recommend", json={"user_id": user_id, "k": 5, "explain": n == 0}
             ).json()
             _print_recommendations(f"user {user_id}", reply, explain=n == 0)
         session = (user_history(engine, known[0]) or [])[-3:]
-        reply = httpx.post(f"{base}/recommend_session", json={"item_ids": session, "k": 5}).json()
+        reply = http.post(f"{base}/recommend_session", json={"item_ids": session, "k": 5}).json()
         _print_recommendations(f"anonymous session {session}", reply, explain=False)
-        reply = httpx.post(f"{base}/recommend", json={"user_id": "someone-new", "k": 5}).json()
+        reply = http.post(f"{base}/recommend", json={"user_id": "someone-new", "k": 5}).json()
         _print_recommendations("unknown user someone-new", reply, explain=False)
     finally:
+        http.close()
+        keys.revoke_key(engine, key_name)
         process.terminate()
         try:
             process.wait(timeout=30)

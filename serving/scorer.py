@@ -10,6 +10,7 @@ Imports neither torch nor bentoml.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -19,14 +20,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from recsys import registry
 from recsys.artifacts import ONNX_FILE, Artifact, batch_user_scores, top_columns, user_scores
 from recsys.data.readers import FUTURE_TOLERANCE_MS
-from recsys.db.events import Event, Recorded, record_events
+from recsys.db.events import Event, Recorded, missing_items, record_events
 from recsys.db.queries import user_histories, user_history
 from recsys.db.schema import items_table
 from recsys.errors import RecsysError
+from recsys.ids import id_problem
 
 logger = logging.getLogger(__name__)
 
@@ -139,19 +142,24 @@ class Catalogue:
             masks[genre] = mask
         return cls(titles, masks, year, price, attributes)
 
-    def mask(self, filters: Filters) -> npt.NDArray[np.bool_] | None:
-        """Items passing the soft filters, (I,); None when there are none."""
+    def mask(self, filters: Filters) -> tuple[npt.NDArray[np.bool_] | None, list[str]]:
+        """Items passing the soft filters, (I,) (None when there are none), and warnings.
+
+        A genre or attribute no item has matches nothing; the warning says so, and the
+        backfill still fills the list.
+        """
         if not filters.soft:
-            return None
+            return None, []
         count = len(self.titles)
         keep = np.ones(count, dtype=bool)
+        warnings: list[str] = []
         if filters.include_genres:
             wanted = np.zeros(count, dtype=bool)
             for genre in filters.include_genres:
-                wanted |= self._genre(genre, "filters.include_genres")
+                wanted |= self._genre(genre, "filters.include_genres", warnings)
             keep &= wanted
         for genre in filters.exclude_genres:
-            keep &= ~self._genre(genre, "filters.exclude_genres")
+            keep &= ~self._genre(genre, "filters.exclude_genres", warnings)
         bounds = [
             (self.year, filters.min_year, filters.max_year),
             (self.price, filters.min_price, filters.max_price),
@@ -165,16 +173,17 @@ class Catalogue:
         for key, wanted_value in filters.attributes.items():
             present = [j for j, attrs in enumerate(self.attributes) if key in attrs]
             if not present:
-                raise RequestError(f"filters.attributes.{key}", "no item has this attribute")
+                warnings.append(f"filters.attributes.{key}: no item has this attribute")
             matches = np.zeros(count, dtype=bool)
             matches[[j for j in present if self.attributes[j][key] == wanted_value]] = True
             keep &= matches
-        return keep
+        return keep, warnings
 
-    def _genre(self, genre: str, field_name: str) -> npt.NDArray[np.bool_]:
+    def _genre(self, genre: str, field_name: str, warnings: list[str]) -> npt.NDArray[np.bool_]:
         if genre not in self.genres:
             known = ", ".join(sorted(self.genres)[:20]) or "none"
-            raise RequestError(field_name, f"unknown genre {genre!r}; genres include: {known}")
+            warnings.append(f"{field_name}: unknown genre {genre!r}; genres include: {known}")
+            return np.zeros(len(self.titles), dtype=bool)
         return self.genres[genre]
 
 
@@ -236,13 +245,26 @@ class Scorer:
     two versions.
     """
 
-    def __init__(self, engine: Engine, model: LoadedModel | None = None, threads: int = 1):
+    def __init__(
+        self,
+        engine: Engine,
+        model: LoadedModel | None = None,
+        threads: int = 1,
+        *,
+        retry_seconds: float = 60.0,
+        future_tolerance_ms: int = FUTURE_TOLERANCE_MS,
+        create_unknown_items: bool = False,
+    ):
         self.engine = engine
         self.threads = threads
         self._model = model
         self._reload_lock = threading.Lock()
         self.last_reload_error: str | None = None
         self._failed_version: int | None = None
+        self._failed_at = 0.0
+        self.retry_seconds = retry_seconds
+        self.future_tolerance_ms = future_tolerance_ms
+        self.create_unknown_items = create_unknown_items
 
     @property
     def ready(self) -> bool:
@@ -258,11 +280,15 @@ class Scorer:
             )
         return model
 
-    def reload(self, ref: int | str = registry.CHAMPION, *, force: bool = False) -> dict[str, Any]:
+    def reload(
+        self, ref: int | str = registry.CHAMPION, *, force: bool = False, retry: bool = False
+    ) -> dict[str, Any]:
         """Load the version ``ref`` names beside the current one and swap if it differs.
 
         A version that fails to load leaves the current one serving; the error is kept in
-        ``last_reload_error`` and returned.
+        ``last_reload_error`` and returned. That version is tried again when ``retry`` is
+        set (an explicit reload) or once ``retry_seconds`` have passed (the poller), so a
+        repaired artifact is picked up without a restart.
         """
         with self._reload_lock:
             current = self._model.version if self._model is not None else None
@@ -274,8 +300,8 @@ class Scorer:
                 return {"changed": False, "version": current, "reason": f"no {ref} yet"}
             if target == current and not force:
                 return {"changed": False, "version": current}
-            if target == self._failed_version and not force:
-                # Already reported; retried only on an explicit reload.
+            recently = time.monotonic() - self._failed_at < self.retry_seconds
+            if target == self._failed_version and recently and not (force or retry):
                 return {"changed": False, "version": current, "failed": target}
             try:
                 fresh = load_model(self.engine, target, threads=self.threads)
@@ -292,10 +318,17 @@ class Scorer:
     def _reload_failed(
         self, current: int | None, target: int | None, exc: Exception
     ) -> dict[str, Any]:
-        message = f"{type(exc).__name__}: {exc}"
+        message = public_message(exc)
         self._failed_version = target
+        self._failed_at = time.monotonic()
         self.last_reload_error = f"v{target}: {message}" if target is not None else message
-        logger.error("could not load v%s, still serving v%s: %s", target, current, message)
+        logger.error(
+            "could not load v%s, still serving v%s: %s: %s",
+            target,
+            current,
+            type(exc).__name__,
+            exc,
+        )
         return {"changed": False, "version": current, "failed": target, "error": message}
 
     def serve_artifact(self, artifact: Artifact) -> None:
@@ -330,20 +363,20 @@ class Scorer:
         (result,) = self.recommend_many(
             [RecommendQuery(user_id, k, exclude_seen, filters or Filters(), explain)]
         )
-        if isinstance(result, RecsysError):
+        if isinstance(result, RecsysError | SQLAlchemyError):
             raise result
         return result
 
     def recommend_many(
         self, queries: Sequence[RecommendQuery]
-    ) -> list[dict[str, Any] | RecsysError]:
+    ) -> list[dict[str, Any] | RecsysError | SQLAlchemyError]:
         """Answer several ``recommend`` requests together: one history query, one graph run.
 
         Each answer is what :meth:`recommend` returns for that query alone, or the
         :class:`RequestError` it would raise; all answers come from the same model version.
         """
         model = self.model
-        answers: list[dict[str, Any] | RecsysError] = []
+        answers: list[dict[str, Any] | RecsysError | SQLAlchemyError] = []
         valid: list[int] = []
         for n, query in enumerate(queries):
             try:
@@ -355,7 +388,10 @@ class Scorer:
                 valid.append(n)
         if not valid:
             return answers
-        histories = user_histories(self.engine, [queries[n].user_id for n in valid])
+        histories = self._histories(queries, valid, answers)
+        valid = [n for n in valid if not isinstance(answers[n], BaseException)]
+        if not valid:
+            return answers
         indexed = [
             model.artifact.history_indices(histories.get(queries[n].user_id) or []) for n in valid
         ]
@@ -383,6 +419,28 @@ class Scorer:
                 known_user = query.user_id in histories
                 answers[n] = {"user_id": query.user_id, "known_user": known_user, **ranked}
         return answers
+
+    def _histories(
+        self,
+        queries: Sequence[RecommendQuery],
+        valid: list[int],
+        answers: list[dict[str, Any] | RecsysError | SQLAlchemyError],
+    ) -> dict[str, list[str]]:
+        """Histories of the valid queries' users in one query; when that query fails, one
+        query per user, so a request that breaks it fails alone (its answer is the error)."""
+        users = [queries[n].user_id for n in valid]
+        try:
+            return user_histories(self.engine, users)
+        except SQLAlchemyError:
+            if len(set(users)) == 1:
+                raise
+        histories: dict[str, list[str]] = {}
+        for n in valid:
+            try:
+                histories.update(user_histories(self.engine, [queries[n].user_id]))
+            except SQLAlchemyError as exc:
+                answers[n] = exc
+        return histories
 
     def recommend_session(
         self,
@@ -415,7 +473,9 @@ class Scorer:
         similarity[idx - 1] = -np.inf
         hard = self._hard_exclusions(model, filters or Filters())
         similarity[hard] = -np.inf
-        columns, matches, backfilled = self._select(model, similarity, k, filters or Filters())
+        columns, matches, backfilled, warnings = self._select(
+            model, similarity, k, filters or Filters()
+        )
         return {
             "item_id": item_id,
             "model_version": model.version,
@@ -430,6 +490,7 @@ class Scorer:
                 }
                 for j, m in zip(columns, matches, strict=True)
             ],
+            "warnings": warnings,
         }
 
     def score(self, user_id: str, item_ids: Sequence[str]) -> dict[str, Any]:
@@ -450,17 +511,36 @@ class Scorer:
         }
 
     def record_events(self, events: Sequence[Event]) -> Recorded:
-        """Store events after the checks an import applies (time range, value range)."""
+        """Store events after the checks an import applies (ids, time range, value range).
+
+        All or nothing: one bad event refuses the call and nothing is written. Item ids the
+        catalogue lacks are refused unless ``create_unknown_items``.
+        """
         _check_list("events", events)
-        latest = int(time.time() * 1000) + FUTURE_TOLERANCE_MS
+        latest = int(time.time() * 1000) + self.future_tolerance_ms
         for n, event in enumerate(events):
+            for name in ("user_id", "item_id", "event_type"):
+                problem = id_problem(getattr(event, name))
+                if problem is not None:
+                    raise RequestError(f"events[{n}].{name}", problem)
             when = event.occurred_at_ms
             if when is not None and not 0 <= when <= latest:
+                ahead = self.future_tolerance_ms / 1000
                 raise RequestError(
-                    f"events[{n}].occurred_at", "must be after 1970 and not in the future"
+                    f"events[{n}].occurred_at",
+                    f"must be after 1970 and at most {ahead:g} s ahead of the server's clock",
                 )
             if event.value is not None and not abs(event.value) <= MAX_VALUE:
                 raise RequestError(f"events[{n}].value", f"must be within +-{MAX_VALUE:g}")
+        if not self.create_unknown_items:
+            missing = missing_items(self.engine, {e.item_id for e in events})
+            if missing:
+                n = next(n for n, e in enumerate(events) if e.item_id in missing)
+                raise NotFoundError(
+                    f"events[{n}].item_id",
+                    f"unknown item {events[n].item_id!r} ({len(missing)} unknown in this call);"
+                    " add it to the catalogue first, or set RECSYS_UNKNOWN_ITEMS=create",
+                )
         return record_events(self.engine, events)
 
     def info(self) -> dict[str, Any]:
@@ -496,19 +576,21 @@ class Scorer:
 
     def _select(
         self, model: LoadedModel, scores: FloatArray, k: int, filters: Filters
-    ) -> tuple[list[int], list[bool], int]:
-        """Top-k columns under the soft filters, backfilled from the best others if short."""
-        mask = model.catalogue.mask(filters)
+    ) -> tuple[list[int], list[bool], int, list[str]]:
+        """Top-k columns under the soft filters, backfilled from the best others if short;
+        also the filters' warnings."""
+        mask, warnings = model.catalogue.mask(filters)
         if mask is None:
             columns = top_columns(scores, k).tolist()
-            return columns, [True] * len(columns), 0
+            return columns, [True] * len(columns), 0, warnings
         passing = np.where(mask, scores, -np.inf).astype(np.float32)
         chosen = top_columns(passing, k).tolist()
         backfill: list[int] = []
         if len(chosen) < k:
             others = np.where(mask, -np.inf, scores).astype(np.float32)
             backfill = top_columns(others, k - len(chosen)).tolist()
-        return chosen + backfill, [True] * len(chosen) + [False] * len(backfill), len(backfill)
+        matches = [True] * len(chosen) + [False] * len(backfill)
+        return chosen + backfill, matches, len(backfill), warnings
 
     def _rank(
         self,
@@ -542,7 +624,7 @@ class Scorer:
         if exclude_seen and len(known):
             scores[known - 1] = -np.inf
         scores[self._hard_exclusions(model, filters)] = -np.inf
-        columns, matches, backfilled = self._select(model, scores, k, filters)
+        columns, matches, backfilled, warnings = self._select(model, scores, k, filters)
         reasons = (
             _explanations(artifact, columns, known, model.catalogue)
             if explain
@@ -566,6 +648,7 @@ class Scorer:
             "backfilled": backfilled,
             "unknown_items": sorted(set(unknown)),
             "items": items,
+            "warnings": warnings,
         }
 
 
@@ -589,6 +672,18 @@ def _explanations(
         ]
         for row_columns, row_weights in zip(history[best].tolist(), weights, strict=True)
     ]
+
+
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s\\/:'\"]+)+[\\/]?")
+
+
+def public_message(exc: BaseException) -> str:
+    """What a caller may see of a load failure: the message without file system paths (a
+    path becomes its last part) and without exception class names."""
+    text = str(exc) if isinstance(exc, RecsysError) else "the model could not be loaded"
+    if isinstance(exc, SQLAlchemyError):
+        text = "the database is unavailable"
+    return _PATH.sub(lambda m: m.group().rstrip("/\\").rsplit("/", 1)[-1], text)
 
 
 def _check_k(k: int) -> None:

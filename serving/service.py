@@ -1,10 +1,11 @@
-"""The prediction API: a thin BentoML service over :mod:`serving.scorer`.
+"""The prediction API: a BentoML service whose endpoints are routed by :mod:`serving.api`.
 
 Run it with ``recsys serve`` or ``bentoml serve serving.service:RecsysService``. It serves the
 registry's champion (or, when that cannot be loaded here, the model a bento carries; set
 ``RECSYS_MODEL_SOURCE=bento`` to start on the packaged model), polls the ``champion`` alias
 every ``RECSYS_POLL_SECONDS`` (default 10) and swaps to a new one without dropping requests;
-``POST /admin/reload`` with ``Authorization: Bearer $RECSYS_ADMIN_TOKEN`` does it at once.
+``POST /admin/reload`` with an admin key does it at once. Every endpoint needs an API key
+(``recsys keys create``) with its scope; ``RECSYS_READ_AUTH=open`` lets reads through without.
 """
 
 from __future__ import annotations
@@ -12,37 +13,75 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
-from http import HTTPStatus
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import bentoml
-from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound, ServiceUnavailable
-from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.exc import SQLAlchemyError
+from fastapi import Security
+from fastapi.security import HTTPAuthorizationCredentials
 
-from recsys.config import get_settings
+from recsys.config import get_serving_settings, get_settings
 from recsys.db.engine import create_engine
 from recsys.db.events import Event
-from serving.batcher import MicroBatcher
-from serving.scorer import (
-    MAX_K,
-    MAX_LIST,
-    Filters,
-    NotFoundError,
-    NotReadyError,
-    RecommendQuery,
-    RequestError,
-    Scorer,
+from recsys.keys import ADMIN, EVENTS, READ, KeyRing
+from serving.api import (
+    BODY_ERRORS,
+    EventsIn,
+    EventsRecorded,
+    Guard,
+    ModelInfo,
+    Recommendations,
+    RecommendIn,
+    ReloadOutcome,
+    ScoreIn,
+    Scores,
+    SessionIn,
+    SimilarIn,
+    SimilarItems,
+    answered_as_api_errors,
+    bearer,
+    create_app,
+    errors,
+    filters_of,
 )
+from serving.batcher import MicroBatcher
+from serving.scorer import RecommendQuery, Scorer
 
 logger = logging.getLogger(__name__)
-
 T = TypeVar("T")
-Id = Annotated[str, Field(min_length=1, max_length=255)]
-K = Annotated[int, Field(ge=1, le=MAX_K, description="How many items (1-1000).")]
+
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+
+
+def _private_metrics_dir() -> None:
+    """Give this server its own Prometheus multiprocess folder.
+
+    ``bentoml serve`` empties ``$BENTOML_HOME/prometheus_multiproc_dir`` at start, so two
+    services sharing a BentoML home would wipe each other's counters. The serving process
+    (the only one without ``PROMETHEUS_MULTIPROC_DIR`` set) points BentoML at a folder of its
+    own before BentoML prepares it; its workers inherit the variable. Folders of servers
+    that have exited are removed.
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    shared = Path(BentoMLContainer.bentoml_home.get()) / "prometheus_multiproc_dir"
+    root = shared.with_name("recsys_prometheus")
+    root.mkdir(parents=True, exist_ok=True)
+    for folder in root.glob("pid-*"):
+        pid = folder.name.removeprefix("pid-")
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+    BentoMLContainer.prometheus_multiproc_dir.set(str(root / f"pid-{os.getpid()}"))
+
+
+_private_metrics_dir()
+SETTINGS = get_serving_settings()
+app = create_app(SETTINGS)
 
 REQUESTS = bentoml.metrics.Counter(
     name="recsys_requests", documentation="Requests per endpoint", labelnames=["endpoint"]
@@ -66,165 +105,44 @@ RELOAD_FAILURES = bentoml.metrics.Counter(
 )
 
 
-class FiltersIn(BaseModel):
-    """Item filters; genre, year, price and attribute filters are backfilled when too strict."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    include_genres: list[Annotated[str, Field(max_length=255)]] = Field(
-        default_factory=list, max_length=100, description="Keep items with any of these genres."
-    )
-    exclude_genres: list[Annotated[str, Field(max_length=255)]] = Field(
-        default_factory=list, max_length=100, description="Drop items with any of these genres."
-    )
-    exclude_items: list[Id] = Field(
-        default_factory=list, max_length=MAX_LIST, description="Never return these item ids."
-    )
-    attributes: dict[Annotated[str, Field(max_length=255)], str | int | float | bool] = Field(
-        default_factory=dict, max_length=20, description="Item attributes that must match."
-    )
-    min_year: int | None = None
-    max_year: int | None = None
-    min_price: float | None = Field(default=None, allow_inf_nan=False)
-    max_price: float | None = Field(default=None, allow_inf_nan=False)
-
-    def to_filters(self) -> Filters:
-        return Filters(
-            include_genres=tuple(self.include_genres),
-            exclude_genres=tuple(self.exclude_genres),
-            exclude_items=tuple(self.exclude_items),
-            attributes=dict(self.attributes),
-            min_year=self.min_year,
-            max_year=self.max_year,
-            min_price=self.min_price,
-            max_price=self.max_price,
-        )
-
-
-class EventIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    user_id: Id
-    item_id: Id
-    event_type: Annotated[str, Field(min_length=1, max_length=32)] = "interaction"
-    value: float | None = Field(default=None, allow_inf_nan=False)
-    occurred_at: datetime | None = Field(default=None, description="ISO 8601; default now.")
-
-
-class Because(BaseModel):
-    item_id: str
-    title: str | None
-    weight: float
-
-
-class RecommendedItem(BaseModel):
-    item_id: str
-    title: str | None
-    score: float
-    matches_filters: bool
-    because: list[Because] | None = None
-
-
-class Recommendations(BaseModel):
-    model_version: int
-    model_family: str
-    fallback: str | None
-    backfilled: int
-    unknown_items: list[str]
-    items: list[RecommendedItem]
-    user_id: str | None = None
-    known_user: bool | None = None
-
-
-class SimilarItem(BaseModel):
-    item_id: str
-    title: str | None
-    similarity: float
-    matches_filters: bool
-
-
-class SimilarItems(BaseModel):
-    item_id: str
-    model_version: int
-    model_family: str
-    backfilled: int
-    items: list[SimilarItem]
-
-
-class ItemScore(BaseModel):
-    item_id: str
-    score: float
-
-
-class Scores(BaseModel):
-    user_id: str
-    model_version: int
-    model_family: str
-    fallback: str | None
-    scores: list[ItemScore]
-    unknown_items: list[str]
-
-
-class EventsRecorded(BaseModel):
-    inserted: int
-    duplicates: int
-    new_users: int
-    new_items: int
-
-
-class ModelInfo(BaseModel):
-    ready: bool
-    model_version: int | None
-    model_family: str | None
-    source: str | None
-    num_items: int | None
-    loaded_at: float | None
-    load_seconds: float | None
-    last_reload_error: str | None
-
-
-@contextmanager
-def _translated_errors(endpoint: str) -> Iterator[None]:
-    """The scorer's errors as the HTTP errors BentoML answers with (4xx, or 503)."""
-    try:
-        yield
-    except NotFoundError as exc:
-        raise NotFound(str(exc)) from None
-    except RequestError as exc:
-        raise InvalidArgument(str(exc)) from None
-    except NotReadyError as exc:
-        raise ServiceUnavailable(str(exc)) from None
-    except SQLAlchemyError as exc:
-        logger.error("database error in %s: %s", endpoint, exc)
-        raise ServiceUnavailable("the database is unavailable; retry") from None
-
-
-def _count_fallback(endpoint: str, result: Any) -> None:
+def _count(endpoint: str, result: T) -> T:
+    REQUESTS.labels(endpoint=endpoint).inc()
     fallback = getattr(result, "fallback", None)
     if fallback:
         FALLBACKS.labels(endpoint=endpoint, fallback=fallback).inc()
+    return result
 
 
 @bentoml.service(name="recsys", traffic={"timeout": 30})
+@bentoml.asgi_app(app, path="/")
 class RecsysService:
     """Recommendations from the registry's champion; every response names its version."""
 
     def __init__(self) -> None:
-        settings = get_settings()
-        threads = int(os.environ.get("RECSYS_SCORER_THREADS") or 1)
-        self.scorer = Scorer(create_engine(settings.database_url), threads=threads)
+        settings = SETTINGS
+        engine = create_engine(get_settings().database_url)
+        self.scorer = Scorer(
+            engine,
+            threads=settings.scorer_threads,
+            retry_seconds=settings.reload_retry_seconds,
+            future_tolerance_ms=int(settings.future_tolerance_seconds * 1000),
+            create_unknown_items=settings.unknown_items == "create",
+        )
+        admin: dict[str, tuple[str, ...]] = (
+            {settings.admin_token: (ADMIN,)} if settings.admin_token else {}
+        )
+        self.guard = Guard(KeyRing(engine, static=admin), settings)
         # Concurrent recommend requests share one history query and one ONNX run.
         self._recommend_batcher: MicroBatcher[RecommendQuery, dict[str, Any]] = MicroBatcher(
             self.scorer.recommend_many, max_batch=MAX_BATCH, on_batch=BATCH_SIZE.observe
         )
-        source = os.environ.get("RECSYS_MODEL_SOURCE", "auto")
-        if source == "bento":
+        if settings.model_source == "bento":
             self._serve_packaged()
         self._report(self.scorer.reload())
-        if source == "auto" and not self.scorer.ready:
+        if settings.model_source == "auto" and not self.scorer.ready:
             # No loadable champion here (say, a fresh machine): serve what the bento carries.
             self._serve_packaged()
-        self.poll_seconds = float(os.environ.get("RECSYS_POLL_SECONDS") or 10)
+        self.poll_seconds = settings.poll_seconds
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="champion-poll", daemon=True)
         self._poller.start()
@@ -257,83 +175,81 @@ class RecsysService:
         if self.scorer.ready:
             MODEL_VERSION.set(self.scorer.model.version)
 
-    def _call(self, endpoint: str, work: Callable[[], T]) -> T:
-        REQUESTS.labels(endpoint=endpoint).inc()
-        with _translated_errors(endpoint):
-            result = work()
-        _count_fallback(endpoint, result)
-        return result
-
-    @bentoml.api
-    async def recommend(
-        self,
-        user_id: Id,
-        k: K = 10,
-        exclude_seen: bool = True,
-        filters: FiltersIn | None = None,
-        explain: bool = False,
-    ) -> Recommendations:
+    @app.post(
+        "/recommend",
+        response_model=Recommendations,
+        responses=errors(*BODY_ERRORS, 401, 403, 503),
+    )
+    async def recommend(self, request: RecommendIn, key: Credentials = None) -> Recommendations:
         """Top-k for a user from their live history; popularity for unknown users."""
-        REQUESTS.labels(endpoint="recommend").inc()
-        with _translated_errors("recommend"):
+        with answered_as_api_errors():
+            self.guard.check(key, READ)
             query = RecommendQuery(
-                user_id, k, exclude_seen, filters.to_filters() if filters else Filters(), explain
+                request.user_id,
+                request.k,
+                request.exclude_seen,
+                filters_of(request.filters),
+                request.explain,
             )
             result = Recommendations(**await self._recommend_batcher.submit(query))
-        _count_fallback("recommend", result)
-        return result
+        return _count("recommend", result)
 
-    @bentoml.api
-    def recommend_session(
-        self,
-        item_ids: Annotated[list[Id], Field(min_length=1, max_length=MAX_LIST)],
-        k: K = 10,
-        filters: FiltersIn | None = None,
-        explain: bool = False,
-    ) -> Recommendations:
+    @app.post(
+        "/recommend_session",
+        response_model=Recommendations,
+        responses=errors(*BODY_ERRORS, 401, 403, 503),
+    )
+    def recommend_session(self, request: SessionIn, key: Credentials = None) -> Recommendations:
         """Top-k for an anonymous visitor from the items they viewed (most recent last)."""
-        return self._call(
-            "recommend_session",
-            lambda: Recommendations(
+        with answered_as_api_errors():
+            self.guard.check(key, READ)
+            result = Recommendations(
                 **self.scorer.recommend_session(
-                    item_ids,
-                    k=k,
-                    filters=filters.to_filters() if filters else None,
-                    explain=explain,
+                    request.item_ids,
+                    k=request.k,
+                    filters=filters_of(request.filters),
+                    explain=request.explain,
                 )
-            ),
-        )
+            )
+        return _count("recommend_session", result)
 
-    @bentoml.api
-    def similar_items(
-        self, item_id: Id, k: K = 10, filters: FiltersIn | None = None
-    ) -> SimilarItems:
+    @app.post(
+        "/similar_items",
+        response_model=SimilarItems,
+        responses=errors(*BODY_ERRORS, 401, 403, 404, 503),
+    )
+    def similar_items(self, request: SimilarIn, key: Credentials = None) -> SimilarItems:
         """The k items closest to ``item_id`` in the model's item representations."""
-        return self._call(
-            "similar_items",
-            lambda: SimilarItems(
+        with answered_as_api_errors():
+            self.guard.check(key, READ)
+            result = SimilarItems(
                 **self.scorer.similar_items(
-                    item_id, k=k, filters=filters.to_filters() if filters else None
+                    request.item_id, k=request.k, filters=filters_of(request.filters)
                 )
-            ),
-        )
+            )
+        return _count("similar_items", result)
 
-    @bentoml.api
-    def score(
-        self,
-        user_id: Id,
-        item_ids: Annotated[list[Id], Field(min_length=1, max_length=MAX_LIST)],
-    ) -> Scores:
+    @app.post("/score", response_model=Scores, responses=errors(*BODY_ERRORS, 401, 403, 503))
+    def score(self, request: ScoreIn, key: Credentials = None) -> Scores:
         """Scores of the given items for a user (for re-ranking by a caller)."""
-        return self._call("score", lambda: Scores(**self.scorer.score(user_id, item_ids)))
+        with answered_as_api_errors():
+            self.guard.check(key, READ)
+            result = Scores(**self.scorer.score(request.user_id, request.item_ids))
+        return _count("score", result)
 
-    @bentoml.api
-    def events(
-        self, events: Annotated[list[EventIn], Field(min_length=1, max_length=MAX_LIST)]
-    ) -> EventsRecorded:
-        """Record interactions; they are stored when this returns and shape the next request."""
+    @app.post(
+        "/events",
+        response_model=EventsRecorded,
+        responses=errors(*BODY_ERRORS, 401, 403, 404, 503),
+    )
+    def events(self, request: EventsIn, key: Credentials = None) -> EventsRecorded:
+        """Record interactions (all or none); they shape the very next request.
 
-        def record() -> EventsRecorded:
+        Needs a key with the ``events`` scope. An item the catalogue lacks is a 404
+        (``unknown_item``) unless ``RECSYS_UNKNOWN_ITEMS=create``.
+        """
+        with answered_as_api_errors():
+            self.guard.check(key, EVENTS)
             recorded = self.scorer.record_events(
                 [
                     Event(
@@ -343,28 +259,29 @@ class RecsysService:
                         value=e.value,
                         occurred_at_ms=_epoch_ms(e.occurred_at),
                     )
-                    for e in events
+                    for e in request.events
                 ]
             )
-            return EventsRecorded(**recorded.__dict__)
+            result = EventsRecorded(**recorded.__dict__)
+        return _count("events", result)
 
-        return self._call("events", record)
-
-    @bentoml.api(route="/model")
-    def model_info(self) -> ModelInfo:
+    @app.api_route(
+        "/model", methods=["GET", "POST"], response_model=ModelInfo, responses=errors(401, 403)
+    )
+    def model_info(self, key: Credentials = None) -> ModelInfo:
         """The version being served, when it was loaded, and the last reload error."""
-        return ModelInfo(**self.scorer.info())
+        with answered_as_api_errors():
+            self.guard.check(key, READ)
+            return ModelInfo(**self.scorer.info())
 
-    @bentoml.api(route="/admin/reload")
-    def reload(self, context: bentoml.Context) -> dict[str, Any]:
-        """Load the current champion now (``Authorization: Bearer $RECSYS_ADMIN_TOKEN``)."""
-        token = os.environ.get("RECSYS_ADMIN_TOKEN")
-        given = context.request.headers.get("authorization", "")
-        if not token or given != f"Bearer {token}":
-            raise BentoMLException("reload needs the admin token", error_code=HTTPStatus.FORBIDDEN)
-        outcome = self.scorer.reload()
-        self._report(outcome)
-        return outcome
+    @app.post("/admin/reload", response_model=ReloadOutcome, responses=errors(401, 403, 503))
+    def reload(self, key: Credentials = None) -> ReloadOutcome:
+        """Load the current champion now, retrying one that failed before (admin scope)."""
+        with answered_as_api_errors():
+            self.guard.check(key, ADMIN)
+            outcome = self.scorer.reload(retry=True)
+            self._report(outcome)
+            return ReloadOutcome(**outcome)
 
 
 def _epoch_ms(moment: datetime | None) -> int | None:

@@ -197,12 +197,19 @@ class Walk:
         self.ran.append(command.text)
         if text.startswith("export "):
             name, _, value = text.removeprefix("export ").partition("=")
-            self.env[name] = shlex.split(value, comments=True)[0]
+            if value.startswith("$("):  # a command's output, as the shell would take it
+                value = shlex.split(value, comments=True)[0]
+                self.env[name] = self.shell(f"printf %s {value}").strip()
+            else:
+                self.env[name] = shlex.split(value, comments=True)[0]
             return ""
         if command.is_server:
             return self.start(text)
         if text.startswith("curl "):
             return self.curl(text)
+        return self.shell(text)
+
+    def shell(self, text: str) -> str:
         done = subprocess.run(
             ["bash", "-c", text],
             cwd=self.cwd,

@@ -78,3 +78,13 @@ def _ensure(conn: Connection, table: Table, external_ids: set[str]) -> tuple[dic
         select(table.c.external_id, table.c.id).where(table.c.external_id.in_(ids))
     ).all()
     return {str(eid): int(pk) for eid, pk in found}, len(created)
+
+
+def missing_items(engine: Engine, external_ids: set[str]) -> set[str]:
+    """The ids among ``external_ids`` that the catalogue (``items``) does not hold."""
+    ids = sorted(external_ids)
+    with engine.connect() as conn:
+        found = conn.execute(
+            select(items_table.c.external_id).where(items_table.c.external_id.in_(ids))
+        ).scalars()
+        return set(ids) - set(found)

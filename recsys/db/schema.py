@@ -217,6 +217,24 @@ class Lock(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class ApiKey(Base):
+    """A credential of the prediction API: only a hash of the secret is stored.
+
+    ``prefix`` is the key's public part (shown in listings, used to find the row); ``scopes``
+    a comma-separated subset of read, events, admin.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 # Core-level handles for bulk statements (the ORM classes type ``__table__`` loosely).
 users_table = cast(Table, User.__table__)
 items_table = cast(Table, Item.__table__)
@@ -227,3 +245,4 @@ model_aliases_table = cast(Table, ModelAlias.__table__)
 alias_events_table = cast(Table, AliasEvent.__table__)
 recommendations_table = cast(Table, Recommendation.__table__)
 locks_table = cast(Table, Lock.__table__)
+api_keys_table = cast(Table, ApiKey.__table__)

@@ -28,6 +28,7 @@ TABLES = {
     "alias_events",
     "recommendations",
     "locks",
+    "api_keys",
 }
 
 

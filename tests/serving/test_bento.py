@@ -11,6 +11,8 @@ from pathlib import Path
 
 import httpx
 
+from recsys.keys import create_key
+
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import bentoml_serve, free_port, make_home, running
 
@@ -33,11 +35,13 @@ def test_bento_carries_the_champion_and_serves_on_a_fresh_home(tmp_path: Path) -
         "RECSYS_HOME": str(tmp_path / "fresh-home"),
         "RECSYS_POLL_SECONDS": "3600",
     }
+    key, _ = create_key(home.engine, "bento test", ["read"])
+    auth = {"Authorization": f"Bearer {key}"}
     with bentoml_serve(tags["bento"], serve_env, tmp_path, tmp_path / "serve.log") as base:
-        info = httpx.post(f"{base}/model").json()
+        info = httpx.post(f"{base}/model", headers=auth).json()
         assert info["model_version"] == home.champion and info["source"] == "bento"
         assert "does not exist" in info["last_reload_error"]  # the registry's copy is not here
-        response = httpx.post(f"{base}/recommend", json={"user_id": "u1", "k": 3})
+        response = httpx.post(f"{base}/recommend", json={"user_id": "u1", "k": 3}, headers=auth)
         assert response.status_code == 200 and response.json()["model_version"] == home.champion
 
 
@@ -45,6 +49,7 @@ def test_recsys_serve_starts_the_service_on_the_champion(tmp_path: Path) -> None
     home = make_home(tmp_path / "home")
     port = free_port()
     command = [str(Path(sys.executable).with_name("recsys")), "serve", "--port", str(port)]
+    key, _ = create_key(home.engine, "serve test", ["read"])
     with running(command, port, home.env, tmp_path, tmp_path / "serve.log", 90) as base:
-        info = httpx.post(f"{base}/model").json()
+        info = httpx.get(f"{base}/model", headers={"Authorization": f"Bearer {key}"}).json()
         assert info["model_version"] == home.champion and info["source"] == "registry"

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 
 from recsys import registry
 from recsys.artifacts import ONNX_FILE
-from recsys.db.events import Event
+from recsys.db.engine import create_engine
+from recsys.db.events import Event, record_events
+from recsys.db.migrate import upgrade
 from recsys.db.queries import user_history
+from recsys.db.schema import interactions_table, items_table
 from serving.scorer import Filters, NotFoundError, RecommendQuery, RequestError, Scorer
 
 
@@ -93,12 +100,14 @@ def test_scorer_filters_backfill_when_too_strict_and_say_so(scorer: Scorer) -> N
         (Filters(attributes={"colour": "red"}), "filters.attributes.colour"),
     ],
 )
-def test_scorer_bad_filters_are_request_errors_naming_the_field(
+def test_scorer_filters_nothing_matches_are_warned_about_and_backfilled(
     scorer: Scorer, filters: Filters, field: str
 ) -> None:
-    with pytest.raises(RequestError) as caught:
-        scorer.recommend("u1", filters=filters)
-    assert caught.value.field == field
+    out = scorer.recommend("u1", k=5, filters=filters)
+    assert [w.split(":")[0] for w in out["warnings"]] == [field]
+    assert len(out["items"]) == 5
+    if field != "filters.exclude_genres":  # excluding an unknown genre excludes nothing
+        assert out["backfilled"] == 5 and not any(r["matches_filters"] for r in out["items"])
 
 
 def test_scorer_explanations_name_history_items_with_weights(scorer: Scorer, home: Any) -> None:
@@ -146,6 +155,33 @@ def test_scorer_rejects_bad_sizes(scorer: Scorer) -> None:
         scorer.record_events([Event("u1", "i1", value=1e300)])
 
 
+def test_scorer_events_refuse_unknown_items_future_times_and_control_characters(
+    home: Any,
+) -> None:
+    """Regression: an anonymous call could create catalogue items and events a day ahead."""
+    scorer = Scorer(home.engine, future_tolerance_ms=60_000)
+    items_before = _count(home.engine, items_table)
+    events_before = _count(home.engine, interactions_table)
+    with pytest.raises(NotFoundError, match=r"events\[1\]\.item_id: unknown item 'DROP TABLE'"):
+        scorer.record_events([Event("u1", "i1"), Event("u1", "DROP TABLE")])
+    soon = int(time.time() * 1000) + 3_600_000
+    with pytest.raises(RequestError, match=r"events\[0\]\.occurred_at.*60 s ahead"):
+        scorer.record_events([Event("u1", "i1", occurred_at_ms=soon)])
+    for bad in ("a\x00b", "a\x0bb", "x\u0085"):
+        with pytest.raises(RequestError, match="control characters"):
+            scorer.record_events([Event(bad, "i1")])
+    assert _count(home.engine, items_table) == items_before
+    assert _count(home.engine, interactions_table) == events_before  # all or nothing
+
+    creating = Scorer(home.engine, create_unknown_items=True)
+    assert creating.record_events([Event("u1", "brand-new-item")]).new_items == 1
+
+
+def _count(engine: Any, table: Any) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
 def test_scorer_swaps_to_a_new_champion_and_keeps_serving_when_one_fails_to_load(
     home: Any,
 ) -> None:
@@ -163,7 +199,9 @@ def test_scorer_swaps_to_a_new_champion_and_keeps_serving_when_one_fails_to_load
     assert outcome["changed"] is False and outcome["failed"] == broken
     assert "does not match its recorded sha256" in outcome["error"]
     assert scorer.model.version == old and scorer.recommend("u1")["model_version"] == old
-    assert scorer.info()["last_reload_error"]
+    error = scorer.info()["last_reload_error"]
+    assert error and str(folder) not in error and "/" not in error  # no paths leak
+    assert "Error:" not in error  # nor exception class names
 
     good = home.register("sasrec")
     registry.promote(home.engine, good, actor="tests", reason="the fix")
@@ -171,6 +209,34 @@ def test_scorer_swaps_to_a_new_champion_and_keeps_serving_when_one_fails_to_load
     assert scorer.recommend("u1")["model_version"] == good
     assert scorer.info()["last_reload_error"] is None
     registry.promote(home.engine, home.champion, actor="tests", reason="restore")
+
+
+def test_scorer_retries_a_failed_version_once_repaired(home: Any) -> None:
+    """Regression: a version that failed to load was never tried again until a restart."""
+    scorer = Scorer(home.engine, retry_seconds=3600)
+    scorer.reload()
+    old = scorer.model.version
+    version = home.register("sasrec")
+    folder = registry.get_version(home.engine, version).artifact_path
+    onnx_path = Path(f"{folder}/{ONNX_FILE}")
+    original = onnx_path.read_bytes()
+    onnx_path.write_bytes(original + b"tampered")
+    registry.promote(home.engine, version, actor="tests", reason="a bad release")
+    try:
+        assert scorer.reload()["failed"] == version
+        onnx_path.write_bytes(original)
+        assert scorer.reload() == {"changed": False, "version": old, "failed": version}
+        assert scorer.reload(retry=True) == {"changed": True, "version": version, "previous": old}
+
+        onnx_path.write_bytes(original + b"tampered")
+        scorer.reload(old, force=True)
+        scorer.retry_seconds = 0.0  # the poller's back-off has passed
+        assert scorer.reload()["failed"] == version
+        onnx_path.write_bytes(original)
+        assert scorer.reload()["changed"] is True and scorer.model.version == version
+    finally:
+        onnx_path.write_bytes(original)
+        registry.promote(home.engine, home.champion, actor="tests", reason="restore")
 
 
 def _without_float_noise(answer: Any) -> Any:
@@ -216,3 +282,25 @@ def test_scorer_recommend_many_answers_each_query_as_recommend_alone(
     assert isinstance(together[3], RequestError) and together[3].field == "k"
     assert together[2]["fallback"] == "popular" and together[2]["known_user"] is False
     assert together[0]["fallback"] is None and together[0]["model_version"] == version
+
+
+@pytest.mark.postgres
+def test_scorer_a_query_that_breaks_the_shared_history_query_fails_alone(
+    home: Any, fresh_postgres_url: str
+) -> None:
+    """Regression: on PostgreSQL a NUL in one user id raised a driver error for the shared
+    history query, failing every request batched with it."""
+    upgrade(fresh_postgres_url)
+    engine = create_engine(fresh_postgres_url)
+    try:
+        record_events(engine, [Event("u1", "i1"), Event("u2", "i2")])
+        scorer = Scorer(engine)
+        scorer.serve_artifact(registry.load_artifact(home.engine, home.champion))
+        queries = [RecommendQuery("u1", k=3), RecommendQuery("a\x00b", k=3), RecommendQuery("u2")]
+        first, broken, last = scorer.recommend_many(queries)
+        assert isinstance(broken, DBAPIError)
+        assert isinstance(first, dict) and first["known_user"] is True
+        assert isinstance(last, dict) and len(last["items"]) == 10
+        assert "i1" not in {r["item_id"] for r in first["items"]}  # its history was read
+    finally:
+        engine.dispose()

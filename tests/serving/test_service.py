@@ -10,9 +10,17 @@ import sys
 from typing import Any
 
 import pytest
-from bentoml.exceptions import InvalidArgument
+from fastapi.security import HTTPAuthorizationCredentials
 
-from serving.service import FiltersIn, Recommendations, RecsysService
+from recsys.keys import create_key
+from serving.api import ApiError, FiltersIn, Recommendations, RecommendIn, SessionIn
+from serving.service import RecsysService
+
+
+@pytest.fixture(scope="module")
+def reader(home: Any) -> HTTPAuthorizationCredentials:
+    key, _ = create_key(home.engine, "in-process reader", ["read"])
+    return HTTPAuthorizationCredentials(scheme="Bearer", credentials=key)
 
 
 @pytest.fixture
@@ -25,15 +33,20 @@ def service(home: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     instance._stop.set()
 
 
-def test_service_class_answers_in_process_with_the_champion(service: Any, home: Any) -> None:
+def test_service_class_answers_in_process_with_the_champion(
+    service: Any, home: Any, reader: Any
+) -> None:
     assert service.__is_ready__()
-    request = service.recommend(user_id="u2", k=4, filters=FiltersIn(exclude_genres=["Drama"]))
-    out = asyncio.run(request)  # recommend is a coroutine: concurrent calls share a batch
+    query = RecommendIn(user_id="u2", k=4, filters=FiltersIn(exclude_genres=["Drama"]))
+    out = asyncio.run(service.recommend(query, reader))  # a coroutine: concurrent calls batch
     assert isinstance(out, Recommendations)
     assert out.model_version == home.champion and len(out.items) == 4
-    assert service.model_info().model_version == home.champion
-    session = service.recommend_session(item_ids=["i1", "i2"], k=3, explain=True)
+    assert service.model_info(reader).model_version == home.champion
+    session = service.recommend_session(SessionIn(item_ids=["i1", "i2"], k=3, explain=True), reader)
     assert session.fallback is None and all(item.because for item in session.items)
+    with pytest.raises(ApiError) as refused:
+        service.model_info(None)
+    assert refused.value.status == 401
 
 
 SERVE_WITHOUT_TORCH = """
@@ -48,20 +61,25 @@ print(json.dumps({"torch": "torch" in sys.modules, "version": out["model_version
 """
 
 
-def test_service_concurrent_recommends_share_batches_and_keep_their_errors(service: Any) -> None:
+def test_service_concurrent_recommends_share_batches_and_keep_their_errors(
+    service: Any, reader: Any
+) -> None:
+    def ask(**fields: Any) -> Any:
+        return service.recommend(RecommendIn(**fields), reader)
+
     async def many() -> list[Any]:
-        calls = [service.recommend(user_id=f"u{n}", k=3) for n in range(1, 31)]
-        calls.append(service.recommend(user_id="u1", k=3, filters=FiltersIn(exclude_items=["i1"])))
-        calls.append(
-            service.recommend(user_id="u1", k=3, filters=FiltersIn(include_genres=["Opera"]))
-        )
+        calls = [ask(user_id=f"u{n}", k=3) for n in range(1, 31)]
+        calls.append(ask(user_id="u1", k=3, filters=FiltersIn(exclude_items=["i1"])))
+        calls.append(ask(user_id="u1", k=3, filters=FiltersIn(include_genres=["Opera"])))
+        calls.append(service.recommend(RecommendIn(user_id="u1", k=3), None))
         return await asyncio.gather(*calls, return_exceptions=True)
 
     answers = asyncio.run(many())
     assert all(isinstance(a, Recommendations) and len(a.items) == 3 for a in answers[:-1])
     assert [a.user_id for a in answers[:30]] == [f"u{n}" for n in range(1, 31)]
     assert "i1" not in {item.item_id for item in answers[30].items}
-    assert isinstance(answers[-1], InvalidArgument) and "include_genres" in str(answers[-1])
+    assert "include_genres" in answers[31].warnings[0]
+    assert isinstance(answers[-1], ApiError) and answers[-1].status == 401
 
 
 def test_serving_import_path_never_imports_torch(home: Any) -> None:

@@ -1,0 +1,609 @@
+"""The HTTP contract of the prediction API: request and response models, one error shape,
+credentials, and the guards every request passes before an endpoint sees it.
+
+:mod:`serving.service` mounts :func:`create_app` on the BentoML service and defines the
+endpoints; this module holds no model state. The OpenAPI document at ``/docs.json`` is the
+one FastAPI derives from these models, so it is the contract the server enforces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
+from sqlalchemy.exc import DataError, SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from recsys.config import ServingSettings
+from recsys.ids import MAX_ID_LENGTH, forbidden_character, id_problem
+from recsys.keys import READ, KeyRing, grants
+from serving.scorer import (
+    MAX_K,
+    MAX_LIST,
+    MAX_VALUE,
+    Filters,
+    NotFoundError,
+    NotReadyError,
+    RequestError,
+)
+
+logger = logging.getLogger(__name__)
+
+# The id rule of recsys.ids, said in the contract too (ASCII escapes, as JSON Schema reads them).
+ID_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f]+$"
+TEXT_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f]*$"
+
+
+def _valid_id(value: str) -> str:
+    problem = id_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _valid_text(value: str) -> str:
+    bad = forbidden_character(value)
+    if bad is not None:
+        raise ValueError(f"must not contain control characters (found {bad})")
+    return value
+
+
+Id = Annotated[
+    str,
+    AfterValidator(_valid_id),
+    Field(min_length=1, max_length=MAX_ID_LENGTH, json_schema_extra={"pattern": ID_PATTERN}),
+]
+Text = Annotated[
+    str,
+    AfterValidator(_valid_text),
+    Field(max_length=MAX_ID_LENGTH, json_schema_extra={"pattern": TEXT_PATTERN}),
+]
+
+
+def _json_integer(value: Any) -> Any:
+    """JSON Schema's integer: any number with no fraction (``3.0`` too), never a string."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be an integer")
+    return value
+
+
+def _json_number(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a number")
+    return value
+
+
+# Constraints come before the validator, so the JSON Schema carries them.
+Integer = Annotated[int, BeforeValidator(_json_integer)]
+Number = Annotated[float, Field(allow_inf_nan=False), BeforeValidator(_json_number)]
+K = Annotated[
+    int,
+    Field(ge=1, le=MAX_K, description="How many items (1-1000)."),
+    BeforeValidator(_json_integer),
+]
+Value = Annotated[
+    float,
+    Field(ge=-MAX_VALUE, le=MAX_VALUE, allow_inf_nan=False),
+    BeforeValidator(_json_number),
+]
+Flag = Annotated[bool, Strict()]
+
+
+def _keys_match_ids(schema: dict[str, Any]) -> None:
+    """Attribute names follow the text rule: say it with ``propertyNames``."""
+    schema.pop("patternProperties", None)
+    schema["additionalProperties"] = {
+        "anyOf": [
+            {"type": "string", "maxLength": MAX_ID_LENGTH, "pattern": TEXT_PATTERN},
+            {"type": "integer"},
+            {"type": "boolean"},
+            {"type": "number"},
+        ]
+    }
+    schema["propertyNames"] = {"maxLength": MAX_ID_LENGTH, "pattern": TEXT_PATTERN}
+
+
+Reason = Literal[
+    "bad_input",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "unknown_item",
+    "method_not_allowed",
+    "request_timeout",
+    "payload_too_large",
+    "unsupported_media_type",
+    "no_champion",
+    "database_unavailable",
+    "internal_error",
+]
+
+
+class ErrorBody(BaseModel):
+    """Every error the API answers, whatever the status."""
+
+    status: int = Field(description="The HTTP status, repeated.")
+    reason: Reason = Field(description="What kind of failure, for programs to branch on.")
+    message: str = Field(description="What went wrong, for people.")
+    field: str | None = Field(description="The request field at fault, when there is one.")
+
+
+class ApiError(Exception):
+    """An error answered as an :class:`ErrorBody`."""
+
+    def __init__(
+        self,
+        status: int,
+        reason: Reason,
+        message: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message, self.field = status, reason, message, field
+        self.headers = headers or {}
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    body = ErrorBody(
+        status=error.status, reason=error.reason, message=error.message, field=error.field
+    )
+    return JSONResponse(body.model_dump(), status_code=error.status, headers=error.headers)
+
+
+_DESCRIPTIONS: dict[int | str, str] = {
+    400: "Bad input: the message names the field.",
+    401: "No valid API key (`Authorization: Bearer <key>`).",
+    403: "The key lacks the scope this endpoint needs.",
+    404: "An id the request names does not exist.",
+    408: "The request body did not arrive in time.",
+    413: "The request body is too large.",
+    415: "The body is not `application/json`.",
+    503: "No champion is loaded yet, or the database is unavailable (see `reason`).",
+    "default": "Any other error, in the same shape.",
+}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the given error statuses (plus the catch-all)."""
+    keys: list[int | str] = [*statuses, "default"]
+    return {key: {"model": ErrorBody, "description": _DESCRIPTIONS[key]} for key in keys}
+
+
+BODY_ERRORS = (400, 408, 413, 415)
+
+
+# Requests ---------------------------------------------------------------------------------
+
+
+class Closed(BaseModel):
+    """A request object: unknown fields are refused, and no value is coerced to another
+    JSON type (``0`` is not ``false``, ``\"3\"`` is not ``3``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class FiltersIn(Closed):
+    """Item filters; genre, year, price and attribute filters are backfilled when too strict."""
+
+    include_genres: list[Text] = Field(
+        default_factory=list, max_length=100, description="Keep items with any of these genres."
+    )
+    exclude_genres: list[Text] = Field(
+        default_factory=list, max_length=100, description="Drop items with any of these genres."
+    )
+    exclude_items: list[Id] = Field(
+        default_factory=list, max_length=MAX_LIST, description="Never return these item ids."
+    )
+    attributes: dict[Text, Text | Flag | Integer | Number] = Field(
+        default_factory=dict,
+        max_length=20,
+        description="Item attributes that must match.",
+        json_schema_extra=_keys_match_ids,
+    )
+    min_year: Integer | None = None
+    max_year: Integer | None = None
+    min_price: Number | None = None
+    max_price: Number | None = None
+
+    def to_filters(self) -> Filters:
+        return Filters(
+            include_genres=tuple(self.include_genres),
+            exclude_genres=tuple(self.exclude_genres),
+            exclude_items=tuple(self.exclude_items),
+            attributes=dict(self.attributes),
+            min_year=self.min_year,
+            max_year=self.max_year,
+            min_price=self.min_price,
+            max_price=self.max_price,
+        )
+
+
+def filters_of(filters: FiltersIn | None) -> Filters:
+    return filters.to_filters() if filters is not None else Filters()
+
+
+class RecommendIn(Closed):
+    user_id: Id
+    k: K = 10
+    exclude_seen: Flag = True
+    filters: FiltersIn | None = None
+    explain: Flag = False
+
+
+class SessionIn(Closed):
+    item_ids: list[Id] = Field(min_length=1, max_length=MAX_LIST)
+    k: K = 10
+    filters: FiltersIn | None = None
+    explain: Flag = False
+
+
+class SimilarIn(Closed):
+    item_id: Id
+    k: K = 10
+    filters: FiltersIn | None = None
+
+
+class ScoreIn(Closed):
+    user_id: Id
+    item_ids: list[Id] = Field(min_length=1, max_length=MAX_LIST)
+
+
+class EventIn(Closed):
+    user_id: Id
+    item_id: Id
+    event_type: Annotated[
+        str,
+        AfterValidator(_valid_id),
+        Field(min_length=1, max_length=32, json_schema_extra={"pattern": ID_PATTERN}),
+    ] = "interaction"
+    value: Value | None = Field(default=None, description="A rating, count or price.")
+    occurred_at: datetime | None = Field(
+        default=None, description="ISO 8601; default now. Not after the server's clock."
+    )
+
+
+class EventsIn(Closed):
+    events: list[EventIn] = Field(min_length=1, max_length=MAX_LIST)
+
+
+# Responses --------------------------------------------------------------------------------
+
+
+class Because(BaseModel):
+    item_id: str
+    title: str | None
+    weight: float
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    title: str | None
+    score: float
+    matches_filters: bool
+    because: list[Because] | None = None
+
+
+class Recommendations(BaseModel):
+    model_version: int
+    model_family: str
+    fallback: str | None
+    backfilled: int
+    unknown_items: list[str]
+    items: list[RecommendedItem]
+    warnings: list[str] = Field(default_factory=list)
+    user_id: str | None = None
+    known_user: bool | None = None
+
+
+class SimilarItem(BaseModel):
+    item_id: str
+    title: str | None
+    similarity: float
+    matches_filters: bool
+
+
+class SimilarItems(BaseModel):
+    item_id: str
+    model_version: int
+    model_family: str
+    backfilled: int
+    items: list[SimilarItem]
+    warnings: list[str] = Field(default_factory=list)
+
+
+class ItemScore(BaseModel):
+    item_id: str
+    score: float
+
+
+class Scores(BaseModel):
+    user_id: str
+    model_version: int
+    model_family: str
+    fallback: str | None
+    scores: list[ItemScore]
+    unknown_items: list[str]
+
+
+class EventsRecorded(BaseModel):
+    inserted: int
+    duplicates: int
+    new_users: int
+    new_items: int
+
+
+class ModelInfo(BaseModel):
+    ready: bool
+    model_version: int | None
+    model_family: str | None
+    source: str | None
+    num_items: int | None
+    loaded_at: float | None
+    load_seconds: float | None
+    last_reload_error: str | None
+
+
+class ReloadOutcome(BaseModel):
+    changed: bool
+    version: int | None
+    previous: int | None = None
+    failed: int | None = None
+    error: str | None = None
+    reason: str | None = None
+
+
+# Errors -----------------------------------------------------------------------------------
+
+
+def translate(exc: BaseException) -> ApiError:
+    """The API error for anything an endpoint raised."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, NotFoundError):
+        reason: Reason = "unknown_item" if exc.field.startswith("events") else "not_found"
+        return ApiError(404, reason, str(exc), exc.field)
+    if isinstance(exc, RequestError):
+        return ApiError(exc.status, "bad_input", str(exc), exc.field)
+    if isinstance(exc, NotReadyError):
+        return ApiError(503, "no_champion", str(exc), headers={"Retry-After": "10"})
+    if isinstance(exc, DataError):
+        logger.warning("the database refused a value: %s", str(exc).splitlines()[0])
+        return ApiError(400, "bad_input", "the database refused a value in this request")
+    if isinstance(exc, SQLAlchemyError):
+        logger.error("database error: %s", str(exc).splitlines()[0])
+        return ApiError(
+            503,
+            "database_unavailable",
+            "the database is unavailable; retry shortly",
+            headers={"Retry-After": "2"},
+        )
+    logger.error("unexpected error", exc_info=exc)
+    return ApiError(500, "internal_error", "an unexpected error occurred; it has been logged")
+
+
+@contextmanager
+def answered_as_api_errors() -> Iterator[None]:
+    try:
+        yield
+    except ApiError:
+        raise
+    except Exception as exc:
+        raise translate(exc) from None
+
+
+def _validation_error(exc: RequestValidationError) -> ApiError:
+    problems = exc.errors()
+    first = problems[0] if problems else {}
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    kind = first.get("type", "")
+    if kind == "json_invalid":
+        return ApiError(400, "bad_input", "the body is not valid JSON", "body")
+    field = ".".join(location) or "body"
+    message = str(first.get("msg", "invalid input")).removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        message = "unknown field"
+    if kind == "missing" and field == "body":
+        message = "a JSON object body is required"
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return ApiError(400, "bad_input", f"{field}: {message}{more}", field)
+
+
+# Guards -----------------------------------------------------------------------------------
+
+
+class BodyGuard:
+    """Reads a request's body before the app does: refuses a body that is not JSON (415),
+    larger than ``max_bytes`` (413) or not complete within ``timeout`` seconds (408), then
+    hands the app the buffered body."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, timeout: float) -> None:
+        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            body = await self._read(headers, receive)
+        except ApiError as error:
+            await error_response(error)(scope, receive, send)
+            return
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _read(self, headers: dict[str, str], receive: Receive) -> bytes:
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            raise _too_large(self.max_bytes)
+        chunks: list[bytes] = []
+        size = 0
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(left, 0.001))
+            except TimeoutError:
+                raise ApiError(
+                    408, "request_timeout", f"the body did not arrive within {self.timeout:g} s"
+                ) from None
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise _too_large(self.max_bytes)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        kind = headers.get("content-type", "").split(";")[0].strip().lower()
+        if body and kind and not (kind == "application/json" or kind.endswith("+json")):
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                f"the body must be application/json, not {kind}",
+                "content-type",
+            )
+        return body
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes", "body")
+
+
+bearer = HTTPBearer(auto_error=False, description="An API key made with `recsys keys create`.")
+
+
+class Guard:
+    """Checks the caller's key for a scope; reads pass without one when reads are open."""
+
+    def __init__(self, keys: KeyRing, settings: ServingSettings) -> None:
+        self.keys, self.settings = keys, settings
+
+    def check(self, credentials: HTTPAuthorizationCredentials | None, scope: str) -> None:
+        if scope == READ and self.settings.read_auth == "open":
+            return
+        if credentials is None:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "this endpoint needs an API key: Authorization: Bearer <key>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        try:
+            scopes = self.keys.scopes(credentials.credentials)
+        except SQLAlchemyError as exc:
+            raise translate(exc) from None
+        if scopes is None:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "the API key is not valid (unknown or revoked)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not grants(scopes, scope):
+            raise ApiError(403, "forbidden", f"this endpoint needs a key with the {scope} scope")
+
+
+# The app ----------------------------------------------------------------------------------
+
+INFRA_PATHS: dict[str, Any] = {
+    "/healthz": {
+        "get": {
+            "tags": ["infrastructure"],
+            "summary": "The process is up.",
+            "responses": {"200": {"description": "Alive."}},
+        }
+    },
+    "/readyz": {
+        "get": {
+            "tags": ["infrastructure"],
+            "summary": "A model is loaded and warmed up.",
+            "responses": {
+                "200": {"description": "Ready."},
+                "503": {"description": "No model loaded yet."},
+            },
+        }
+    },
+    "/metrics": {
+        "get": {
+            "tags": ["infrastructure"],
+            "summary": "Prometheus metrics.",
+            "responses": {
+                "200": {
+                    "description": "Prometheus text format.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    },
+}
+
+
+def create_app(settings: ServingSettings) -> FastAPI:
+    """The FastAPI app the endpoints are routed on, with its error handlers and guards."""
+    app = FastAPI(
+        title="recsys",
+        summary="Recommendations from the registry's champion; every response names its version.",
+        version="1",
+        openapi_url="/docs.json",
+        docs_url=None,  # BentoML's page at / renders this document from local assets
+        redoc_url=None,
+    )
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        error = _validation_error(exc)
+        logger.debug("400 on %s: %s", request.url.path, error.message)
+        return error_response(error)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        reasons: dict[int, Reason] = {404: "not_found", 405: "method_not_allowed"}
+        reason = reasons.get(exc.status_code, "bad_input")
+        return error_response(
+            ApiError(exc.status_code, reason, str(exc.detail), headers=dict(exc.headers or {}))
+        )
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            document = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            document["paths"] = {**INFRA_PATHS, **document["paths"]}
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(
+        BodyGuard, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_seconds
+    )
+    return app
