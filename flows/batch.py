@@ -14,6 +14,7 @@ from flows.common import (
     DB_RETRY_DELAYS,
     print_result,
     settings_and_engine,
+    start_prefect_api,
     transient_database_error,
 )
 from recsys import registry
@@ -60,7 +61,13 @@ def main() -> None:
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
-    print_result(lambda: batch_recommend_flow(k=args.k, batch_size=args.batch_size))
+
+    def run() -> dict[str, Any]:
+        start_prefect_api()  # one process at a time on a fresh Prefect home
+        result: dict[str, Any] = batch_recommend_flow(k=args.k, batch_size=args.batch_size)
+        return result
+
+    print_result(run)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,17 @@
-"""What every flow shares: retrying only on transient database errors, settings, run ids."""
+"""What every flow shares: retrying only on transient database errors, settings, run ids,
+and starting the temporary Prefect server one process at a time."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from prefect.runtime import flow_run
@@ -14,6 +20,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from recsys.config import Settings, get_settings
 from recsys.db.engine import create_engine
+
+logger = logging.getLogger(__name__)
 
 DB_RETRIES = 3
 DB_RETRY_DELAYS: list[float] = [1.0, 2.0, 4.0]
@@ -58,3 +66,66 @@ def print_result(run: Callable[[], Any]) -> None:
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)}))
         sys.exit(1)
     print(json.dumps(result, default=str))
+
+
+STARTUP_LOCK_FILE = "recsys-ephemeral-startup.lock"
+STARTUP_LOCK_WAIT_SECONDS = 600.0
+
+
+def start_prefect_api() -> None:
+    """Start this process's temporary Prefect server now, one process at a time per PREFECT_HOME.
+
+    Nothing to do with PREFECT_API_URL set. Without it, the first Prefect call of each process
+    starts a server of its own (``SubprocessASGIServer``) that migrates the SQLite database in
+    PREFECT_HOME on startup, within PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS (20 s).
+    Two processes at once on a fresh home race: both run Prefect's migrations on one database
+    (one fails on "index ... already exists" and Prefect restarts it to migrate again), they
+    wait on each other for SQLite's write lock, and both run out of time. Here, under a file
+    lock in PREFECT_HOME, the database is migrated in this process (no deadline: it is the
+    slow part on a fresh home) and only then the server started, so the flow finds it running
+    and a second process waits its turn and starts its server on a database that is ready.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url or not settings.server.ephemeral.enabled:
+        return
+    with _file_lock(Path(settings.home) / STARTUP_LOCK_FILE, STARTUP_LOCK_WAIT_SECONDS):
+        if settings.server.database.migrate_on_start:
+            from prefect.server.database import provide_database_interface
+
+            asyncio.run(provide_database_interface().create_db())
+        with get_client(sync_client=True) as client:  # starts the server, waits for its health
+            client.api_healthcheck()
+
+
+@contextmanager
+def _file_lock(path: Path, wait_seconds: float) -> Iterator[None]:
+    """An exclusive lock on ``path`` among this machine's processes; freed when its holder dies.
+
+    After ``wait_seconds`` (a holder that hangs) the block runs anyway, as it would unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        locked = False
+        deadline = time.monotonic() + wait_seconds
+        while not locked:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked = True
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    logger.warning("%s still locked after %.0f s: going on", path, wait_seconds)
+                    break
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            if locked:
+                fcntl.flock(handle, fcntl.LOCK_UN)

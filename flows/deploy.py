@@ -16,6 +16,7 @@ from prefect.schedules import Cron
 from prefect.settings import get_current_settings
 from prefect.types.entrypoint import EntrypointType
 
+from flows.common import start_prefect_api
 from flows.retrain import retrain_flow
 from recsys.errors import RecsysError
 from recsys.models import spec
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         margin=args.margin,
         timezone=args.timezone,
     )
+    start_prefect_api()  # a temporary server when PREFECT_API_URL is unset, one at a time
     if not args.apply_only:
         serve(deployment)  # registers it, then runs its scheduled runs until interrupted
         return

@@ -2,7 +2,9 @@
 
 Each task wraps one recsys call. One retrain runs at a time (a lock in the database); a
 failed run leaves the registry's champion and the served model as they were.
-Run it by hand with ``recsys retrain`` or ``python -m flows.retrain``.
+Run it by hand with ``recsys retrain`` or ``python -m flows.retrain``: that takes the lock
+before Prefect starts, so a retrain started while another runs stops at once (exit 0, status
+``skipped``, "retrain is already running: held by ...") without starting a Prefect server.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
+from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,7 @@ from flows.common import (
     current_run_id,
     print_result,
     settings_and_engine,
+    start_prefect_api,
     task_runner,
     transient_database_error,
 )
@@ -263,6 +268,29 @@ def _v(version: int | None) -> str:
     return "none" if version is None else f"v{version}"
 
 
+def run_once(**parameters: Any) -> dict[str, Any]:
+    """One retrain from the command line: the lock first, then Prefect, then the flow.
+
+    The lock is taken before any Prefect server starts, so a second retrain started at the
+    same moment stops here (a ``skipped`` result naming the holder) instead of starting a
+    server of its own; the flow's own ``locks.held`` is then a no-op (see recsys.db.locks).
+    """
+    _, engine = settings_and_engine()
+    holder = f"retrain process {os.getpid()} on {socket.gethostname()}"
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(locks.held(engine, LOCK_NAME, holder=holder, ttl=LOCK_TTL))
+        except locks.LockHeldError as exc:
+            champion = registry.alias_version(engine, registry.CHAMPION)
+            skipped = RetrainSummary(
+                "skipped", str(exc), champion_before=champion, champion_after=champion
+            )
+            return skipped.to_dict()
+        start_prefect_api()
+        result: dict[str, Any] = retrain_flow(**parameters)
+        return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run the retrain flow once.")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
@@ -274,7 +302,7 @@ def main() -> None:
     parser.add_argument("--budget-seconds", type=float, default=None)
     args = parser.parse_args()
     print_result(
-        lambda: retrain_flow(
+        lambda: run_once(
             models=[m.strip() for m in args.models.split(",") if m.strip()],
             split=args.split,
             margin=args.margin,

@@ -1,12 +1,16 @@
 """Named locks in the database: one holder at a time, across processes and machines.
 
 A lock expires after its time to live, so a holder that died does not block forever.
+:func:`held` nests: inside a ``held`` block, another ``held`` of the same lock on the same
+database (in the same thread or a context copied from it) is already its holder and does
+nothing, so an entry point can take a lock before it starts the code that takes it again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, delete, insert, select
@@ -18,6 +22,10 @@ from recsys.errors import RecsysError
 
 class LockHeldError(RecsysError):
     """Someone else holds the lock."""
+
+
+# The locks the current context holds through held(): (database URL, lock name) pairs.
+_HELD: ContextVar[frozenset[tuple[str, str]]] = ContextVar("recsys_locks_held", default=frozenset())
 
 
 def acquire(engine: Engine, name: str, *, holder: str, ttl: timedelta) -> None:
@@ -52,9 +60,20 @@ def release(engine: Engine, name: str, *, holder: str) -> None:
 
 @contextmanager
 def held(engine: Engine, name: str, *, holder: str, ttl: timedelta) -> Iterator[None]:
-    """Hold ``name`` for the duration of the block, or raise LockHeldError at once."""
+    """Hold ``name`` for the duration of the block, or raise LockHeldError at once.
+
+    Within an outer ``held`` of the same lock and database this is a no-op: the outer block
+    holds the lock (under its holder name) and releases it.
+    """
+    key = (engine.url.render_as_string(hide_password=True), name)
+    held_here = _HELD.get()
+    if key in held_here:
+        yield
+        return
     acquire(engine, name, holder=holder, ttl=ttl)
+    token = _HELD.set(held_here | {key})
     try:
         yield
     finally:
+        _HELD.reset(token)
         release(engine, name, holder=holder)

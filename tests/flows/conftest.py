@@ -45,3 +45,9 @@ def flow_home(
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("RECSYS_TRAIN_WORKERS", "1")
     return env
+
+
+@pytest.fixture
+def small_home(tmp_path: Path) -> dict[str, str]:
+    """A small home with data and nothing of Prefect's (for flows run as subprocesses)."""
+    return make_flow_home(tmp_path / "home", users=120, items=50, events=3000)
