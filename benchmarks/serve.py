@@ -69,6 +69,7 @@ from recsys.data.synthetic import SyntheticConfig, generate
 from recsys.db.engine import create_engine
 from recsys.db.migrate import upgrade
 from recsys.db.schema import interactions_table, users_table
+from recsys.keys import READ, create_key, revoke_key
 
 SOURCES = (
     "serving/service.py",
@@ -83,6 +84,8 @@ HOME_MARKER = "bench-serve.json"  # how the script prepared a home, read when it
 TARGET_CONCURRENCY = 8
 ROUND_WARMUP_S = 0.5  # warm-up of the rounds after the first (new connections)
 REQUEST_TIMEOUT_S = 30.0  # the service's traffic timeout
+# A read key made for the run (the service needs one on every request), revoked after it.
+API_KEY_HEADER: dict[str, str] = {}
 WRK = shutil.which("wrk")  # Debian/Ubuntu: apt-get install wrk
 READY_WITHIN_S = 180.0
 STOP_WITHIN_S = 30.0
@@ -521,18 +524,19 @@ def request_body(user_id: str, k: int, explain: bool) -> bytes:
 # 99.9% in steps of 0.1%) and the error counts as one JSON line.
 WRK_SCRIPT = """
 local users = {}
-local k, explain, path = 10, "false", "/"
+local k, explain, path, auth = 10, "false", "/", ""
 
 function init(args)
   for line in io.lines(args[1]) do users[#users + 1] = line end
-  k, explain, path = args[2], args[3], args[4]
+  k, explain, path, auth = args[2], args[3], args[4], args[6]
   math.randomseed(tonumber(args[5]) + os.time() % 1000)
 end
 
 function request()
   local user = users[math.random(#users)]
   local body = '{"user_id": "' .. user .. '", "k": ' .. k .. ', "explain": ' .. explain .. '}'
-  return wrk.format("POST", path, {["Content-Type"] = "application/json"}, body)
+  local headers = {["Content-Type"] = "application/json", ["Authorization"] = auth}
+  return wrk.format("POST", path, headers, body)
 end
 
 function done(summary, latency, requests)
@@ -569,6 +573,7 @@ def wrk_loop(
             str(WRK), "-t1", f"-c{concurrency}", f"-d{max(seconds, 1.0):g}s", "--timeout",
             f"{REQUEST_TIMEOUT_S:g}s", "-s", str(script), base, "--", str(users_file), str(k),
             "true" if variant.explain else "false", variant.path, str(seed * 101 + round_index),
+            API_KEY_HEADER["Authorization"],
         ]  # fmt: skip
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert process.stdout is not None
@@ -626,7 +631,7 @@ async def closed_loop(
     round_index: int = 0,
 ) -> Round:
     """C workers send back-to-back requests; completions inside the window are counted."""
-    headers = {"content-type": "application/json"}
+    headers = {"content-type": "application/json", **API_KEY_HEADER}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     done: list[tuple[float, float, bool]] = []  # (finished at, latency s, ok)
     samples: list[str] = []
@@ -724,7 +729,7 @@ def merge_rounds(rounds: Sequence[Round]) -> Point:
 def probe(base: str, variant: Variant, users: Sequence[str], k: int) -> dict[str, list[str]]:
     """One request per probe user; checks the answers' shape; returns each user's item ids."""
     answers: dict[str, list[str]] = {}
-    with httpx.Client(base_url=base, timeout=REQUEST_TIMEOUT_S) as client:
+    with httpx.Client(base_url=base, timeout=REQUEST_TIMEOUT_S, headers=API_KEY_HEADER) as client:
         for user in users:
             response = client.post(
                 variant.path,
@@ -748,7 +753,7 @@ def probe(base: str, variant: Variant, users: Sequence[str], k: int) -> dict[str
 
 
 def served_model(base: str) -> dict[str, Any]:
-    response = httpx.post(f"{base}/model", json={}, timeout=REQUEST_TIMEOUT_S)
+    response = httpx.get(f"{base}/model", headers=API_KEY_HEADER, timeout=REQUEST_TIMEOUT_S)
     response.raise_for_status()
     info: dict[str, Any] = response.json()
     return info
@@ -907,6 +912,9 @@ def main() -> None:
         home = (args.home or Path(scratch) / "home").expanduser().resolve()
         url = args.database_url or f"sqlite:///{home / 'recsys.db'}"
         prepared = prepare_home(home, url, args)
+        key_name = f"bench-serve-{os.getpid()}-{int(time.time())}"
+        secret, _ = create_key(create_engine(url), key_name, [READ])
+        API_KEY_HEADER["Authorization"] = f"Bearer {secret}"  # every request carries a key
         users = user_ids(url)
         if not users:
             raise SystemExit(f"{home} has no users")
@@ -995,6 +1003,8 @@ def main() -> None:
                         print(_row(point.cells()), flush=True)
                         for sample in point.error_samples[:2]:
                             print(f"    error: {sample}", flush=True)
+
+        revoke_key(create_engine(url), key_name)
 
     _report(args, info, prepared, model, servers, points, answers, len(users))
 

@@ -308,3 +308,29 @@ def test_http_a_new_champion_is_served_without_a_failed_request(served: Served) 
     after = [v for t, v in versions if t > first_new + 0.5]
     assert after and set(after) == {new_version}  # the swap is complete, not flapping
     assert len(versions) > 20
+
+
+def test_http_two_services_sharing_a_bentoml_home_keep_their_own_metrics(
+    served: Served, tmp_path: Path
+) -> None:
+    """Regression: each `bentoml serve` emptied the shared Prometheus folder at start, so the
+    first service's /metrics then showed the second one's counts."""
+    env = {**served.home.env, "BENTOML_HOME": str(tmp_path / "bentoml")}
+    auth = {"Authorization": f"Bearer {served.keys['read']}"}
+
+    def recommends(base: str) -> float:
+        for line in httpx.get(f"{base}/metrics").text.splitlines():
+            if line.startswith('recsys_requests_total{endpoint="recommend"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    with bentoml_serve("serving.service:RecsysService", env, ROOT, tmp_path / "a.log") as first:
+        for _ in range(3):
+            httpx.post(f"{first}/recommend", json={"user_id": "u1"}, headers=auth)
+        assert recommends(first) == 3.0
+        with bentoml_serve(
+            "serving.service:RecsysService", env, ROOT, tmp_path / "b.log"
+        ) as second:
+            httpx.post(f"{second}/recommend", json={"user_id": "u1"}, headers=auth)
+            assert recommends(first) == 3.0
+            assert recommends(second) == 1.0
