@@ -675,20 +675,46 @@ def _emit_move(move: Any, as_json: bool) -> None:
 @user_errors
 def models_sweep(
     older_than_hours: Annotated[
-        float, typer.Option(help="Only registrations started at least this long ago.")
+        float,
+        typer.Option(
+            min=0,
+            help="Only sweep registrations started at least this many hours ago; younger "
+            "ones may still be running and are left alone (0: sweep them all).",
+        ),
     ] = 6.0,
     as_json: JsonOption = False,
 ) -> None:
-    """Clear what crashed registrations left behind (pending rows, .partial folders)."""
+    """Clear what crashed registrations left behind (pending rows, .partial folders).
+
+    Says what it left alone: registrations younger than --older-than-hours (default 6).
+    """
     from datetime import timedelta
 
     from recsys import registry
 
     settings = get_settings()
-    counts = registry.sweep(
+    result = registry.sweep(
         _engine(settings), settings.artifacts_dir, older_than=timedelta(hours=older_than_hours)
     )
-    _emit(counts, as_json)
+    rows, folders = len(result["left_pending_versions"]), result["left_partial_folders"]
+    left = [
+        f"{rows} pending registration{'s' if rows != 1 else ''}" if rows else "",
+        f"{folders} .partial folder{'s' if folders != 1 else ''}" if folders else "",
+    ]
+    note = None
+    if rows or folders:
+        note = (
+            f"{' and '.join(part for part in left if part)} younger than {older_than_hours:g}h "
+            "left alone (may still be running); use --older-than-hours 0 to sweep them"
+        )
+    data = {**result, "older_than_hours": older_than_hours, "note": note}
+
+    def table() -> None:
+        _print_mapping({k: v for k, v in data.items() if k != "note"})
+        if note:
+            typer.echo(note)
+
+    _emit(data, as_json, table)
 
 
 @app.command("recommend")

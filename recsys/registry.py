@@ -467,38 +467,55 @@ def load_artifact(
     return artifact
 
 
-def sweep(engine: Engine, artifacts_dir: Path, *, older_than: timedelta) -> dict[str, int]:
+def sweep(engine: Engine, artifacts_dir: Path, *, older_than: timedelta) -> dict[str, Any]:
     """Clear what crashed registrations left: pending rows -> abandoned, folders removed.
 
     Only rows and ``.partial`` folders older than ``older_than`` are touched, so a
-    registration still running in another process is left alone.
+    registration still running in another process is left alone; the result says what was
+    left (``left_pending_versions``, ``left_partial_folders``) besides what was cleared.
     """
     cutoff = _now() - older_than
     models = artifacts_dir / MODELS_FOLDER
     abandoned = 0
+    pending = model_versions_table.c.status == "pending"
     with engine.begin() as conn:
         rows = conn.execute(
             select(model_versions_table.c.version, model_versions_table.c.family)
-            .where(model_versions_table.c.status == "pending")
+            .where(pending)
             .where(model_versions_table.c.created_at < cutoff)
         ).all()
+        left = list(
+            conn.execute(
+                select(model_versions_table.c.version)
+                .where(pending)
+                .where(model_versions_table.c.created_at >= cutoff)
+                .order_by(model_versions_table.c.version)
+            ).scalars()
+        )
         for version, family in rows:
             shutil.rmtree(artifact_folder(artifacts_dir, version, family), ignore_errors=True)
             conn.execute(
                 update(model_versions_table)
                 .where(model_versions_table.c.version == version)
-                .where(model_versions_table.c.status == "pending")
+                .where(pending)
                 .values(status="abandoned", error="registration did not finish (process ended)")
             )
             abandoned += 1
-    removed = 0
+    removed = left_folders = 0
     if models.is_dir():
         for folder in models.glob(".v*.partial"):
             modified = datetime.fromtimestamp(folder.stat().st_mtime, tz=UTC)
             if modified < cutoff:
                 shutil.rmtree(folder, ignore_errors=True)
                 removed += 1
-    return {"abandoned_versions": abandoned, "removed_partial_folders": removed}
+            else:
+                left_folders += 1
+    return {
+        "abandoned_versions": abandoned,
+        "removed_partial_folders": removed,
+        "left_pending_versions": left,
+        "left_partial_folders": left_folders,
+    }
 
 
 # The promotion gate ---------------------------------------------------------------------

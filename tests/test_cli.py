@@ -265,6 +265,56 @@ def test_cli_train_registers_then_models_list_show_promote_rollback(
     )
 
 
+def test_cli_models_sweep_says_what_it_left_alone_and_how_to_sweep_it(
+    recsys_env: dict[str, str],
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from recsys import registry
+    from recsys.config import get_settings
+    from recsys.db.engine import create_engine
+    from recsys.db.schema import model_versions_table
+
+    engine = create_engine(recsys_env["RECSYS_DATABASE_URL"])
+    young = sorted(registry._reserve(engine, "ease", None) for _ in range(2))  # "running"
+    old = registry._reserve(engine, "pop", None)  # crashed seven hours ago
+    with engine.begin() as conn:
+        conn.execute(
+            update(model_versions_table)
+            .where(model_versions_table.c.version == old)
+            .values(created_at=datetime.now(UTC) - timedelta(hours=7))
+        )
+    models = get_settings().artifacts_dir / registry.MODELS_FOLDER
+    (models / f".v{young[0]:06d}-ease.partial").mkdir(parents=True)
+
+    note = (
+        "2 pending registrations and 1 .partial folder younger than 6h left alone (may still"
+        " be running); use --older-than-hours 0 to sweep them"
+    )
+    data = _json_ok("models", "sweep")
+    assert data == {
+        "abandoned_versions": 1,
+        "removed_partial_folders": 0,
+        "left_pending_versions": young,
+        "left_partial_folders": 1,
+        "older_than_hours": 6.0,
+        "note": note,
+    }
+    table = runner.invoke(app, ["models", "sweep"])
+    assert table.exit_code == 0 and note in table.stdout
+    assert "abandoned_versions" in table.stdout  # nothing more to abandon: 0
+
+    swept = _json_ok("models", "sweep", "--older-than-hours", "0")
+    assert swept["abandoned_versions"] == 2 and swept["removed_partial_folders"] == 1
+    assert swept["left_pending_versions"] == [] and swept["note"] is None
+    quiet = runner.invoke(app, ["models", "sweep"])
+    assert quiet.exit_code == 0 and "left alone" not in quiet.stdout
+    help_text = runner.invoke(app, ["models", "sweep", "--help"]).stdout
+    assert "default: 6" in help_text and "--older-than-hours" in help_text
+
+
 RECOMMEND_WITHOUT_TORCH = """
 import json, sys
 from typer.testing import CliRunner
