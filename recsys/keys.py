@@ -125,9 +125,9 @@ class KeyRing:
     """Checks presented keys against the database, with a short-lived cache of the rows.
 
     The table is re-read at most every ``refresh_seconds`` (so a revocation takes effect
-    within that time), and an unknown prefix triggers at most one early re-read per second,
-    so guessing keys cannot hammer the database. ``static`` maps extra keys (say, a token
-    from the environment) to their scopes.
+    within that time); a prefix not in the cache is looked up by itself (one indexed query),
+    so a key works the moment it is made. ``static`` maps extra keys (say, a token from the
+    environment) to their scopes.
     """
 
     def __init__(
@@ -144,11 +144,10 @@ class KeyRing:
         self._read_at = -float("inf")
         self._lock = threading.Lock()
 
-    def _refresh(self, *, early: bool) -> None:
+    def _refresh(self) -> None:
         now = time.monotonic()
         with self._lock:
-            age = now - self._read_at
-            if age < (1.0 if early else self.refresh_seconds):
+            if now - self._read_at < self.refresh_seconds:
                 return
             c = api_keys_table.c
             with self.engine.connect() as conn:
@@ -157,6 +156,21 @@ class KeyRing:
                 ).all()
             self._rows = {r.prefix: (r.secret_sha256, tuple(r.scopes.split(","))) for r in rows}
             self._read_at = now
+
+    def _lookup(self, prefix: str) -> tuple[str, tuple[str, ...]] | None:
+        c = api_keys_table.c
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(c.secret_sha256, c.scopes)
+                .where(c.prefix == prefix)
+                .where(c.revoked_at.is_(None))
+            ).first()
+        if row is None:
+            return None
+        found = (str(row.secret_sha256), tuple(str(row.scopes).split(",")))
+        with self._lock:
+            self._rows = {**self._rows, prefix: found}
+        return found
 
     def scopes(self, key: str) -> tuple[str, ...] | None:
         """The scopes ``key`` grants, or None when it is not a valid, unrevoked key."""
@@ -167,11 +181,8 @@ class KeyRing:
         prefix = _prefix_of(key)
         if prefix is None:
             return None
-        self._refresh(early=False)
-        row = self._rows.get(prefix)
-        if row is None:
-            self._refresh(early=True)
-            row = self._rows.get(prefix)
+        self._refresh()
+        row = self._rows.get(prefix) or self._lookup(prefix)
         if row is None or not hmac.compare_digest(row[0], digest):
             return None
         return row[1]
