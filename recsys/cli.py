@@ -882,7 +882,8 @@ def retrain(
             f"  v{row['version']} {row['model']:<8} {row['status']:<10} "
             f"ndcg@10 {row.get('ndcg@10', float('nan')):.4f} {row.get('ndcg@10 ci', '')}"
         )
-    typer.echo(f"report: {result.get('report_path')}")
+    if result.get("report_path"):
+        typer.echo(f"report: {result['report_path']}")
 
 
 @app.command("batch")

@@ -143,9 +143,10 @@ def test_retrain_flow_promotion_builds_a_bento_and_reloads_the_running_service(
     monkeypatch.setenv("RECSYS_ADMIN_TOKEN", token)
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
     env = {**flow_home, "RECSYS_ADMIN_TOKEN": token, "RECSYS_POLL_SECONDS": "3600"}
+    auth = {"Authorization": f"Bearer {token}"}  # the admin credential also reads
     root = Path(__file__).parents[2]
     with bentoml_serve("serving.service:RecsysService", env, root, tmp_path / "serve.log") as base:
-        assert httpx.post(f"{base}/model").json()["model_version"] == first
+        assert httpx.post(f"{base}/model", headers=auth).json()["model_version"] == first
         # A margin of -1 accepts any servable candidate: the point here is what follows it.
         result = retrain_flow(
             models=["pop"], force=True, margin=-1.0, build_bento=True, service_url=base
@@ -155,4 +156,4 @@ def test_retrain_flow_promotion_builds_a_bento_and_reloads_the_running_service(
         assert new != first and result["bento"].startswith("recsys:")
         assert result["service_reload"]["version"] == new
         # Served at once, though the service would not poll for an hour.
-        assert httpx.post(f"{base}/model").json()["model_version"] == new
+        assert httpx.post(f"{base}/model", headers=auth).json()["model_version"] == new
