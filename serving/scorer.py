@@ -13,14 +13,14 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Engine, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from recsys import registry
 from recsys.artifacts import ONNX_FILE, Artifact, batch_user_scores, top_columns, user_scores
@@ -40,6 +40,7 @@ EXPLAIN_TOP = 3
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 NO_COLUMNS: IntArray = np.zeros(0, dtype=np.int64)
+T = TypeVar("T")
 
 
 class RequestError(RecsysError):
@@ -430,7 +431,7 @@ class Scorer:
         query per user, so a request that breaks it fails alone (its answer is the error)."""
         users = [queries[n].user_id for n in valid]
         try:
-            return user_histories(self.engine, users)
+            return _retry_on_disconnect(lambda: user_histories(self.engine, users))
         except SQLAlchemyError:
             if len(set(users)) == 1:
                 raise
@@ -497,7 +498,7 @@ class Scorer:
         model = self.model
         _check_list("item_ids", item_ids)
         artifact = model.artifact
-        history = user_history(self.engine, user_id) or []
+        history = _retry_on_disconnect(lambda: user_history(self.engine, user_id)) or []
         scores, fallback, _, _ = self._scores(model, history, user_id)
         known = [(i, artifact.item_index[i]) for i in item_ids if i in artifact.item_index]
         unknown = [i for i in item_ids if i not in artifact.item_index]
@@ -672,6 +673,18 @@ def _explanations(
         ]
         for row_columns, row_weights in zip(history[best].tolist(), weights, strict=True)
     ]
+
+
+def _retry_on_disconnect(read: Callable[[], T]) -> T:
+    """Run a read once more when its connection turned out dead (a restarted database, a
+    killed backend): the pool has dropped it, so the second try gets a fresh one."""
+    try:
+        return read()
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        logger.warning("database connection lost; reading again on a fresh one")
+        return read()
 
 
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s\\/:'\"]+)+[\\/]?")

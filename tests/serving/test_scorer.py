@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import create_engine as sa_create_engine
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
 from recsys import registry
@@ -302,5 +303,37 @@ def test_scorer_a_query_that_breaks_the_shared_history_query_fails_alone(
         assert isinstance(first, dict) and first["known_user"] is True
         assert isinstance(last, dict) and len(last["items"]) == 10
         assert "i1" not in {r["item_id"] for r in first["items"]}  # its history was read
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_scorer_reads_again_when_its_connection_was_killed(
+    home: Any, fresh_postgres_url: str
+) -> None:
+    """A backend killed under a pooled connection (a restart, a failover) costs no request."""
+    upgrade(fresh_postgres_url)
+    engine = sa_create_engine(fresh_postgres_url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        record_events(engine, [Event("u1", "i1")])
+        scorer = Scorer(engine)
+        scorer.serve_artifact(registry.load_artifact(home.engine, home.champion))
+        assert scorer.recommend("u1")["known_user"] is True  # a pooled connection now exists
+        database = engine.url.database
+        with engine.connect() as conn:
+            own = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        admin = sa_create_engine(engine.url.set(database="postgres"))
+        with admin.connect() as conn:
+            killed = conn.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = :db AND pid = :pid"
+                ),
+                {"db": database, "pid": own},
+            ).scalar_one()
+        admin.dispose()
+        assert killed == 1
+        assert scorer.recommend("u1")["known_user"] is True
+        assert scorer.score("u1", ["i2"])["user_id"] == "u1"
     finally:
         engine.dispose()
