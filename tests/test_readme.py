@@ -198,8 +198,8 @@ class Walk:
         if text.startswith("export "):
             name, _, value = text.removeprefix("export ").partition("=")
             if value.startswith("$("):  # a command's output, as the shell would take it
-                value = shlex.split(value, comments=True)[0]
-                self.env[name] = self.shell(f"printf %s {value}").strip()
+                value = re.sub(r"\s+#[^)]*$", "", value).strip()
+                self.env[name] = self.shell(f'printf %s "{value}"').strip()
             else:
                 self.env[name] = shlex.split(value, comments=True)[0]
             return ""
