@@ -36,6 +36,8 @@ def get_settings() -> Settings:
 
 
 READ_AUTH_CHOICES = ("required", "open")
+# Clock skew allowed to an event recorded through the API (a file import allows a day).
+DEFAULT_FUTURE_TOLERANCE_SECONDS = 300.0
 UNKNOWN_ITEM_CHOICES = ("reject", "create")
 
 
@@ -53,7 +55,7 @@ class ServingSettings:
     admin_token: str | None = None
     read_auth: str = "required"
     unknown_items: str = "reject"
-    future_tolerance_seconds: float = 300.0
+    future_tolerance_seconds: float = DEFAULT_FUTURE_TOLERANCE_SECONDS
     max_body_bytes: int = 1_048_576
     body_timeout_seconds: float = 10.0
     poll_seconds: float = 10.0
@@ -88,7 +90,9 @@ def get_serving_settings() -> ServingSettings:
         admin_token=env.get("RECSYS_ADMIN_TOKEN") or None,
         read_auth=choice("RECSYS_READ_AUTH", "required", READ_AUTH_CHOICES),
         unknown_items=choice("RECSYS_UNKNOWN_ITEMS", "reject", UNKNOWN_ITEM_CHOICES),
-        future_tolerance_seconds=number("RECSYS_FUTURE_TOLERANCE_SECONDS", 300.0),
+        future_tolerance_seconds=number(
+            "RECSYS_FUTURE_TOLERANCE_SECONDS", DEFAULT_FUTURE_TOLERANCE_SECONDS
+        ),
         max_body_bytes=number("RECSYS_MAX_BODY_BYTES", 1_048_576, int),
         body_timeout_seconds=number("RECSYS_BODY_TIMEOUT_SECONDS", 10.0),
         poll_seconds=number("RECSYS_POLL_SECONDS", 10.0),

@@ -24,7 +24,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from recsys import registry
 from recsys.artifacts import ONNX_FILE, Artifact, batch_user_scores, top_columns, user_scores
-from recsys.data.readers import FUTURE_TOLERANCE_MS
+from recsys.config import DEFAULT_FUTURE_TOLERANCE_SECONDS
 from recsys.db.events import Event, Recorded, missing_items, record_events
 from recsys.db.queries import user_histories, user_history
 from recsys.db.schema import items_table
@@ -253,7 +253,7 @@ class Scorer:
         threads: int = 1,
         *,
         retry_seconds: float = 60.0,
-        future_tolerance_ms: int = FUTURE_TOLERANCE_MS,
+        future_tolerance_ms: int = int(DEFAULT_FUTURE_TOLERANCE_SECONDS * 1000),
         create_unknown_items: bool = False,
     ):
         self.engine = engine
