@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import threading
 import time
@@ -23,6 +24,8 @@ from sqlalchemy.exc import IntegrityError
 
 from recsys.db.schema import api_keys_table
 from recsys.errors import RecsysError
+
+logger = logging.getLogger(__name__)
 
 READ = "read"
 EVENTS = "events"
@@ -124,10 +127,11 @@ def _prefix_of(key: str) -> str | None:
 class KeyRing:
     """Checks presented keys against the database, with a short-lived cache of the rows.
 
-    The table is re-read at most every ``refresh_seconds`` (so a revocation takes effect
-    within that time); a prefix not in the cache is looked up by itself (one indexed query),
-    so a key works the moment it is made. ``static`` maps extra keys (say, a token from the
-    environment) to their scopes.
+    The table is read on first use and then re-read in a background thread once the copy is
+    older than ``refresh_seconds`` (so a revocation takes effect within about that time, and
+    a request never waits on the refresh); a prefix not in the cache is looked up by itself
+    (one indexed query), so a key works the moment it is made. ``static`` maps extra keys
+    (say, a token from the environment) to their scopes.
     """
 
     def __init__(
@@ -141,21 +145,40 @@ class KeyRing:
         self.refresh_seconds = refresh_seconds
         self._static = {_digest(k): scopes for k, scopes in (static or {}).items() if k}
         self._rows: dict[str, tuple[str, tuple[str, ...]]] = {}
-        self._read_at = -float("inf")
+        self._read_at: float | None = None
+        self._refreshing = False
         self._lock = threading.Lock()
 
     def _refresh(self) -> None:
-        now = time.monotonic()
+        c = api_keys_table.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(c.prefix, c.secret_sha256, c.scopes).where(c.revoked_at.is_(None))
+            ).all()
+        fresh = {r.prefix: (r.secret_sha256, tuple(r.scopes.split(","))) for r in rows}
         with self._lock:
-            if now - self._read_at < self.refresh_seconds:
-                return
-            c = api_keys_table.c
-            with self.engine.connect() as conn:
-                rows = conn.execute(
-                    select(c.prefix, c.secret_sha256, c.scopes).where(c.revoked_at.is_(None))
-                ).all()
-            self._rows = {r.prefix: (r.secret_sha256, tuple(r.scopes.split(","))) for r in rows}
-            self._read_at = now
+            self._rows, self._read_at = fresh, time.monotonic()
+
+    def _refresh_in_background(self) -> None:
+        try:
+            self._refresh()
+        except Exception:  # the database may be briefly away: keep the last copy
+            logger.warning("could not re-read the API keys; keeping the last copy", exc_info=True)
+        finally:
+            self._refreshing = False
+
+    def _keep_fresh(self) -> None:
+        if self._read_at is None:
+            self._refresh()
+            return
+        if time.monotonic() - self._read_at >= self.refresh_seconds and not self._refreshing:
+            with self._lock:
+                if self._refreshing:
+                    return
+                self._refreshing = True
+            threading.Thread(
+                target=self._refresh_in_background, name="api-keys-refresh", daemon=True
+            ).start()
 
     def _lookup(self, prefix: str) -> tuple[str, tuple[str, ...]] | None:
         c = api_keys_table.c
@@ -181,7 +204,7 @@ class KeyRing:
         prefix = _prefix_of(key)
         if prefix is None:
             return None
-        self._refresh()
+        self._keep_fresh()
         row = self._rows.get(prefix) or self._lookup(prefix)
         if row is None or not hmac.compare_digest(row[0], digest):
             return None
