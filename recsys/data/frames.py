@@ -56,6 +56,11 @@ class ImportBatch:
 
     ``items``/``users`` carry attributes for the catalogue and may hold ids that never appear
     in ``interactions``; ids that appear only in ``interactions`` are created bare.
+
+    ``rows_read`` counts the records of the event file, each either loaded as interactions or
+    in ``rejects``: ``rows_read == len(interactions) + len(rejects)`` (a sequence line that is
+    kept counts as its events). Rows of item and user files that could not be used are in
+    ``catalogue_rejects``, outside that sum.
     """
 
     kind: str
@@ -65,10 +70,24 @@ class ImportBatch:
     users: pd.DataFrame = field(default_factory=empty_users)
     rejects: list[Reject] = field(default_factory=list)
     rows_read: int = 0
+    catalogue_rejects: list[Reject] = field(default_factory=list)
 
     @property
     def rejects_by_reason(self) -> dict[str, int]:
-        return dict(sorted(Counter(r.reason for r in self.rejects).items()))
+        return _by_reason(self.rejects)
+
+    @property
+    def catalogue_rejects_by_reason(self) -> dict[str, int]:
+        return _by_reason(self.catalogue_rejects)
+
+    @property
+    def all_rejects(self) -> list[Reject]:
+        """Every rejected row, of the event file and of the catalogue files."""
+        return self.rejects + self.catalogue_rejects
+
+
+def _by_reason(rejects: list[Reject]) -> dict[str, int]:
+    return dict(sorted(Counter(r.reason for r in rejects).items()))
 
 
 def write_csv(batch: ImportBatch, folder: Path) -> dict[str, Path]:

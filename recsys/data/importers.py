@@ -18,15 +18,22 @@ import pandas as pd
 
 from recsys.data.frames import DEFAULT_EVENT_TYPE, ImportBatch, Reject, empty_items, empty_users
 from recsys.data.readers import (
+    BAD_ID,
+    BAD_TEXT,
+    BAD_VALUE,
     EMPTY_SEQUENCE,
+    Table,
     ValueRange,
+    build_catalogue,
     build_events,
     column_index,
     decode_lines,
     read_csv_table,
     read_split,
 )
+from recsys.db.schema import items_table, users_table
 from recsys.errors import DataFileError
+from recsys.ids import FORBIDDEN, MAX_ID_LENGTH, UNSTORABLE
 
 MOVIELENS_RATINGS = ValueRange(0.5, 5.0)
 RATING = "rating"
@@ -47,7 +54,10 @@ ML100K_GENRES = (
     "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
     "Sci-Fi", "Thriller", "War", "Western",
 )  # fmt: skip
+CATALOGUE_TABLES = {"item_id": items_table, "user_id": users_table}
 _YEAR_IN_TITLE = re.compile(r"\((\d{4})\)\s*$")
+# Tokens of a sequence line are split by spaces and tabs only; other characters are id text.
+_TOKEN_GAP = re.compile("[ \t]+")
 
 
 def import_movielens(path: Path) -> ImportBatch:
@@ -71,19 +81,27 @@ def _movielens_100k(path: Path) -> ImportBatch:
     ratings = read_split(path / "u.data", "\t", 4)
     events, rejects = _rating_events(ratings, users=0, items=1, values=2, times=3)
 
+    catalogue: list[Reject] = []
     genre_names = list(ML100K_GENRES)
     if (path / "u.genre").exists():
         genres = read_split(path / "u.genre", "|", 2, encoding="latin-1")
-        by_index = {int(i): name for name, i in genres.rows if i.strip().isdigit()}
+        catalogue += genres.rejects
+        by_index: dict[int, str] = {}
+        for (name, index), n, raw in zip(genres.rows, genres.lines, genres.raw, strict=True):
+            if not index.strip().isdigit():
+                catalogue.append(Reject(genres.path.name, n, BAD_VALUE, raw))
+            elif UNSTORABLE.search(name):
+                catalogue.append(Reject(genres.path.name, n, BAD_TEXT, raw))
+            else:
+                by_index[int(index)] = name
         genre_names = [by_index.get(i, genre_names[i]) for i in range(len(genre_names))]
 
     items = empty_items()
     if (path / "u.item").exists():
         table = read_split(path / "u.item", "|", 5 + len(genre_names), encoding="latin-1")
-        rejects += table.rejects
         items = pd.DataFrame(
             {
-                "item_id": [r[0].strip() for r in table.rows],
+                "item_id": [r[0] for r in table.rows],
                 "title": [r[1].strip() or None for r in table.rows],
                 "genres": [
                     [g for g, flag in zip(genre_names, r[5:], strict=True) if flag.strip() == "1"]
@@ -96,13 +114,13 @@ def _movielens_100k(path: Path) -> ImportBatch:
                 ],
             }
         )
+        items = _catalogue(items, "item_id", table, catalogue)
     users = empty_users()
     if (path / "u.user").exists():
         table = read_split(path / "u.user", "|", 5, encoding="latin-1")
-        rejects += table.rejects
         users = pd.DataFrame(
             {
-                "user_id": [r[0].strip() for r in table.rows],
+                "user_id": [r[0] for r in table.rows],
                 "age": [_int_or_none(r[1]) for r in table.rows],
                 "gender": [r[2].strip() or None for r in table.rows],
                 "occupation": [r[3].strip() or None for r in table.rows],
@@ -110,6 +128,7 @@ def _movielens_100k(path: Path) -> ImportBatch:
                 "attributes": None,
             }
         )
+        users = _catalogue(users, "user_id", table, catalogue)
     return ImportBatch(
         kind="movielens",
         source=f"movielens-100k:{path.name}",
@@ -118,26 +137,36 @@ def _movielens_100k(path: Path) -> ImportBatch:
         users=users,
         rejects=rejects,
         rows_read=ratings.lines_read,
+        catalogue_rejects=catalogue,
     )
+
+
+def _catalogue(frame: pd.DataFrame, key: str, table: Table, rejects: list[Reject]) -> pd.DataFrame:
+    """``frame`` (built row for row from ``table``) less the rows the store cannot hold."""
+    kept, rejected = build_catalogue(
+        frame, CATALOGUE_TABLES[key], key, file=table.path.name, lines=table.lines, raw=table.raw
+    )
+    rejects += table.rejects + rejected
+    return kept
 
 
 def _movielens_dat(path: Path) -> ImportBatch:
     ratings = read_split(path / "ratings.dat", "::", 4)
     events, rejects = _rating_events(ratings, users=0, items=1, values=2, times=3)
+    catalogue: list[Reject] = []
     items = empty_items()
     if (path / "movies.dat").exists():
         table = read_split(path / "movies.dat", "::", 3, fallback="latin-1")
-        rejects += table.rejects
         items = _movie_frame(
             [r[0] for r in table.rows], [r[1] for r in table.rows], [r[2] for r in table.rows]
         )
+        items = _catalogue(items, "item_id", table, catalogue)
     users = empty_users()
     if (path / "users.dat").exists():
         table = read_split(path / "users.dat", "::", 5)
-        rejects += table.rejects
         users = pd.DataFrame(
             {
-                "user_id": [r[0].strip() for r in table.rows],
+                "user_id": [r[0] for r in table.rows],
                 "age": [_int_or_none(r[2]) for r in table.rows],
                 "gender": [r[1].strip() or None for r in table.rows],
                 "occupation": [_occupation(r[3]) for r in table.rows],
@@ -145,6 +174,7 @@ def _movielens_dat(path: Path) -> ImportBatch:
                 "attributes": None,
             }
         )
+        users = _catalogue(users, "user_id", table, catalogue)
     return ImportBatch(
         kind="movielens",
         source=f"movielens-dat:{path.name}",
@@ -153,6 +183,7 @@ def _movielens_dat(path: Path) -> ImportBatch:
         users=users,
         rejects=rejects,
         rows_read=ratings.lines_read,
+        catalogue_rejects=catalogue,
     )
 
 
@@ -168,12 +199,13 @@ def _movielens_csv(path: Path) -> ImportBatch:
         )
     }
     events, rejects = _rating_events(ratings, **columns)
+    catalogue: list[Reject] = []
     items = empty_items()
     if (path / "movies.csv").exists():
         table = read_csv_table(path / "movies.csv")
-        rejects += table.rejects
         idx = [column_index(table, c, "movies.csv") for c in ("movieId", "title", "genres")]
         items = _movie_frame(*([r[i] for r in table.rows] for i in idx))
+        items = _catalogue(items, "item_id", table, catalogue)
     return ImportBatch(
         kind="movielens",
         source=f"movielens-latest:{path.name}",
@@ -182,6 +214,7 @@ def _movielens_csv(path: Path) -> ImportBatch:
         users=empty_users(),
         rejects=rejects,
         rows_read=ratings.lines_read,
+        catalogue_rejects=catalogue,
     )
 
 
@@ -206,7 +239,7 @@ def _rating_events(
 def _movie_frame(ids: Sequence[str], titles: Sequence[str], genres: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(
         {
-            "item_id": [i.strip() for i in ids],
+            "item_id": list(ids),
             "title": [t.strip() or None for t in titles],
             "genres": [
                 [g for g in s.strip().split("|") if g and g != "(no genres listed)"] for s in genres
@@ -295,19 +328,20 @@ def import_events(
         time_unit=time_unit,
         default_times=SEQUENCE_EPOCH_MS + lines.astype(np.int64) * SEQUENCE_STEP_MS,
     )
-    rejects = frame.attrs.get("rejects", []) + rejects
+    rejects = sorted(frame.attrs.get("rejects", []) + rejects, key=lambda r: r.line)
+    catalogue: list[Reject] = []
     items = empty_items()
     if items_path is not None:
         items, item_rejects = _attribute_file(
             Path(items_path), "item_id", columns.item, ITEM_FIELDS, delimiter
         )
-        rejects += item_rejects
+        catalogue += item_rejects
     users = empty_users()
     if users_path is not None:
         users, user_rejects = _attribute_file(
             Path(users_path), "user_id", columns.user, USER_FIELDS, delimiter
         )
-        rejects += user_rejects
+        catalogue += user_rejects
     return ImportBatch(
         kind="csv" if path.suffix.lower() not in PARQUET_SUFFIXES else "parquet",
         source=path.name,
@@ -316,6 +350,7 @@ def import_events(
         users=users,
         rejects=rejects,
         rows_read=rows_read,
+        catalogue_rejects=catalogue,
     )
 
 
@@ -340,7 +375,8 @@ def _read_table(path: Path, delimiter: str | None) -> tuple[pd.DataFrame, int]:
         frame["__raw"] = [repr(r) for r in frame.drop(columns="__line").itertuples(index=False)]
         frame.attrs["rejects"] = []
         return frame, len(frame)
-    sep = delimiter or ("\t" if path.suffix.lower() in (".tsv", ".tab") else ",")
+    suffix = Path(path.stem).suffix if path.suffix.lower() == ".gz" else path.suffix
+    sep = delimiter or ("\t" if suffix.lower() in (".tsv", ".tab") else ",")
     table = read_csv_table(path, delimiter=sep)
     assert table.header is not None
     frame = (
@@ -362,15 +398,7 @@ def _attribute_file(
     id_col = key if key in frame.columns else alt_key
     if id_col not in frame.columns:
         raise DataFileError(f"{path.name}: needs an id column named {key!r} or {alt_key!r}")
-    ids = frame[id_col].astype(object).where(frame[id_col].notna(), "").astype(str).str.strip()
-    missing = (ids == "").to_numpy()
-    line_numbers, raw_lines = frame["__line"].tolist(), frame["__raw"].tolist()
-    rejects = frame.attrs["rejects"] + [
-        Reject(path.name, int(line_numbers[i]), "missing_id", str(raw_lines[i]))
-        for i in np.flatnonzero(missing).tolist()
-    ]
-    frame, ids = frame[~missing], ids[~missing]
-    out: dict[str, Any] = {key: ids.tolist()}
+    out: dict[str, Any] = {key: frame[id_col].tolist()}
     for name, kind in fields.items():
         out[name] = [_convert(v, kind) for v in frame[name]] if name in frame.columns else None
     extra = [c for c in frame.columns if c not in fields and c not in (id_col, "__line", "__raw")]
@@ -382,7 +410,15 @@ def _attribute_file(
         if extra
         else None
     )
-    return pd.DataFrame(out), rejects
+    kept, rejects = build_catalogue(
+        pd.DataFrame(out),
+        CATALOGUE_TABLES[key],
+        key,
+        file=path.name,
+        lines=frame["__line"].tolist(),
+        raw=[str(r) for r in frame["__raw"]],
+    )
+    return kept, sorted(frame.attrs["rejects"] + rejects, key=lambda r: r.line)
 
 
 def _convert(value: Any, kind: type) -> Any:
@@ -394,27 +430,37 @@ def _convert(value: Any, kind: type) -> Any:
         return [g.strip() for g in str(value).split("|") if g.strip()]
     try:
         return kind(float(value)) if kind is int else kind(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
 def import_sequences(path: Path) -> ImportBatch:
-    """Read lines ``user item item ...`` (time order); positions become one-second steps."""
+    """Read lines ``user item item ...`` (time order); positions become one-second steps.
+
+    Tokens are split by spaces and tabs. A line is loaded whole or rejected whole: without an
+    item (empty_sequence) or with a token that is not a valid id (bad_id). ``rows_read``
+    counts the events of the lines kept plus the lines rejected.
+    """
     path = Path(path)
     lines, rejects = decode_lines(path)
     users: list[str] = []
     items: list[str] = []
     offsets: list[int] = []
-    line_of: list[int] = []
     for n, line in lines:
-        tokens = line.split()
+        if FORBIDDEN.search(line.replace("\t", " ")):
+            rejects.append(Reject(path.name, n, BAD_ID, line))
+            continue
+        # With no control character left, an ASCII line holds no whitespace but spaces and tabs.
+        tokens = line.split() if line.isascii() else _TOKEN_GAP.split(line.strip(" \t"))
         if len(tokens) < 2:
             rejects.append(Reject(path.name, n, EMPTY_SEQUENCE, line))
+            continue
+        if max(map(len, tokens)) > MAX_ID_LENGTH:
+            rejects.append(Reject(path.name, n, BAD_ID, line))
             continue
         users.extend([tokens[0]] * (len(tokens) - 1))
         items.extend(tokens[1:])
         offsets.extend(range(len(tokens) - 1))
-        line_of.extend([n] * (len(tokens) - 1))
     events = pd.DataFrame(
         {
             "user_id": pd.Series(users, dtype=object),
@@ -429,6 +475,6 @@ def import_sequences(path: Path) -> ImportBatch:
         kind="sequences",
         source=path.name,
         interactions=events,
-        rejects=rejects,
+        rejects=sorted(rejects, key=lambda r: r.line),
         rows_read=len(events) + len(rejects),
     )

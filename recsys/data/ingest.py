@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,16 +20,21 @@ logger = logging.getLogger(__name__)
 
 
 def write_rejects(batch: ImportBatch, folder: Path) -> Path | None:
-    """Write every rejected row (file, line, reason, raw text) to a CSV; None when none."""
-    if not batch.rejects:
+    """Write every rejected row (file, line, reason, raw text) to a CSV; None when none.
+
+    The raw text is written as it was read, NUL and line breaks included (csv quotes them);
+    only a lone surrogate, which UTF-8 cannot carry, is written as its ``\\udXXX`` escape.
+    """
+    rejects = batch.all_rejects
+    if not rejects:
         return None
     folder.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     path = folder / f"{batch.kind}-{stamp}-{uuid.uuid4().hex[:6]}.csv"
-    with path.open("w", newline="", encoding="utf-8") as handle:
+    with path.open("w", newline="", encoding="utf-8", errors="backslashreplace") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "line", "reason", "raw"])
-        writer.writerows((r.file, r.line, r.reason, r.raw) for r in batch.rejects)
+        writer.writerows((r.file, r.line, r.reason, r.raw) for r in rejects)
     return path
 
 
@@ -39,11 +45,14 @@ def ingest(
     require_current(engine)
     rejects_path = write_rejects(batch, rejects_dir)
     if rejects_path is not None:
-        counts = ", ".join(f"{k}={v}" for k, v in batch.rejects_by_reason.items())
-        logger.info("%d rows rejected (%s): %s", len(batch.rejects), counts, rejects_path)
+        rejects = batch.all_rejects
+        counts = ", ".join(
+            f"{k}={v}" for k, v in sorted(Counter(r.reason for r in rejects).items())
+        )
+        logger.info("%d rows rejected (%s): %s", len(rejects), counts, rejects_path)
         if strict:
             raise RejectedRowsError(
-                f"--strict: {len(batch.rejects)} rows rejected ({counts}); nothing was written; "
+                f"--strict: {len(rejects)} rows rejected ({counts}); nothing was written; "
                 f"see {rejects_path}"
             )
     return load_batch(engine, batch, str(rejects_path) if rejects_path else None)

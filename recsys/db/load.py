@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,7 +33,12 @@ SQLITE_BULK_CACHE_KIB = 512 * 1024
 
 @dataclass(frozen=True)
 class LoadResult:
-    """What a load did; ``rows_skipped`` rows were already stored (or repeated in the input)."""
+    """What a load did; ``rows_skipped`` rows were already stored (or repeated in the input).
+
+    Every record of the event file is counted once:
+    ``rows_read == rows_inserted + rows_skipped + rows_rejected``. Rows of item and user files
+    that were rejected are counted apart, in ``catalogue_rejected``.
+    """
 
     import_id: int
     kind: str
@@ -47,6 +52,8 @@ class LoadResult:
     users_total: int
     items_total: int
     seconds: float
+    catalogue_rejected: int = 0
+    catalogue_rejects_by_reason: dict[str, int] = field(default_factory=dict)
 
     @property
     def rows_per_second(self) -> float:
@@ -102,6 +109,8 @@ def load_batch(engine: Engine, batch: ImportBatch, rejects_path: str | None = No
         users_total=users_total,
         items_total=items_total,
         seconds=seconds,
+        catalogue_rejected=len(batch.catalogue_rejects),
+        catalogue_rejects_by_reason=batch.catalogue_rejects_by_reason,
     )
 
 
