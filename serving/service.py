@@ -284,6 +284,16 @@ class RecsysService:
             return ReloadOutcome(**outcome)
 
 
+async def _service_on_the_loop() -> Any:
+    return bentoml.get_current_service()
+
+
+# BentoML hands each endpoint its service through a plain function dependency, which FastAPI
+# would run in a worker thread on every request (a thread hop before async recommend even
+# starts); the same lookup as a coroutine stays on the event loop.
+app.dependency_overrides[bentoml.get_current_service] = _service_on_the_loop
+
+
 def _epoch_ms(moment: datetime | None) -> int | None:
     if moment is None:
         return None
