@@ -455,7 +455,7 @@ def import_sequences(path: Path) -> ImportBatch:
         if len(tokens) < 2:
             rejects.append(Reject(path.name, n, EMPTY_SEQUENCE, line))
             continue
-        if max(map(len, tokens)) > MAX_ID_LENGTH:
+        if len(line) > MAX_ID_LENGTH and max(map(len, tokens)) > MAX_ID_LENGTH:
             rejects.append(Reject(path.name, n, BAD_ID, line))
             continue
         users.extend([tokens[0]] * (len(tokens) - 1))

@@ -463,12 +463,12 @@ def test_movielens_catalogue_row_with_nul_is_rejected_alone(engine: Engine, tmp_
     ]
 
 
-def test_sequences_token_with_control_character_rejects_its_line(tmp_path: Path) -> None:
-    path = _csv(tmp_path / "seq.txt", "u1 a b\nu2 a\x0bb c\nu3\ta\u2028b  c\nu4 a\x00\n")
-    batch = import_sequences(path)
-    assert [(r.line, r.reason) for r in batch.rejects] == [(2, "bad_id"), (4, "bad_id")]
+def test_sequences_invalid_token_rejects_its_line(tmp_path: Path) -> None:
+    text = f"u1 a b\nu2 a\x0bb c\nu3\ta\u2028b  c\nu4 a\x00\nu5 a {'x' * 256}\n"
+    batch = import_sequences(_csv(tmp_path / "seq.txt", text))
+    assert [(r.line, r.reason) for r in batch.rejects] == [(n, "bad_id") for n in (2, 4, 5)]
     assert batch.interactions["item_id"].tolist() == ["a", "b", "a\u2028b", "c"]
-    assert batch.rows_read == 6
+    assert batch.rows_read == 7
 
 
 def test_gzip_file_is_read_and_a_truncated_one_is_a_clear_error(tmp_path: Path) -> None:
