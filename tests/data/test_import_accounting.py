@@ -28,7 +28,7 @@ from recsys.db.load import LoadResult
 from recsys.db.migrate import upgrade
 
 SETTINGS = settings(
-    max_examples=60,
+    max_examples=50,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
