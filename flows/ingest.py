@@ -64,6 +64,11 @@ def rejects_report(result: LoadResult) -> str:
     if result.rejects_by_reason:
         lines += ["| reason | rows |", "|---|---:|"]
         lines += [f"| {reason} | {n:,} |" for reason, n in sorted(result.rejects_by_reason.items())]
+    if result.catalogue_rejected:
+        lines += ["", f"Item and user files: {result.catalogue_rejected:,} rows rejected", ""]
+        lines += ["| reason | rows |", "|---|---:|"]
+        by_reason = sorted(result.catalogue_rejects_by_reason.items())
+        lines += [f"| {reason} | {n:,} |" for reason, n in by_reason]
     return "\n".join(lines) + "\n"
 
 

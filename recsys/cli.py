@@ -165,6 +165,8 @@ def _ingest(batch: ImportBatch, strict: bool, as_json: bool) -> None:
         "rows_already_stored": result.rows_skipped,
         "rows_rejected": result.rows_rejected,
         "rejects_by_reason": result.rejects_by_reason,
+        "catalogue_rows_rejected": result.catalogue_rejected,
+        "catalogue_rejects_by_reason": result.catalogue_rejects_by_reason,
         "rejects_file": result.rejects_path,
         "users": result.users_total,
         "items": result.items_total,
