@@ -27,9 +27,16 @@ from recsys.db.events import Event
 from recsys.keys import ADMIN, EVENTS, READ, KeyRing
 from serving.api import (
     BODY_ERRORS,
+    Guard,
+    answered_as_api_errors,
+    bearer,
+    create_app,
+    errors,
+)
+from serving.batcher import MicroBatcher
+from serving.schemas import (
     EventsIn,
     EventsRecorded,
-    Guard,
     ModelInfo,
     Recommendations,
     RecommendIn,
@@ -39,13 +46,8 @@ from serving.api import (
     SessionIn,
     SimilarIn,
     SimilarItems,
-    answered_as_api_errors,
-    bearer,
-    create_app,
-    errors,
     filters_of,
 )
-from serving.batcher import MicroBatcher
 from serving.scorer import RecommendQuery, Scorer
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.exc import DataError, OperationalError
 
 from recsys.config import ServingSettings
-from serving.api import ApiError, RecommendIn, create_app, translate
+from serving.api import ApiError, create_app, translate
+from serving.schemas import RecommendIn
 from serving.scorer import NotFoundError, NotReadyError, RequestError
 
 

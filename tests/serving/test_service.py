@@ -13,7 +13,8 @@ import pytest
 from fastapi.security import HTTPAuthorizationCredentials
 
 from recsys.keys import create_key
-from serving.api import ApiError, FiltersIn, Recommendations, RecommendIn, SessionIn
+from serving.api import ApiError
+from serving.schemas import FiltersIn, Recommendations, RecommendIn, SessionIn
 from serving.service import RecsysService
 
 
