@@ -9,7 +9,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
 from recsys.ids import MAX_ID_LENGTH, forbidden_character, id_problem
-from serving.scorer import MAX_K, MAX_LIST, MAX_VALUE, Filters
+from serving.catalogue import Filters
+from serving.scorer import MAX_K, MAX_LIST, MAX_VALUE
 
 # The id rule of recsys.ids, said in the contract too (ASCII escapes, as JSON Schema reads them).
 ID_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f]+$"

@@ -18,7 +18,8 @@ from recsys.db.events import Event, record_events
 from recsys.db.migrate import upgrade
 from recsys.db.queries import user_history
 from recsys.db.schema import interactions_table, items_table
-from serving.scorer import Filters, NotFoundError, RecommendQuery, RequestError, Scorer
+from serving.catalogue import Filters
+from serving.scorer import NotFoundError, RecommendQuery, RequestError, Scorer
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,131 @@
+"""What the service knows of the catalogue: item filters, and item attributes aligned with a
+model's item columns, turned into boolean masks (with warnings for filters nothing matches)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import Engine, select
+
+from recsys.db.schema import items_table
+
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Item filters. Genre and attribute filters are soft (backfilled when too strict);
+    ``exclude_items`` is hard. ``attributes`` matches keys of the items' attributes JSON."""
+
+    include_genres: tuple[str, ...] = ()
+    exclude_genres: tuple[str, ...] = ()
+    exclude_items: tuple[str, ...] = ()
+    attributes: dict[str, Any] = field(default_factory=dict)
+    min_year: int | None = None
+    max_year: int | None = None
+    min_price: float | None = None
+    max_price: float | None = None
+
+    @property
+    def soft(self) -> bool:
+        return bool(
+            self.include_genres
+            or self.exclude_genres
+            or self.attributes
+            or any(
+                v is not None
+                for v in (self.min_year, self.max_year, self.min_price, self.max_price)
+            )
+        )
+
+
+@dataclass
+class Catalogue:
+    """Item attributes aligned with an artifact's item columns (column j = index j + 1)."""
+
+    titles: list[str | None]
+    genres: dict[str, npt.NDArray[np.bool_]]
+    year: FloatArray
+    price: FloatArray
+    attributes: list[dict[str, Any]]
+
+    @classmethod
+    def load(cls, engine: Engine, item_ids: list[str]) -> Catalogue:
+        position = {item_id: j for j, item_id in enumerate(item_ids)}
+        count = len(item_ids)
+        titles: list[str | None] = [None] * count
+        genre_rows: dict[str, list[int]] = {}
+        year = np.full(count, np.nan, dtype=np.float32)
+        price = np.full(count, np.nan, dtype=np.float32)
+        attributes: list[dict[str, Any]] = [{} for _ in range(count)]
+        c = items_table.c
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(c.external_id, c.title, c.genres, c.year, c.price, c.attributes)
+            )
+            for external_id, title, genres, yr, pr, attrs in rows:
+                j = position.get(external_id)
+                if j is None:
+                    continue
+                titles[j] = title
+                for genre in genres or []:
+                    genre_rows.setdefault(str(genre), []).append(j)
+                if yr is not None:
+                    year[j] = yr
+                if pr is not None:
+                    price[j] = pr
+                if isinstance(attrs, dict):
+                    attributes[j] = attrs
+        masks = {}
+        for genre, rows_of in genre_rows.items():
+            mask = np.zeros(count, dtype=bool)
+            mask[rows_of] = True
+            masks[genre] = mask
+        return cls(titles, masks, year, price, attributes)
+
+    def mask(self, filters: Filters) -> tuple[npt.NDArray[np.bool_] | None, list[str]]:
+        """Items passing the soft filters, (I,) (None when there are none), and warnings.
+
+        A genre or attribute no item has matches nothing; the warning says so, and the
+        backfill still fills the list.
+        """
+        if not filters.soft:
+            return None, []
+        count = len(self.titles)
+        keep = np.ones(count, dtype=bool)
+        warnings: list[str] = []
+        if filters.include_genres:
+            wanted = np.zeros(count, dtype=bool)
+            for genre in filters.include_genres:
+                wanted |= self._genre(genre, "filters.include_genres", warnings)
+            keep &= wanted
+        for genre in filters.exclude_genres:
+            keep &= ~self._genre(genre, "filters.exclude_genres", warnings)
+        bounds = [
+            (self.year, filters.min_year, filters.max_year),
+            (self.price, filters.min_price, filters.max_price),
+        ]
+        for values, low, high in bounds:
+            with np.errstate(invalid="ignore"):
+                if low is not None:
+                    keep &= values >= low
+                if high is not None:
+                    keep &= values <= high
+        for key, wanted_value in filters.attributes.items():
+            present = [j for j, attrs in enumerate(self.attributes) if key in attrs]
+            if not present:
+                warnings.append(f"filters.attributes.{key}: no item has this attribute")
+            matches = np.zeros(count, dtype=bool)
+            matches[[j for j in present if self.attributes[j][key] == wanted_value]] = True
+            keep &= matches
+        return keep, warnings
+
+    def _genre(self, genre: str, field_name: str, warnings: list[str]) -> npt.NDArray[np.bool_]:
+        if genre not in self.genres:
+            known = ", ".join(sorted(self.genres)[:20]) or "none"
+            warnings.append(f"{field_name}: unknown genre {genre!r}; genres include: {known}")
+            return np.zeros(len(self.titles), dtype=bool)
+        return self.genres[genre]
