@@ -496,10 +496,13 @@ def check_fuzz(base: str, home: Home, scratch: Path, args: argparse.Namespace) -
     no_response = statuses.get("no response", 0)
     failures = sum(failed_checks.values())
     details = {
-        "command": " ".join(
-            "Authorization: Bearer <admin key>" if c.startswith("Authorization") else c
-            for c in command[1:]
-        ).replace(str(REPO_ROOT) + "/", ""),
+        "command": _scrubbed(
+            " ".join(
+                "Authorization: Bearer <admin key>" if c.startswith("Authorization") else c
+                for c in command[1:]
+            ),
+            report,
+        ),
         "exit_code": done.returncode,
         "seconds": round(seconds, 1),
         "requests": requests,
@@ -509,7 +512,9 @@ def check_fuzz(base: str, home: Home, scratch: Path, args: argparse.Namespace) -
         "test_cases": summary.get("test_cases"),
         "unique_failures": (summary.get("failures") or [])[:20],
         "errors": (summary.get("errors") or [])[:20],
-        "stdout_tail": done.stdout[-4000:] if done.returncode != 0 else done.stdout[-600:],
+        "stdout_tail": _scrubbed(
+            done.stdout[-4000:] if done.returncode != 0 else done.stdout[-600:], report
+        ),
     }
     broken = requests == 0 or (done.returncode != 0 and failures == 0 and server_errors == 0)
     statuses_text = ", ".join(f"{s}: {n:,}" for s, n in sorted(statuses.items()))
@@ -537,6 +542,11 @@ def check_fuzz(base: str, home: Home, scratch: Path, args: argparse.Namespace) -
             None if broken else failures == 0 and done.returncode == 0,
         ),
     ]
+
+
+def _scrubbed(text: str, report: Path) -> str:
+    """Text for the results files: the repository and the scratch folder named, not shown."""
+    return text.replace(str(report), "<reports>").replace(str(REPO_ROOT) + "/", "")
 
 
 def check_swap(base: str, home: Home, args: argparse.Namespace) -> Result:
