@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
-from recsys.ids import MAX_ID_LENGTH, forbidden_character, id_problem
+from recsys.ids import MAX_EVENT_TYPE_LENGTH, MAX_ID_LENGTH, forbidden_character, id_problem
 from serving.catalogue import Filters
 from serving.scorer import MAX_K, MAX_LIST, MAX_VALUE
 
@@ -170,7 +170,11 @@ class EventIn(Closed):
     event_type: Annotated[
         str,
         AfterValidator(_valid_id),
-        Field(min_length=1, max_length=32, json_schema_extra={"pattern": ID_PATTERN}),
+        Field(
+            min_length=1,
+            max_length=MAX_EVENT_TYPE_LENGTH,
+            json_schema_extra={"pattern": ID_PATTERN},
+        ),
     ] = "interaction"
     value: Value | None = Field(default=None, description="A rating, count or price.")
     occurred_at: datetime | None = Field(

@@ -28,7 +28,7 @@ from recsys.config import DEFAULT_FUTURE_TOLERANCE_SECONDS
 from recsys.db.events import Event, Recorded, missing_items, record_events
 from recsys.db.queries import user_histories, user_history
 from recsys.errors import RecsysError
-from recsys.ids import id_problem
+from recsys.ids import event_type_problem, id_problem
 from serving.catalogue import Catalogue, Filters
 
 logger = logging.getLogger(__name__)
@@ -404,8 +404,12 @@ class Scorer:
         _check_list("events", events)
         latest = int(time.time() * 1000) + self.future_tolerance_ms
         for n, event in enumerate(events):
-            for name in ("user_id", "item_id", "event_type"):
-                problem = id_problem(getattr(event, name))
+            checks = (
+                ("user_id", id_problem(event.user_id)),
+                ("item_id", id_problem(event.item_id)),
+                ("event_type", event_type_problem(event.event_type)),
+            )
+            for name, problem in checks:
                 if problem is not None:
                     raise RequestError(f"events[{n}].{name}", problem)
             when = event.occurred_at_ms
