@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import Engine, select
 
 from recsys.config import ServingSettings
+from recsys.db.migrate import upgrade
 from recsys.db.schema import api_keys_table
 from recsys.keys import (
     ApiKeyError,
@@ -84,7 +86,11 @@ def test_keys_guard_open_reads_still_need_keys_to_write(engine: Engine, read_aut
     assert refused.value.status == 403
 
 
-def test_keys_cli_create_list_revoke(recsys_env: dict[str, str], database_url: str) -> None:
+def test_keys_cli_create_list_revoke(tmp_path: Path) -> None:
+    """The commands over the functions tested above on both databases; SQLite is enough."""
+    url = f"sqlite:///{tmp_path / 'recsys.db'}"
+    upgrade(url)
+    recsys_env = {**os.environ, "RECSYS_HOME": str(tmp_path / "home"), "RECSYS_DATABASE_URL": url}
     recsys = str(Path(sys.executable).with_name("recsys"))
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
