@@ -46,10 +46,10 @@ def settings_and_engine() -> tuple[Settings, Engine]:
 
 
 def task_runner(workers: int | None = None) -> Any:
-    """Threads for concurrent tasks: RECSYS_TRAIN_WORKERS, else half the cores (at least 1)."""
+    """Threads for concurrent tasks: the ``train_workers`` setting, else half the cores."""
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    count = workers or int(os.environ.get("RECSYS_TRAIN_WORKERS") or 0)
+    count = workers or get_settings().train_workers or 0
     return ThreadPoolTaskRunner(max_workers=count or max(1, (os.cpu_count() or 2) // 2))
 
 

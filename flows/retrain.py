@@ -36,6 +36,7 @@ from flows.common import (
     transient_database_error,
 )
 from recsys import registry
+from recsys.config import get_settings
 from recsys.data.extract import Snapshot, extract
 from recsys.data.splits import Protocol, Split, split
 from recsys.data.validation import QualityReport, quality_report
@@ -248,7 +249,7 @@ def retrain_flow(
             summary.reason = f"v{records[best].version} ({outcomes[best].name}) is the new champion"
             if build_bento:
                 summary.bento = build_bento_task(records[best].version)
-            token = os.environ.get("RECSYS_ADMIN_TOKEN")
+            token = settings.admin_secret
             if service_url and token:
                 summary.service_reload = reload_service_task(service_url, token)
             elif service_url:
@@ -298,7 +299,7 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=0.0)
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--build-bento", action="store_true")
-    parser.add_argument("--service-url", default=os.environ.get("RECSYS_SERVICE_URL"))
+    parser.add_argument("--service-url", default=get_settings().service_url)
     parser.add_argument("--budget-seconds", type=float, default=None)
     args = parser.parse_args()
     print_result(

@@ -1,23 +1,150 @@
-"""Settings read from the environment in one place; nothing happens at import time."""
+"""Every ``RECSYS_*`` setting, read from the environment in one typed place.
+
+Nothing happens at import time: :func:`get_settings` reads the environment when called and
+every other module takes what it needs from the :class:`Settings` it returns. The README's
+settings table is generated from the fields here (:func:`settings_table`) and a test keeps
+the two the same.
+"""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from recsys.errors import RecsysError
+
+ENV_PREFIX = "RECSYS_"
+READ_AUTH_CHOICES = ("required", "open")
+UNKNOWN_ITEM_CHOICES = ("reject", "create")
+MODEL_SOURCE_CHOICES = ("auto", "registry", "bento")
+# Clock skew allowed to an event recorded through the API (a file import allows a day).
+DEFAULT_FUTURE_TOLERANCE_SECONDS = 300.0
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Where recsys keeps its state.
+class SettingsError(RecsysError):
+    """A ``RECSYS_*`` variable holds a value that cannot be used; the message names it."""
 
-    ``home`` holds the embedded database, model artifacts, rejects files and reports.
-    ``database_url`` is the SQLAlchemy URL of the interactions + registry database.
+
+def _doc(meaning: str, default: str) -> dict[str, Any]:
+    """What the settings table says of a field: its meaning and its default in words."""
+    return {"meaning": meaning, "default_text": default}
+
+
+class Settings(BaseSettings):
+    """The platform's settings; each field is the variable ``RECSYS_<FIELD>``.
+
+    An unset or empty variable takes the default. Choices are case-insensitive. A value that
+    does not parse is a :class:`SettingsError` naming the variable.
     """
 
-    home: Path
-    database_url: str
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
+        validate_default=True,
+    )
+
+    home: Path = Field(
+        default=Path(".recsys"),
+        json_schema_extra=_doc("embedded database, artifacts, rejects and reports", "`./.recsys`"),
+    )
+    database_url: str = Field(
+        default="",
+        json_schema_extra=_doc("SQLAlchemy URL of the store", "`sqlite:///$RECSYS_HOME/recsys.db`"),
+    )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        json_schema_extra=_doc("PyTorch threads for training and evaluation", "all cores"),
+    )
+    train_workers: int | None = Field(
+        default=None,
+        ge=1,
+        json_schema_extra=_doc("candidates trained at once by the retrain flow", "half the cores"),
+    )
+    service_url: str | None = Field(
+        default=None,
+        json_schema_extra=_doc("service the retrain flow tells to reload on promotion", "unset"),
+    )
+    poll_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        json_schema_extra=_doc("how often the service checks the champion alias", "`10`"),
+    )
+    reload_retry_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        json_schema_extra=_doc(
+            "wait before the poller retries a version that failed to load", "`60`"
+        ),
+    )
+    scorer_threads: int = Field(
+        default=1,
+        ge=0,
+        json_schema_extra=_doc("onnxruntime intra-op threads per request", "`1`"),
+    )
+    model_source: Literal["auto", "registry", "bento"] = Field(
+        default="auto",
+        json_schema_extra=_doc(
+            "what the service starts on: `registry` (the champion), `bento` (the packaged "
+            "model) or `auto` (the champion, else the packaged model)",
+            "`auto`",
+        ),
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        json_schema_extra=_doc(
+            "an extra admin credential of the service, from the environment", "unset"
+        ),
+    )
+    read_auth: Literal["required", "open"] = Field(
+        default="required",
+        json_schema_extra=_doc(
+            "`required`: reads need a `read` key; `open`: reads need none", "`required`"
+        ),
+    )
+    unknown_items: Literal["reject", "create"] = Field(
+        default="reject",
+        json_schema_extra=_doc(
+            "`events` naming an item not in the catalogue: `reject` or `create`", "`reject`"
+        ),
+    )
+    future_tolerance_seconds: float = Field(
+        default=DEFAULT_FUTURE_TOLERANCE_SECONDS,
+        ge=0,
+        json_schema_extra=_doc("how far ahead of the server's clock an event may be", "`300`"),
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576,
+        ge=0,
+        json_schema_extra=_doc("largest request body the service reads", "`1048576`"),
+    )
+    body_timeout_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        json_schema_extra=_doc("time a request body has to arrive", "`10`"),
+    )
+
+    @field_validator("model_source", "read_auth", "unknown_items", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _embedded_database(self) -> Settings:
+        """No ``RECSYS_DATABASE_URL``: the embedded SQLite database in the home."""
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{self.home / 'recsys.db'}")
+        return self
 
     @property
     def rejects_dir(self) -> Path:
@@ -27,76 +154,47 @@ class Settings:
     def artifacts_dir(self) -> Path:
         return self.home / "artifacts"
 
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
 
-def get_settings() -> Settings:
-    """Read ``RECSYS_HOME`` and ``RECSYS_DATABASE_URL`` (defaults: ``./.recsys``, SQLite in it)."""
-    home = Path(os.environ.get("RECSYS_HOME") or ".recsys").expanduser().resolve()
-    url = os.environ.get("RECSYS_DATABASE_URL") or f"sqlite:///{home / 'recsys.db'}"
-    return Settings(home=home, database_url=url)
-
-
-READ_AUTH_CHOICES = ("required", "open")
-# Clock skew allowed to an event recorded through the API (a file import allows a day).
-DEFAULT_FUTURE_TOLERANCE_SECONDS = 300.0
-UNKNOWN_ITEM_CHOICES = ("reject", "create")
+    @property
+    def admin_secret(self) -> str | None:
+        """The admin token in clear, for the one place that compares or sends it."""
+        return None if self.admin_token is None else self.admin_token.get_secret_value()
 
 
-@dataclass(frozen=True)
-class ServingSettings:
-    """How the prediction API guards itself; each field has a ``RECSYS_`` variable.
-
-    ``read_auth``: ``required`` (default: every endpoint needs a key) or ``open`` (reads need
-    none; writes and admin still do). ``unknown_items``: what ``events`` does with an item
-    id the catalogue lacks, ``reject`` (default) or ``create``. Events more than
-    ``future_tolerance_seconds`` ahead of the server's clock are refused. Bodies over
-    ``max_body_bytes``, or not received within ``body_timeout_seconds``, are refused.
-    """
-
-    admin_token: str | None = None
-    read_auth: str = "required"
-    unknown_items: str = "reject"
-    future_tolerance_seconds: float = DEFAULT_FUTURE_TOLERANCE_SECONDS
-    max_body_bytes: int = 1_048_576
-    body_timeout_seconds: float = 10.0
-    poll_seconds: float = 10.0
-    reload_retry_seconds: float = 60.0
-    scorer_threads: int = 1
-    model_source: str = "auto"
+def get_settings(**overrides: Any) -> Settings:
+    """Read the ``RECSYS_*`` variables now; ``overrides`` (field names) win over them."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = first["loc"][0] if first["loc"] else "?"
+        name = str(where) if str(where).startswith(ENV_PREFIX) else _variable(str(where))
+        raw = first.get("input")
+        shown = "" if name == _variable("admin_token") else f", got {raw!r}"
+        raise SettingsError(f"{name}: {first['msg'].lower()}{shown}") from None
 
 
-def get_serving_settings() -> ServingSettings:
-    """Read the service's ``RECSYS_*`` variables; a bad value is a :class:`ValueError`."""
-    env = os.environ
+def _variable(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
 
-    def number(name: str, default: float, kind: type = float) -> Any:
-        raw = env.get(name)
-        if not raw:
-            return default
-        try:
-            value = kind(raw)
-        except ValueError:
-            raise ValueError(f"{name} must be a number, got {raw!r}") from None
-        if value < 0:
-            raise ValueError(f"{name} must not be negative, got {raw!r}")
-        return value
 
-    def choice(name: str, default: str, choices: tuple[str, ...]) -> str:
-        value = (env.get(name) or default).strip().lower()
-        if value not in choices:
-            raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-        return value
+def settings_table() -> str:
+    """The markdown table of every setting (variable, meaning, default) the README shows."""
+    lines = ["| variable | meaning | default |", "|---|---|---|"]
+    for field, info in Settings.model_fields.items():
+        extra = info.json_schema_extra
+        assert isinstance(extra, dict), field
+        lines.append(f"| `{_variable(field)}` | {extra['meaning']} | {extra['default_text']} |")
+    return "\n".join(lines)
 
-    return ServingSettings(
-        admin_token=env.get("RECSYS_ADMIN_TOKEN") or None,
-        read_auth=choice("RECSYS_READ_AUTH", "required", READ_AUTH_CHOICES),
-        unknown_items=choice("RECSYS_UNKNOWN_ITEMS", "reject", UNKNOWN_ITEM_CHOICES),
-        future_tolerance_seconds=number(
-            "RECSYS_FUTURE_TOLERANCE_SECONDS", DEFAULT_FUTURE_TOLERANCE_SECONDS
-        ),
-        max_body_bytes=number("RECSYS_MAX_BODY_BYTES", 1_048_576, int),
-        body_timeout_seconds=number("RECSYS_BODY_TIMEOUT_SECONDS", 10.0),
-        poll_seconds=number("RECSYS_POLL_SECONDS", 10.0),
-        reload_retry_seconds=number("RECSYS_RELOAD_RETRY_SECONDS", 60.0),
-        scorer_threads=number("RECSYS_SCORER_THREADS", 1, int),
-        model_source=choice("RECSYS_MODEL_SOURCE", "auto", ("auto", "registry", "bento")),
-    )
+
+def variables() -> list[str]:
+    """Every ``RECSYS_*`` variable a setting reads."""
+    return [_variable(field) for field in Settings.model_fields]
+
+
+if __name__ == "__main__":
+    print(settings_table())

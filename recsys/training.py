@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from recsys.config import get_settings
 from recsys.data.batches import pair_batches, row_batches, sequence_batches
 from recsys.data.splits import Split
 from recsys.errors import RecsysError
@@ -93,12 +94,12 @@ class TrainResult:
 
 
 def set_threads(threads: int | None) -> int:
-    """Intra-op threads: ``threads``, else ``RECSYS_THREADS``, else every core.
+    """Intra-op threads: ``threads``, else the ``threads`` setting, else every core.
 
     Set fewer when other processes share the cores: OpenMP threads that wait on each other
     while the cores are oversubscribed made a small model's epoch 100x slower here.
     """
-    count = threads or int(os.environ.get("RECSYS_THREADS") or 0) or os.cpu_count() or 1
+    count = threads or get_settings().threads or os.cpu_count() or 1
     torch.set_num_threads(count)
     return count
 

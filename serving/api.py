@@ -24,7 +24,7 @@ from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from recsys.config import ServingSettings
+from recsys.config import Settings
 from recsys.keys import READ, KeyRing, grants
 from serving.scorer import (
     NotFoundError,
@@ -238,7 +238,7 @@ bearer = HTTPBearer(auto_error=False, description="An API key made with `recsys 
 class Guard:
     """Checks the caller's key for a scope; reads pass without one when reads are open."""
 
-    def __init__(self, keys: KeyRing, settings: ServingSettings) -> None:
+    def __init__(self, keys: KeyRing, settings: Settings) -> None:
         self.keys, self.settings = keys, settings
 
     def check(self, credentials: HTTPAuthorizationCredentials | None, scope: str) -> None:
@@ -301,7 +301,7 @@ INFRA_PATHS: dict[str, Any] = {
 }
 
 
-def create_app(settings: ServingSettings) -> FastAPI:
+def create_app(settings: Settings) -> FastAPI:
     """The FastAPI app the endpoints are routed on, with its error handlers and guards."""
     app = FastAPI(
         title="recsys",

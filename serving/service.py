@@ -21,7 +21,7 @@ import bentoml
 from fastapi import Security
 from fastapi.security import HTTPAuthorizationCredentials
 
-from recsys.config import get_serving_settings, get_settings
+from recsys.config import get_settings
 from recsys.db.engine import create_engine
 from recsys.db.events import Event
 from recsys.keys import ADMIN, EVENTS, READ, KeyRing
@@ -82,7 +82,7 @@ def _private_metrics_dir() -> None:
 
 
 _private_metrics_dir()
-SETTINGS = get_serving_settings()
+SETTINGS = get_settings()
 app = create_app(SETTINGS)
 
 REQUESTS = bentoml.metrics.Counter(
@@ -122,7 +122,7 @@ class RecsysService:
 
     def __init__(self) -> None:
         settings = SETTINGS
-        engine = create_engine(get_settings().database_url)
+        engine = create_engine(settings.database_url)
         self.scorer = Scorer(
             engine,
             threads=settings.scorer_threads,
@@ -131,7 +131,7 @@ class RecsysService:
             create_unknown_items=settings.unknown_items == "create",
         )
         admin: dict[str, tuple[str, ...]] = (
-            {settings.admin_token: (ADMIN,)} if settings.admin_token else {}
+            {settings.admin_secret: (ADMIN,)} if settings.admin_secret else {}
         )
         self.guard = Guard(KeyRing(engine, static=admin), settings)
         # Concurrent recommend requests share one history query and one ONNX run.

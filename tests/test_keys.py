@@ -13,7 +13,7 @@ import pytest
 from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import Engine, select
 
-from recsys.config import ServingSettings
+from recsys.config import Settings
 from recsys.db.migrate import upgrade
 from recsys.db.schema import api_keys_table
 from recsys.keys import (
@@ -70,7 +70,7 @@ def test_keys_refuse_bad_scopes_and_duplicate_names(engine: Engine) -> None:
 
 @pytest.mark.parametrize("read_auth", ["required", "open"])
 def test_keys_guard_open_reads_still_need_keys_to_write(engine: Engine, read_auth: str) -> None:
-    guard = Guard(KeyRing(engine), ServingSettings(read_auth=read_auth))
+    guard = Guard(KeyRing(engine), Settings(read_auth=read_auth))
     if read_auth == "open":
         guard.check(None, "read")
     else:

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.exc import DataError, OperationalError
 
-from recsys.config import ServingSettings
+from recsys.config import Settings
 from serving.api import ApiError, create_app, translate
 from serving.schemas import RecommendIn
 from serving.scorer import NotFoundError, NotReadyError, RequestError
@@ -43,7 +43,7 @@ def test_api_errors_tell_apart_no_champion_database_down_and_bad_input(
 
 @pytest.fixture(scope="module")
 def client() -> TestClient:
-    app = create_app(ServingSettings(max_body_bytes=1000, body_timeout_seconds=5))
+    app = create_app(Settings(max_body_bytes=1000, body_timeout_seconds=5))
 
     @app.post("/echo")
     def echo(request: RecommendIn) -> dict[str, Any]:
