@@ -51,9 +51,9 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
         started = time.perf_counter()
-        users, _, _, personalised = score_all(artifact, url, args.k, batch_size)
+        users, _, _, personalised = score_all(artifact, engine, args.k, batch_size)
         score_only = time.perf_counter() - started
-        result = batch_recommend(engine, url, artifact, k=args.k, batch_size=batch_size)
+        result = batch_recommend(engine, artifact, k=args.k, batch_size=batch_size)
         row = {
             "batch_size": batch_size,
             "users": result.users,

@@ -56,7 +56,7 @@ def ru_maxrss_kib():
 
 baseline = {"rss": status_kib("VmRSS"), "hwm": status_kib("VmHWM"), "ru_maxrss": ru_maxrss_kib()}
 started = time.perf_counter()
-snapshot = extract(sys.argv[1])
+snapshot = extract(create_engine(sys.argv[1]))
 seconds = time.perf_counter() - started
 print(json.dumps({
     "rows": len(snapshot),
@@ -165,7 +165,7 @@ def measure_throughput(backend: str, batch: ImportBatch) -> dict[str, Any]:
         runs = []
         for _ in range(RUNS):
             started = time.perf_counter()
-            snapshot = extract(url)
+            snapshot = extract(create_engine(url))
             runs.append(time.perf_counter() - started)
             if len(snapshot) != rows:
                 raise RuntimeError(f"extracted {len(snapshot):,} rows, loaded {rows:,}")

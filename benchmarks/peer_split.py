@@ -148,7 +148,7 @@ def load_snapshot(dataset: str, data_root: Path, scratch: Path) -> Snapshot:
     batch = import_movielens(path) if dataset == "ml-100k" else import_sequences(path)
     ingest(engine, batch, scratch / "rejects")
     engine.dispose()
-    return extract(url)
+    return extract(create_engine(url))
 
 
 def main() -> None:

@@ -95,7 +95,7 @@ def main() -> None:
         loaded = ingest(engine, importer(path), Path(home) / "rejects")
         engine.dispose()
         print(f"imported {loaded.rows_inserted:,} interactions from {path.name}", flush=True)
-        snapshot = extract(url)
+        snapshot = extract(create_engine(url))
         data = split(snapshot, args.protocol)
         print(f"split {args.protocol}: {data.description}", flush=True)
 
@@ -124,7 +124,7 @@ def main() -> None:
             print(f"training {name} ...", flush=True)
             started = time.perf_counter()
             outcome = train_and_evaluate(
-                url,
+                create_engine(url),
                 name,
                 args.protocol,
                 model_config=config,

@@ -233,7 +233,7 @@ def train_version(engine: Engine, url: str, home: Path, seed: int) -> int:
     from recsys.models.sasrec import SASRecConfig
 
     outcome = train_and_evaluate(
-        url,
+        create_engine(url),
         "sasrec",
         "loo",
         model_config=SASRecConfig(embedding_dim=32, max_len=20),

@@ -357,7 +357,7 @@ def _train_champion(
     print(f"training sasrec ({config}; {overrides}) ...", flush=True)
     started = time.perf_counter()
     outcome = train_and_evaluate(
-        url, "sasrec", "loo", model_config=config, train_overrides=overrides
+        create_engine(url), "sasrec", "loo", model_config=config, train_overrides=overrides
     )
     trained_s = time.perf_counter() - started
     record = registry.register(engine, outcome, artifacts_dir=home / "artifacts")

@@ -29,9 +29,9 @@ from recsys.batch import BatchResult, batch_recommend
     cache_policy=NO_CACHE,
 )
 def batch_recommend_task(k: int, batch_size: int) -> BatchResult:
-    settings, engine = settings_and_engine()
+    _, engine = settings_and_engine()
     artifact = registry.load_artifact(engine, registry.CHAMPION, threads=os.cpu_count())
-    return batch_recommend(engine, settings.database_url, artifact, k=k, batch_size=batch_size)
+    return batch_recommend(engine, artifact, k=k, batch_size=batch_size)
 
 
 @flow(name="batch-recommend")

@@ -24,6 +24,7 @@ import httpx
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from sqlalchemy import Engine
 
 from flows.common import (
     DB_RETRIES,
@@ -65,8 +66,8 @@ LOCK_TTL = timedelta(hours=12)
     retry_condition_fn=transient_database_error,
     cache_policy=NO_CACHE,
 )
-def extract_task(url: str) -> Snapshot:
-    return extract(url)
+def extract_task(engine: Engine) -> Snapshot:
+    return extract(engine)
 
 
 @task(name="quality_report", cache_policy=NO_CACHE)
@@ -81,7 +82,7 @@ def split_task(snapshot: Snapshot, protocol: Protocol) -> Split:
 
 @task(name="train_and_evaluate", cache_policy=NO_CACHE)
 def train_task(
-    url: str,
+    engine: Engine,
     name: str,
     protocol: Protocol,
     snapshot: Snapshot,
@@ -93,7 +94,7 @@ def train_task(
     if budget_seconds is not None:
         overrides["budget_seconds"] = budget_seconds
     return train_and_evaluate(
-        url, name, protocol, snapshot=snapshot, data=data, train_overrides=overrides
+        engine, name, protocol, snapshot=snapshot, data=data, train_overrides=overrides
     )
 
 
@@ -105,21 +106,17 @@ def train_task(
     cache_policy=NO_CACHE,
 )
 def register_task(
-    url: str, outcome: Outcome, artifacts_dir: Path, run_id: str | None
+    engine: Engine, outcome: Outcome, artifacts_dir: Path, run_id: str | None
 ) -> ModelRecord:
-    from recsys.db.engine import create_engine
-
-    return registry.register(
-        create_engine(url), outcome, artifacts_dir=artifacts_dir, flow_run_id=run_id
-    )
+    return registry.register(engine, outcome, artifacts_dir=artifacts_dir, flow_run_id=run_id)
 
 
 @task(name="gate", cache_policy=NO_CACHE)
-def gate_task(url: str, version: int, outcome: Outcome, margin: float, metric: str) -> GateDecision:
-    from recsys.db.engine import create_engine
-
+def gate_task(
+    engine: Engine, version: int, outcome: Outcome, margin: float, metric: str
+) -> GateDecision:
     return registry.gate(
-        create_engine(url),
+        engine,
         version,
         outcome.test,
         outcome.split,
@@ -201,7 +198,7 @@ def retrain_flow(
     with locks.held(engine, LOCK_NAME, holder=f"flow run {run_id or os.getpid()}", ttl=LOCK_TTL):
         champion_before = registry.alias_version(engine, registry.CHAMPION)
         summary = RetrainSummary("failed", "", champion_before=champion_before, flow_run_id=run_id)
-        snapshot = extract_task(settings.database_url)
+        snapshot = extract_task(engine)
         summary.snapshot = snapshot.descriptor.to_dict()
         quality = quality_report_task(snapshot)
         if not quality.ok:
@@ -219,16 +216,11 @@ def retrain_flow(
         data = split_task(snapshot, protocol)
         threads = max(1, (os.cpu_count() or 1) // max(1, min(len(models), 2)))
         futures = [
-            train_task.submit(
-                settings.database_url, name, protocol, snapshot, data, threads, budget_seconds
-            )
+            train_task.submit(engine, name, protocol, snapshot, data, threads, budget_seconds)
             for name in models
         ]
         outcomes = [future.result() for future in futures]  # a failed training fails the run
-        records = [
-            register_task(settings.database_url, o, settings.artifacts_dir, run_id)
-            for o in outcomes
-        ]
+        records = [register_task(engine, o, settings.artifacts_dir, run_id) for o in outcomes]
         summary.candidates = [candidate_row(o, r) for o, r in zip(outcomes, records, strict=True)]
         unservable = [r for r in records if r.status != registry.SERVABLE]
         if unservable:
@@ -239,9 +231,7 @@ def retrain_flow(
 
         best = choose_candidate(outcomes, records)
         assert best is not None
-        decision = gate_task(
-            settings.database_url, records[best].version, outcomes[best], margin, metric
-        )
+        decision = gate_task(engine, records[best].version, outcomes[best], margin, metric)
         summary.gate = decision.to_dict()
         summary.champion_after = registry.alias_version(engine, registry.CHAMPION)
         if decision.promoted:

@@ -48,10 +48,10 @@ class BatchResult:
 
 
 def score_all(
-    artifact: Artifact, url: str, k: int, batch_size: int = 256
+    artifact: Artifact, engine: Engine, k: int, batch_size: int = 256
 ) -> tuple[list[str], npt.NDArray[np.int64], npt.NDArray[np.float32], int]:
     """Top-k item columns and scores for every user with events: (U,), (U, K), (U, K)."""
-    snapshot = extract(url)
+    snapshot = extract(engine)
     to_art = np.asarray(
         [0, *(artifact.item_index.get(i, 0) for i in snapshot.items.to_list())], dtype=np.int64
     )
@@ -102,11 +102,11 @@ def score_all(
 
 
 def batch_recommend(
-    engine: Engine, url: str, artifact: Artifact, *, k: int = 10, batch_size: int = 256
+    engine: Engine, artifact: Artifact, *, k: int = 10, batch_size: int = 256
 ) -> BatchResult:
     """Score every user and replace the ``recommendations`` table's contents atomically."""
     started = time.perf_counter()
-    user_ids, top, best, personalised = score_all(artifact, url, k, batch_size)
+    user_ids, top, best, personalised = score_all(artifact, engine, k, batch_size)
     scored = time.perf_counter()
     batch_id = uuid.uuid4().hex
     now = datetime.now(UTC)

@@ -290,7 +290,7 @@ def stats(
         from recsys.data.extract import extract
         from recsys.data.validation import quality_report
 
-        snapshot = extract(settings.database_url)
+        snapshot = extract(engine)
         report = quality_report(snapshot)
         data["snapshot"] = snapshot.descriptor.to_dict()
         data["quality"] = report.to_dict()
@@ -341,7 +341,7 @@ def train_model(
     engine = _engine(settings_now)
     require_current(engine)
     outcome = train_and_evaluate(
-        settings_now.database_url,
+        engine,
         model,
         split_name,  # type: ignore[arg-type]
         model_config=model_config,
@@ -417,7 +417,7 @@ def evaluate_version(
     require_current(engine)
     artifact = registry.load_artifact(engine, _version_ref(version))
     record = registry.get_version(engine, artifact.version)
-    snapshot = extract(settings.database_url)
+    snapshot = extract(engine)
     data = split(snapshot, record.protocol or "loo")  # type: ignore[arg-type]
     result = registry.evaluate_artifact(artifact, data, snapshot.users, snapshot.items)
     out = {

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from sqlalchemy import Engine
 
 from recsys.data.extract import Snapshot, extract
 from recsys.data.splits import Protocol, Split, split
@@ -61,17 +62,12 @@ class Outcome:
         }
 
 
-def side_features(url: str, snapshot: Snapshot, data: Split) -> SideInfo:
+def side_features(engine: Engine, snapshot: Snapshot, data: Split) -> SideInfo:
     """User and item side features for models that read them (training events only)."""
     from recsys.data.features import side_info
-    from recsys.db.engine import create_engine
     from recsys.db.queries import catalogue_attributes
 
-    engine = create_engine(url)
-    try:
-        catalogue = catalogue_attributes(engine, snapshot.users, snapshot.items)
-    finally:
-        engine.dispose()
+    catalogue = catalogue_attributes(engine, snapshot.users, snapshot.items)
     return side_info(catalogue, data.train, data.num_users, data.num_items)
 
 
@@ -87,7 +83,7 @@ def evaluate_on_test(model: Recommender, data: Split) -> EvalResult:
 
 
 def train_and_evaluate(
-    url: str,
+    engine: Engine,
     name: str,
     protocol: Protocol,
     *,
@@ -96,13 +92,13 @@ def train_and_evaluate(
     snapshot: Snapshot | None = None,
     data: Split | None = None,
 ) -> Outcome:
-    """Train model family ``name`` on the database at ``url`` and evaluate it on the test set.
+    """Train model family ``name`` on ``engine``'s database and evaluate it on the test set.
 
     Pass ``snapshot``/``data`` to reuse one extraction and split across several models.
     """
     started = time.perf_counter()
     model_spec = spec(name)
-    snapshot = snapshot or extract(url)
+    snapshot = snapshot or extract(engine)
     quality = quality_report(snapshot)
     if not quality.ok:
         reasons = "; ".join(f.message for f in quality.errors)
@@ -112,7 +108,7 @@ def train_and_evaluate(
         raise RecsysError(
             f"the {protocol} split leaves no users to validate or test on: import more data"
         )
-    side = side_features(url, snapshot, data) if name == "mlp" else None
+    side = side_features(engine, snapshot, data) if name == "mlp" else None
     model_config = model_config or model_spec.config()
     config = train_config_with(model_spec.train_defaults, train_overrides or {})
     torch.manual_seed(config.seed)  # the initial weights belong to the seeded run too

@@ -51,11 +51,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def outcomes(world: str) -> dict[str, Outcome]:
-    snapshot = extract(world)
+    snapshot = extract(create_engine(world))
     data = split(snapshot, "loo")
     return {
         name: train_and_evaluate(
-            world,
+            create_engine(world),
             name,
             "loo",
             snapshot=snapshot,

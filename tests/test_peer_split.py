@@ -26,7 +26,7 @@ def snapshot(tmp_path_factory: pytest.TempPathFactory) -> Snapshot:
     upgrade(url)
     batch = generate(SyntheticConfig(num_users=120, num_items=60, num_interactions=3000, seed=8))
     ingest(create_engine(url), batch, folder / "rejects")
-    return extract(url)
+    return extract(create_engine(url))
 
 
 def read(path: Path) -> list[tuple[str, str, int]]:

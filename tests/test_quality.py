@@ -46,7 +46,7 @@ def ml100k(
     engine = create_engine(url)
     ingest(engine, import_movielens(path), home / "rejects")
     engine.dispose()
-    snapshot = extract(url)
+    snapshot = extract(create_engine(url))
     return url, snapshot, split(snapshot, "loo")
 
 
@@ -54,7 +54,8 @@ def ml100k(
 def outcomes(ml100k: tuple[str, Snapshot, Split]) -> dict[str, Outcome]:
     url, snapshot, data = ml100k
     return {
-        name: train_and_evaluate(url, name, "loo", snapshot=snapshot, data=data) for name in FLOORS
+        name: train_and_evaluate(create_engine(url), name, "loo", snapshot=snapshot, data=data)
+        for name in FLOORS
     }
 
 

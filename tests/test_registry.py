@@ -19,6 +19,7 @@ from recsys import registry
 from recsys.artifacts import ONNX_FILE, ArtifactIntegrityError, sha256_file
 from recsys.data.ingest import ingest
 from recsys.data.synthetic import SyntheticConfig, generate
+from recsys.db.engine import create_engine
 from recsys.experiment import Outcome, train_and_evaluate
 from recsys.models.base import InputKind, Query
 from recsys.models.pop import Pop, PopConfig
@@ -35,7 +36,9 @@ def populate(engine: Engine, tmp_path: Path, seed: int = 4, num_items: int = 80)
 
 
 def trained(url: str, name: str) -> Outcome:
-    return train_and_evaluate(url, name, "loo", train_overrides={"max_epochs": 2, **FAST})
+    return train_and_evaluate(
+        create_engine(url), name, "loo", train_overrides={"max_epochs": 2, **FAST}
+    )
 
 
 def gate(engine: Engine, version: int, outcome: Outcome, **kwargs: object) -> registry.GateDecision:
@@ -251,7 +254,8 @@ from recsys.db.engine import create_engine
 from recsys.experiment import train_and_evaluate
 
 url, arts = sys.argv[1], Path(sys.argv[2])
-outcome = train_and_evaluate(url, "ease", "loo", train_overrides={"threads": 1, "progress": False})
+overrides = {"threads": 1, "progress": False}
+outcome = train_and_evaluate(create_engine(url), "ease", "loo", train_overrides=overrides)
 registry._finalize = lambda *args, **kwargs: os._exit(9)  # the process dies before the commit
 registry.register(create_engine(url), outcome, artifacts_dir=arts)
 """
@@ -293,7 +297,8 @@ from recsys.db.engine import create_engine
 from recsys.experiment import train_and_evaluate
 
 url, arts, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-outcome = train_and_evaluate(url, "ease", "loo", train_overrides={"threads": 1, "progress": False})
+overrides = {"threads": 1, "progress": False}
+outcome = train_and_evaluate(create_engine(url), "ease", "loo", train_overrides=overrides)
 engine = create_engine(url)
 while not go.exists():
     pass

@@ -23,6 +23,7 @@ from peer_split import DATASETS, DEFAULT_DATA_ROOT, load_snapshot
 
 from recsys import __version__
 from recsys.data.splits import split
+from recsys.db.engine import create_engine
 from recsys.evaluation import eval_digest, evaluate
 from recsys.experiment import train_and_evaluate
 from recsys.models import MODELS, parse_settings
@@ -52,7 +53,7 @@ def main() -> None:
         overrides = {"budget_seconds": args.budget_seconds, "progress": False, **overrides}
         started = time.perf_counter()
         outcome = train_and_evaluate(
-            f"sqlite:///{Path(scratch) / 'recsys.db'}",
+            create_engine(f"sqlite:///{Path(scratch) / 'recsys.db'}"),
             args.model,
             "loo",
             model_config=model_config,

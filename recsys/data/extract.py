@@ -24,9 +24,9 @@ import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine
+from sqlalchemy.engine import URL
 
-from recsys.db.engine import normalize_url
 from recsys.errors import RecsysError
 
 logger = logging.getLogger(__name__)
@@ -123,10 +123,15 @@ EventColumns = dict[str, npt.NDArray[Any]]
 _ID_BITS = 32
 
 
-def extract(url: str, *, after_ms: int | None = None, chunk_rows: int = 65_536) -> Snapshot:
-    """Read every interaction (or only those after ``after_ms``) in one consistent snapshot."""
+def extract(engine: Engine, *, after_ms: int | None = None, chunk_rows: int = 65_536) -> Snapshot:
+    """Read every interaction (or only those after ``after_ms``) in one consistent snapshot.
+
+    The rows come through Arrow-native drivers (sqlite3, ADBC) opened on ``engine``'s
+    database, not through SQLAlchemy: one column array per batch instead of Python rows.
+    """
     started = time.perf_counter()
-    backend = make_url(normalize_url(url)).get_backend_name()
+    url = engine.url
+    backend = url.get_backend_name()
     if backend == "postgresql":
         read = _read_postgres(url, after_ms, chunk_rows)
     elif backend == "sqlite":
@@ -224,8 +229,8 @@ class _EventCodes:
         return (remap[codes] if len(codes) else codes), tuple(names)
 
 
-def _read_sqlite(url: str, after_ms: int | None, chunk_rows: int) -> _Read:
-    database = make_url(normalize_url(url)).database
+def _read_sqlite(url: URL, after_ms: int | None, chunk_rows: int) -> _Read:
+    database = url.database
     if not database or database == ":memory:":
         raise RecsysError("extraction needs a SQLite file, not an in-memory database")
     if not Path(database).exists():
@@ -279,10 +284,10 @@ def _sqlite_catalogue(
     return pks, np.array([r[1] for r in rows], dtype=object)
 
 
-def _read_postgres(url: str, after_ms: int | None, chunk_rows: int) -> _Read:
+def _read_postgres(url: URL, after_ms: int | None, chunk_rows: int) -> _Read:
     import adbc_driver_postgresql.dbapi as pg_dbapi
 
-    libpq_url = make_url(normalize_url(url)).set(drivername="postgresql")
+    libpq_url = url.set(drivername="postgresql")
     connection = pg_dbapi.connect(libpq_url.render_as_string(hide_password=False))
     try:
         cursor = connection.cursor()

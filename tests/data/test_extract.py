@@ -9,6 +9,7 @@ from sqlalchemy import Engine, text
 from recsys.data.extract import IdMap, extract
 from recsys.data.frames import ImportBatch
 from recsys.data.synthetic import SyntheticConfig, generate
+from recsys.db.engine import create_engine
 from recsys.db.load import load_batch
 
 
@@ -30,7 +31,7 @@ ROWS = [
 
 def test_extract_arrays_sorted_by_user_then_time(engine: Engine, database_url: str) -> None:
     load_batch(engine, _batch(ROWS))
-    snap = extract(database_url)
+    snap = extract(create_engine(database_url))
     assert len(snap) == 4
     assert snap.users.to_list() == ["bob", "alice"]  # index order = first seen (primary key)
     users = snap.users.ids[snap.user_idx]
@@ -52,7 +53,7 @@ def test_extract_arrays_sorted_by_user_then_time(engine: Engine, database_url: s
 
 def test_extract_descriptor_counts_and_time_range(engine: Engine, database_url: str) -> None:
     load_batch(engine, _batch(ROWS))
-    d = extract(database_url).descriptor
+    d = extract(create_engine(database_url)).descriptor
     assert (d.num_interactions, d.num_users, d.num_items) == (4, 2, 3)
     assert d.event_counts == {"purchase": 1, "rating": 1, "view": 2}
     assert (d.min_occurred_at_ms, d.max_occurred_at_ms) == (1_000, 4_000)
@@ -62,7 +63,7 @@ def test_extract_descriptor_counts_and_time_range(engine: Engine, database_url: 
 
 def test_extract_after_watermark_only_newer_events(engine: Engine, database_url: str) -> None:
     load_batch(engine, _batch(ROWS))
-    snap = extract(database_url, after_ms=2_500)
+    snap = extract(create_engine(database_url), after_ms=2_500)
     assert sorted(snap.occurred_at.tolist()) == [3_000, 4_000]
     assert snap.descriptor.after_ms == 2_500
     assert len(snap.items) == 3  # id maps always cover the whole catalogue
@@ -70,18 +71,18 @@ def test_extract_after_watermark_only_newer_events(engine: Engine, database_url:
 
 def test_extract_digest_depends_on_content_not_keys(engine: Engine, database_url: str) -> None:
     load_batch(engine, _batch(ROWS))
-    first = extract(database_url).descriptor.digest
+    first = extract(create_engine(database_url)).descriptor.digest
     load_batch(engine, _batch(ROWS))  # a no-op re-import under a new import id
-    assert extract(database_url).descriptor.digest == first
+    assert extract(create_engine(database_url)).descriptor.digest == first
     load_batch(engine, _batch([("carol", "x", "view", np.nan, 5_000)]))
-    assert extract(database_url).descriptor.digest != first
+    assert extract(create_engine(database_url)).descriptor.digest != first
 
 
 def test_extract_small_batches_give_the_same_snapshot(engine: Engine, database_url: str) -> None:
     batch = generate(SyntheticConfig(num_users=200, num_items=100, num_interactions=5_000, seed=3))
     load_batch(engine, batch)
-    whole = extract(database_url)
-    chunked = extract(database_url, chunk_rows=333)
+    whole = extract(create_engine(database_url))
+    chunked = extract(create_engine(database_url), chunk_rows=333)
     assert chunked.descriptor.digest == whole.descriptor.digest
     np.testing.assert_array_equal(chunked.item_idx, whole.item_idx)
     assert len(whole) == 5_000
@@ -96,7 +97,7 @@ def test_extract_counts_out_of_order_rows_within_an_import(
     load_batch(
         engine, _batch([("u", "a", "view", np.nan, 5_000), ("u", "b", "view", np.nan, 1_000)])
     )
-    assert extract(database_url).out_of_order == 1
+    assert extract(create_engine(database_url)).out_of_order == 1
 
 
 def test_extract_reports_and_drops_orphan_rows(engine: Engine, database_url: str) -> None:
@@ -108,7 +109,7 @@ def test_extract_reports_and_drops_orphan_rows(engine: Engine, database_url: str
                 " VALUES (999, 1, 'view', 1)"
             )
         )
-    snap = extract(database_url)
+    snap = extract(create_engine(database_url))
     assert snap.orphans == 1 and len(snap) == 4
 
 

@@ -14,6 +14,7 @@ from recsys.data.extract import IdMap, extract
 from recsys.data.features import Catalogue, load_catalogue, side_info
 from recsys.data.frames import ImportBatch
 from recsys.data.splits import Ragged, TrainSet, leave_last_out
+from recsys.db.engine import create_engine
 from recsys.db.load import load_batch
 from recsys.db.queries import catalogue_attributes
 from recsys.errors import RecsysError
@@ -80,7 +81,7 @@ def test_side_info_from_the_database_encodes_each_attribute(
     engine: Engine, database_url: str
 ) -> None:
     load_batch(engine, _batch())
-    snapshot = extract(database_url)
+    snapshot = extract(create_engine(database_url))
     split = leave_last_out(snapshot)
     catalogue = load_catalogue(engine, snapshot.users, snapshot.items)
     side = side_info(catalogue, split.train, split.num_users, split.num_items)

@@ -39,7 +39,7 @@ class Home:
     def register(self, name: str = "sasrec", promote: bool = False) -> int:
         config = SASRecConfig(embedding_dim=32, max_len=20) if name == "sasrec" else None
         outcome = train_and_evaluate(
-            self.url,
+            create_engine(self.url),
             name,
             "loo",
             model_config=config,
