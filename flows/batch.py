@@ -12,7 +12,6 @@ from prefect.cache_policies import NO_CACHE
 from flows.common import (
     DB_RETRIES,
     DB_RETRY_DELAYS,
-    print_result,
     settings_and_engine,
     start_prefect_api,
     transient_database_error,
@@ -54,21 +53,8 @@ def batch_recommend_flow(k: int = 10, batch_size: int = 256) -> dict[str, Any]:
     return summary
 
 
-def main() -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Run the batch recommendation flow once.")
-    parser.add_argument("-k", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=256)
-    args = parser.parse_args()
-
-    def run() -> dict[str, Any]:
-        start_prefect_api()  # one process at a time on a fresh Prefect home
-        result: dict[str, Any] = batch_recommend_flow(k=args.k, batch_size=args.batch_size)
-        return result
-
-    print_result(run)
-
-
-if __name__ == "__main__":
-    main()
+def run_once(k: int = 10, batch_size: int = 256) -> dict[str, Any]:
+    """One batch run from the command line (``python -m flows batch``)."""
+    start_prefect_api()  # one process at a time on a fresh Prefect home
+    result: dict[str, Any] = batch_recommend_flow(k=k, batch_size=batch_size)
+    return result

@@ -1,13 +1,13 @@
 """The scheduled retrain: a Prefect deployment of ``retrain_flow`` on a cron, one run at a time.
 
-``python -m flows.deploy`` creates it and serves its runs; ``--apply-only`` just registers it.
+``recsys schedule`` (``python -m flows schedule '{...}'``) creates it and serves its runs;
+``apply_only`` just registers it.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
+from typing import Any
 
 from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
@@ -18,9 +18,9 @@ from prefect.types.entrypoint import EntrypointType
 
 from flows.common import start_prefect_api
 from flows.retrain import retrain_flow
+from recsys.config import DEFAULT_MODELS
 from recsys.errors import RecsysError
 from recsys.models import spec
-from recsys.retrain import DEFAULT_MODELS
 
 DEFAULT_NAME = "nightly"
 DEFAULT_CRON = "0 3 * * *"
@@ -67,32 +67,25 @@ def retrain_deployment(
     return deployment
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description="Create the scheduled retrain deployment and serve its runs."
-    )
-    parser.add_argument("--name", default=DEFAULT_NAME)
-    parser.add_argument("--cron", default=DEFAULT_CRON)
-    parser.add_argument("--timezone", default=DEFAULT_TIMEZONE)
-    parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
-    parser.add_argument("--split", default="loo", choices=SPLITS)
-    parser.add_argument("--margin", type=float, default=0.0)
-    parser.add_argument(
-        "--apply-only", action="store_true", help="register the deployment and exit"
-    )
-    args = parser.parse_args(argv)
+def schedule(
+    *,
+    name: str = DEFAULT_NAME,
+    cron: str = DEFAULT_CRON,
+    timezone: str = DEFAULT_TIMEZONE,
+    models: list[str] | None = None,
+    split: str = "loo",
+    margin: float = 0.0,
+    apply_only: bool = False,
+) -> dict[str, Any]:
+    """Create the retrain deployment and serve its runs until interrupted; with
+    ``apply_only``, register it and return what was registered (``recsys schedule``)."""
     deployment = retrain_deployment(
-        name=args.name,
-        cron=args.cron,
-        models=[m.strip() for m in args.models.split(",") if m.strip()],
-        split=args.split,
-        margin=args.margin,
-        timezone=args.timezone,
+        name=name, cron=cron, models=models, split=split, margin=margin, timezone=timezone
     )
     start_prefect_api()  # a temporary server when PREFECT_API_URL is unset, one at a time
-    if not args.apply_only:
+    if not apply_only:
         serve(deployment)  # registers it, then runs its scheduled runs until interrupted
-        return
+        return {"name": f"{retrain_flow.name}/{deployment.name}", "served": True}
     if get_current_settings().api.url is None:
         print(
             "warning: PREFECT_API_URL is not set, so the deployment goes to a temporary server"
@@ -100,16 +93,11 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
     deployment_id = deployment.apply()
-    result = {
+    return {
         "deployment_id": str(deployment_id),
         "name": f"{retrain_flow.name}/{deployment.name}",
-        "schedule": args.cron,
-        "timezone": args.timezone,
+        "schedule": cron,
+        "timezone": timezone,
         "concurrency_limit": CONCURRENCY.limit,
         "parameters": deployment.parameters,
     }
-    print(json.dumps(result))
-
-
-if __name__ == "__main__":
-    main()

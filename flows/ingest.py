@@ -1,6 +1,7 @@
 """The ingest flow: an importer read, then a load retried on transient database errors.
 
-``kind`` is ``movielens``, ``sequences`` or ``csv`` (with ``user_col``/``item_col``...). The
+``kind`` names an importer of the table the CLI uses too (``movielens``, ``sequences``,
+``csv`` with its :class:`~recsys.data.importers.EventFileOptions`). The
 rejects report (counts per reason and the rejects file) is published as a Prefect artifact.
 """
 
@@ -15,29 +16,14 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.common import DB_RETRIES, DB_RETRY_DELAYS, settings_and_engine, transient_database_error
 from recsys.data.frames import ImportBatch
-from recsys.data.importers import CsvColumns, import_events, import_movielens, import_sequences
+from recsys.data.importers import EventFileOptions, read_import
 from recsys.data.ingest import ingest
 from recsys.db.load import LoadResult
-from recsys.errors import RecsysError
-
-KINDS = ("movielens", "sequences", "csv")
 
 
 @task(name="read", cache_policy=NO_CACHE)
-def read_task(path: str, kind: str, columns: dict[str, str | None]) -> ImportBatch:
-    if kind == "movielens":
-        return import_movielens(Path(path))
-    if kind == "sequences":
-        return import_sequences(Path(path))
-    if kind == "csv":
-        user_col, item_col = columns.get("user_col"), columns.get("item_col")
-        if not user_col or not item_col:
-            raise RecsysError("csv imports need user_col and item_col")
-        return import_events(
-            Path(path),
-            CsvColumns(user_col, item_col, columns.get("time_col"), columns.get("rating_col")),
-        )
-    raise RecsysError(f"unknown kind {kind!r}; choose from: {', '.join(KINDS)}")
+def read_task(path: str, kind: str, options: EventFileOptions | None) -> ImportBatch:
+    return read_import(kind, Path(path), options)
 
 
 @task(
@@ -74,21 +60,14 @@ def rejects_report(result: LoadResult) -> str:
 
 @flow(name="ingest")
 def ingest_flow(
-    path: str,
-    kind: str = "movielens",
-    user_col: str | None = None,
-    item_col: str | None = None,
-    time_col: str | None = None,
-    rating_col: str | None = None,
+    path: str, kind: str = "movielens", options: EventFileOptions | None = None
 ) -> dict[str, Any]:
-    """Import one file or folder; bad rows are counted, written to a rejects file and reported."""
-    columns = {
-        "user_col": user_col,
-        "item_col": item_col,
-        "time_col": time_col,
-        "rating_col": rating_col,
-    }
-    batch = read_task(path, kind, columns)
+    """Import one file or folder; bad rows are counted, written to a rejects file and reported.
+
+    ``kind`` is one of :data:`recsys.data.importers.IMPORTERS`; ``options`` are the event
+    file's columns and extras (``csv`` only), the same as ``recsys import csv`` takes.
+    """
+    batch = read_task(path, kind, options)
     result = ingest_task(batch)
     create_markdown_artifact(rejects_report(result), key="ingest-report", description=result.source)
     get_run_logger().info(

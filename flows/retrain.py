@@ -2,14 +2,13 @@
 
 Each task wraps one recsys call. One retrain runs at a time (a lock in the database); a
 failed run leaves the registry's champion and the served model as they were.
-Run it by hand with ``recsys retrain`` or ``python -m flows.retrain``: that takes the lock
+Run it by hand with ``recsys retrain`` (``python -m flows retrain '{...}'``): that takes the lock
 before Prefect starts, so a retrain started while another runs stops at once (exit 0, status
 ``skipped``, "retrain is already running: held by ...") without starting a Prefect server.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -30,14 +29,13 @@ from flows.common import (
     DB_RETRIES,
     DB_RETRY_DELAYS,
     current_run_id,
-    print_result,
     settings_and_engine,
     start_prefect_api,
     task_runner,
     transient_database_error,
 )
 from recsys import registry
-from recsys.config import get_settings
+from recsys.config import DEFAULT_MODELS
 from recsys.data.extract import Snapshot, extract
 from recsys.data.splits import Protocol, Split, split
 from recsys.data.validation import QualityReport, quality_report
@@ -47,7 +45,6 @@ from recsys.experiment import Outcome, train_and_evaluate
 from recsys.models import spec
 from recsys.registry import GateDecision, ModelRecord
 from recsys.retrain import (
-    DEFAULT_MODELS,
     LOCK_NAME,
     RetrainSummary,
     candidate_row,
@@ -266,7 +263,8 @@ def run_once(**parameters: Any) -> dict[str, Any]:
     same moment stops here (a ``skipped`` result naming the holder) instead of starting a
     server of its own; the flow's own ``locks.held`` is then a no-op (see recsys.db.locks).
     """
-    _, engine = settings_and_engine()
+    settings, engine = settings_and_engine()
+    parameters.setdefault("service_url", settings.service_url)
     holder = f"retrain process {os.getpid()} on {socket.gethostname()}"
     with ExitStack() as stack:
         try:
@@ -280,30 +278,3 @@ def run_once(**parameters: Any) -> dict[str, Any]:
         start_prefect_api()
         result: dict[str, Any] = retrain_flow(**parameters)
         return result
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Run the retrain flow once.")
-    parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
-    parser.add_argument("--split", default="loo")
-    parser.add_argument("--margin", type=float, default=0.0)
-    parser.add_argument("--force", action="store_true")
-    parser.add_argument("--build-bento", action="store_true")
-    parser.add_argument("--service-url", default=get_settings().service_url)
-    parser.add_argument("--budget-seconds", type=float, default=None)
-    args = parser.parse_args()
-    print_result(
-        lambda: run_once(
-            models=[m.strip() for m in args.models.split(",") if m.strip()],
-            split=args.split,
-            margin=args.margin,
-            force=args.force,
-            build_bento=args.build_bento,
-            service_url=args.service_url,
-            budget_seconds=args.budget_seconds,
-        )
-    )
-
-
-if __name__ == "__main__":
-    main()

@@ -20,6 +20,8 @@ ENV_PREFIX = "RECSYS_"
 READ_AUTH_CHOICES = ("required", "open")
 UNKNOWN_ITEM_CHOICES = ("reject", "create")
 MODEL_SOURCE_CHOICES = ("auto", "registry", "bento")
+# The model families a retrain trains when none are named (CLI, flow, schedule, demo).
+DEFAULT_MODELS = ("sasrec", "gru4rec", "ease")
 # Clock skew allowed to an event recorded through the API (a file import allows a day).
 DEFAULT_FUTURE_TOLERANCE_SECONDS = 300.0
 

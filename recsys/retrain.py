@@ -17,7 +17,6 @@ from recsys.data.validation import QualityReport
 from recsys.experiment import Outcome
 from recsys.registry import GateDecision, ModelRecord
 
-DEFAULT_MODELS = ("sasrec", "gru4rec", "ease")
 LOCK_NAME = "retrain"
 
 

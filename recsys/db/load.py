@@ -59,6 +59,25 @@ class LoadResult:
     def rows_per_second(self) -> float:
         return (self.rows_inserted + self.rows_skipped) / self.seconds if self.seconds else 0.0
 
+    def report(self) -> dict[str, Any]:
+        """What an import says it did, as the CLI prints it."""
+        return {
+            "source": self.source,
+            "import_id": self.import_id,
+            "rows_read": self.rows_read,
+            "rows_inserted": self.rows_inserted,
+            "rows_already_stored": self.rows_skipped,
+            "rows_rejected": self.rows_rejected,
+            "rejects_by_reason": self.rejects_by_reason,
+            "catalogue_rows_rejected": self.catalogue_rejected,
+            "catalogue_rejects_by_reason": self.catalogue_rejects_by_reason,
+            "rejects_file": self.rejects_path,
+            "users": self.users_total,
+            "items": self.items_total,
+            "seconds": round(self.seconds, 3),
+            "rows_per_second": round(self.rows_per_second),
+        }
+
 
 def load_batch(engine: Engine, batch: ImportBatch, rejects_path: str | None = None) -> LoadResult:
     """Write ``batch`` in one transaction and record the run in ``imports``."""

@@ -140,3 +140,17 @@ def item_titles(engine: Engine, item_ids: list[str]) -> dict[str, str | None]:
             )
         ).all()
     return {str(external_id): title for external_id, title in rows}
+
+
+def active_users(engine: Engine, *, min_events: int, limit: int) -> list[str]:
+    """The first ``limit`` user ids (in id order) with at least ``min_events`` interactions."""
+    query = (
+        select(users_table.c.external_id)
+        .join(interactions_table, interactions_table.c.user_id == users_table.c.id)
+        .group_by(users_table.c.external_id)
+        .having(func.count() >= min_events)
+        .order_by(users_table.c.external_id)
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        return [str(user_id) for user_id in conn.execute(query).scalars()]

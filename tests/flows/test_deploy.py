@@ -17,7 +17,7 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.runner import Runner
 
 import flows.deploy as deploy_module
-from flows.deploy import main, retrain_deployment
+from flows.deploy import retrain_deployment, schedule
 from recsys import registry
 from recsys.db.engine import create_engine
 from recsys.errors import RecsysError
@@ -81,12 +81,17 @@ def test_retrain_deployment_registers_schedule_limit_and_parameters_and_runs_a_r
     assert "PROMOTED" in report.read_text()
 
 
-def test_deploy_main_apply_only_prints_the_registered_deployment(
-    flow_home: dict[str, str], capsys: pytest.CaptureFixture[str]
+def test_schedule_apply_only_returns_the_registered_deployment(
+    flow_home: dict[str, str],
 ) -> None:
-    args = ["--apply-only", "--name", "test-apply", "--cron", "30 4 * * 1", "--models", "ease"]
-    main([*args, "--split", "temporal", "--margin", "0.01"])
-    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    printed = schedule(
+        apply_only=True,
+        name="test-apply",
+        cron="30 4 * * 1",
+        models=["ease"],
+        split="temporal",
+        margin=0.01,
+    )
     assert printed["name"] == "retrain/test-apply" and printed["schedule"] == "30 4 * * 1"
     stored = read_deployment(UUID(printed["deployment_id"]))
     assert stored.name == "test-apply" and stored.schedules[0].schedule.cron == "30 4 * * 1"
@@ -98,12 +103,12 @@ def test_deploy_main_apply_only_prints_the_registered_deployment(
     }
 
 
-def test_deploy_main_serves_the_deployment_unless_apply_only(
+def test_schedule_serves_the_deployment_unless_apply_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     served: list[RunnerDeployment] = []
     monkeypatch.setattr(deploy_module, "serve", lambda *d: served.extend(d))
-    main(["--cron", "0 5 * * *", "--models", "pop,ease"])
+    schedule(cron="0 5 * * *", models=["pop", "ease"])
     (deployment,) = served
     assert deployment.name == "nightly" and deployment.parameters["models"] == ["pop", "ease"]
     assert deployment.concurrency_limit == 1

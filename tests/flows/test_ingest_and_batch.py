@@ -43,6 +43,29 @@ def test_ingest_flow_counts_rejects_and_retries_a_transient_error(
     assert Path(result["rejects_path"]).exists()
 
 
+def test_ingest_flow_reads_an_event_file_with_the_cli_options(
+    flow_home: dict[str, str], tmp_path: Path
+) -> None:
+    """The flow takes the same EventFileOptions as `recsys import csv` (one importer table)."""
+    from recsys.data.importers import EventFileOptions
+
+    source = tmp_path / "events.tsv"
+    source.write_text(
+        "who|what|kind|stars\nu1|i1|view|4\nu1|i2|buy|7\nu2|i1|view|2\n", encoding="utf-8"
+    )
+    options = EventFileOptions(
+        user_col="who",
+        item_col="what",
+        event_type_col="kind",
+        rating_col="stars",
+        max_rating=5,
+        delimiter="|",
+    )
+    result = ingest_flow(str(source), kind="csv", options=options)
+    assert result["rows_read"] == 3 and result["rows_inserted"] == 2
+    assert result["rows_rejected"] == 1
+
+
 def test_rejects_report_lists_reasons() -> None:
     from recsys.db.load import LoadResult
 

@@ -1,0 +1,386 @@
+"""``recsys train``, ``evaluate``, ``recommend`` and ``recsys models``: training a model,
+the registry's versions and aliases, and what a version recommends."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from recsys.cli.output import (
+    JsonOption,
+    current_engine,
+    emit,
+    engine_of,
+    fmt,
+    print_mapping,
+    user_errors,
+    version_number,
+    version_ref,
+)
+from recsys.config import get_settings
+from recsys.errors import RecsysError
+
+models_app = typer.Typer(help="The model registry: versions and aliases.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_model)
+    app.command("evaluate")(evaluate_version)
+    app.command("recommend")(recommend)
+    app.add_typer(models_app, name="models")
+
+
+@user_errors
+def train_model(
+    model: Annotated[str, typer.Option("--model", help="Model family (see MODELS).")],
+    split_name: Annotated[str, typer.Option("--split", help="loo or temporal.")] = "loo",
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="key=value for the model config or training."),
+    ] = None,
+    margin: Annotated[
+        float, typer.Option(help="Gain on the gate metric the candidate must show (CI low).")
+    ] = 0.0,
+    metric: Annotated[str, typer.Option(help="The promotion gate's metric.")] = "ndcg@10",
+    promote: Annotated[
+        bool,
+        typer.Option("--promote/--no-promote", help="Run the promotion gate after registering."),
+    ] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """Train, evaluate on the test targets, export to ONNX, register, and gate vs the champion."""
+    from recsys import registry
+    from recsys.data.splits import PROTOCOLS
+    from recsys.db.migrate import require_current
+    from recsys.experiment import train_and_evaluate
+    from recsys.models import parse_settings, spec
+    from recsys.training import TrainConfig
+
+    spec(model)
+    if split_name not in PROTOCOLS:
+        raise RecsysError(f"unknown split {split_name!r}; choose from: {', '.join(PROTOCOLS)}")
+    model_config, overrides = parse_settings(model, settings or [], TrainConfig)
+    if epochs is not None:
+        overrides["max_epochs"] = epochs
+    settings_now = get_settings()
+    engine = engine_of(settings_now)
+    require_current(engine)
+    outcome = train_and_evaluate(
+        engine,
+        model,
+        split_name,  # type: ignore[arg-type]
+        model_config=model_config,
+        train_overrides=overrides,
+    )
+    if metric not in outcome.test.per_user:
+        raise RecsysError(
+            f"{metric!r} is not a per-user metric of the {split_name} protocol: "
+            f"use one of {', '.join(outcome.test.per_user)}"
+        )
+    record = registry.register(engine, outcome, artifacts_dir=settings_now.artifacts_dir)
+    decision = None
+    if promote:
+        decision = registry.gate(
+            engine,
+            record.version,
+            outcome.test,
+            outcome.split,
+            outcome.snapshot.users,
+            outcome.snapshot.items,
+            metric=metric,
+            margin=margin,
+            actor=registry.actor("promotion gate (recsys train)"),
+        )
+    data = outcome.to_dict()
+    data.update(
+        version=record.version,
+        status=record.status,
+        artifact=record.artifact_path,
+        onnx_sha256=record.onnx_sha256,
+        parity=record.parity,
+        gate=None if decision is None else decision.to_dict(),
+        champion=registry.alias_version(engine, registry.CHAMPION),
+    )
+    if as_json:
+        emit(data, True)
+        return
+    typer.echo(
+        f"{model} on {split_name}: {data['epochs']} epochs (best {data['best_epoch']}, "
+        f"stopped: {data['stopped']}), {data['seconds']:.1f}s, "
+        f"{data['evaluated_users']:,} test users"
+    )
+    typer.echo(f"{'metric':<12} {'value':>8}  95% CI")
+    for name, stats in data["metrics"].items():
+        typer.echo(
+            f"{name:<12} {stats['value']:>8.4f}  [{stats['ci_low']:.4f}, {stats['ci_high']:.4f}]"
+        )
+    parity = record.parity or {}
+    typer.echo(
+        f"registered v{record.version} ({record.status}); ONNX parity "
+        f"{'passed' if parity.get('passed') else 'FAILED'}, max |diff| "
+        f"{parity.get('max_abs_diff')}; artifact {record.artifact_path}"
+    )
+    if decision is not None:
+        verdict = "promoted to champion" if decision.promoted else "not promoted"
+        typer.echo(f"gate: {verdict}: {decision.reason}")
+
+
+@user_errors
+def evaluate_version(
+    version: Annotated[str, typer.Argument(help="Version number or alias (champion).")],
+    as_json: JsonOption = False,
+) -> None:
+    """Evaluate a registered version's ONNX artifact on the current data (its own protocol)."""
+    from recsys import registry
+    from recsys.data.extract import extract
+    from recsys.data.splits import split
+
+    engine = current_engine(migrated=True)
+    artifact = registry.load_artifact(engine, version_ref(version))
+    record = registry.get_version(engine, artifact.version)
+    snapshot = extract(engine)
+    data = split(snapshot, record.protocol or "loo")  # type: ignore[arg-type]
+    result = registry.evaluate_artifact(artifact, data, snapshot.users, snapshot.items)
+    out = {
+        "version": artifact.version,
+        "family": artifact.family,
+        "protocol": data.protocol,
+        "evaluated_users": result.num_users,
+        "snapshot": snapshot.descriptor.to_dict(),
+        "metrics": result.summary(),
+        "registered_metrics": record.metrics,
+    }
+    if as_json:
+        emit(out, True)
+        return
+    typer.echo(
+        f"v{artifact.version} ({artifact.family}) on the current data, {data.protocol}, "
+        f"{result.num_users:,} test users (snapshot {snapshot.descriptor.digest[:12]})"
+    )
+    typer.echo(f"{'metric':<12} {'now':>8}  {'95% CI':<18}  {'registered':>10}")
+    for name, stats in result.summary().items():
+        then = record.metric(name)
+        then_text = f"{then:>10.4f}" if then is not None else f"{'-':>10}"
+        typer.echo(
+            f"{name:<12} {stats['value']:>8.4f}  [{stats['ci_low']:.4f}, {stats['ci_high']:.4f}]"
+            f"  {then_text}"
+        )
+
+
+@models_app.command("list")
+@user_errors
+def models_list(
+    include_all: Annotated[
+        bool, typer.Option("--all", help="Also pending, failed and abandoned registrations.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Registered versions, newest first, with their aliases and headline metrics."""
+    from recsys import registry
+
+    engine = current_engine(migrated=True)
+    records = registry.list_versions(engine, include_hidden=include_all)
+    if as_json:
+        emit({"versions": [r.to_dict() for r in records]}, True)
+        return
+    if not records:
+        typer.echo("no registered versions yet: `recsys train --model sasrec` registers one")
+        return
+    typer.echo(
+        f"{'version':>7}  {'family':<8} {'status':<10} {'aliases':<10} {'protocol':<8} "
+        f"{'ndcg@10':>8} {'hr@10':>7}  {'created (UTC)':<19}  snapshot"
+    )
+    for r in records:
+        ndcg, hr = r.metric("ndcg@10"), r.metric("hr@10")
+        typer.echo(
+            f"{r.version:>7}  {r.family:<8} {r.status:<10} {','.join(r.aliases) or '-':<10} "
+            f"{r.protocol or '-':<8} {fmt(ndcg):>8} {fmt(hr):>7}  "
+            f"{r.created_at.strftime('%Y-%m-%d %H:%M:%S')}  {(r.snapshot_digest or '-')[:12]}"
+        )
+
+
+@models_app.command("show")
+@user_errors
+def models_show(
+    version: Annotated[str, typer.Argument(help="Version number or alias.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Everything recorded about one version: lineage, metrics, parity, gate decision, moves."""
+    from recsys import registry
+
+    engine = current_engine()
+    number = version_number(engine, version)
+    record = registry.get_version(engine, number, include_hidden=True)
+    moves = [
+        m.to_dict()
+        for m in registry.alias_history(engine)
+        if number in (m.from_version, m.to_version)
+    ]
+    data = record.to_dict()
+    data["alias_moves"] = moves
+    if as_json:
+        emit(data, True)
+        return
+    print_mapping(
+        {
+            k: (json.dumps(v, default=str) if isinstance(v, list) else v)
+            for k, v in data.items()
+            if k not in ("train_config", "alias_moves")
+        }
+    )
+    for move in moves:
+        typer.echo(
+            f"{move['occurred_at']} {move['alias']} {move['action']}: "
+            f"v{move['from_version']} -> v{move['to_version']} by {move['actor']}: {move['reason']}"
+        )
+
+
+@models_app.command("promote")
+@user_errors
+def models_promote(
+    version: Annotated[str, typer.Argument(help="Version number to make champion.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded with the move).")] = "manual promotion",
+    alias: Annotated[str, typer.Option(help="champion or challenger.")] = "champion",
+    as_json: JsonOption = False,
+) -> None:
+    """Point the champion (or challenger) at a servable version by hand; the move is recorded."""
+    from recsys import registry
+
+    engine = current_engine()
+    move = registry.promote(
+        engine,
+        version_number(engine, version),
+        actor=registry.actor("recsys models promote"),
+        reason=reason,
+        alias=alias,
+    )
+    _emit_move(move, as_json)
+
+
+@models_app.command("rollback")
+@user_errors
+def models_rollback(
+    reason: Annotated[str, typer.Option(help="Why (recorded with the move).")] = "manual rollback",
+    as_json: JsonOption = False,
+) -> None:
+    """Move the champion back to the version it pointed at before the current one."""
+    from recsys import registry
+
+    engine = current_engine()
+    move = registry.rollback(engine, actor=registry.actor("recsys models rollback"), reason=reason)
+    _emit_move(move, as_json)
+
+
+def _emit_move(move: Any, as_json: bool) -> None:
+    data = move.to_dict()
+    if as_json:
+        emit(data, True)
+        return
+    typer.echo(
+        f"{move.alias}: v{move.from_version} -> v{move.to_version} ({move.action}, {move.reason})"
+    )
+
+
+@models_app.command("sweep")
+@user_errors
+def models_sweep(
+    older_than_hours: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Only sweep registrations started at least this many hours ago; younger "
+            "ones may still be running and are left alone (0: sweep them all).",
+        ),
+    ] = 6.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Clear what crashed registrations left behind (pending rows, .partial folders).
+
+    Says what it left alone: registrations younger than --older-than-hours (default 6).
+    """
+    from datetime import timedelta
+
+    from recsys import registry
+
+    settings = get_settings()
+    result = registry.sweep(
+        engine_of(settings), settings.artifacts_dir, older_than=timedelta(hours=older_than_hours)
+    )
+    rows, folders = len(result["left_pending_versions"]), result["left_partial_folders"]
+    left = [
+        f"{rows} pending registration{'s' if rows != 1 else ''}" if rows else "",
+        f"{folders} .partial folder{'s' if folders != 1 else ''}" if folders else "",
+    ]
+    note = None
+    if rows or folders:
+        note = (
+            f"{' and '.join(part for part in left if part)} younger than {older_than_hours:g}h "
+            "left alone (may still be running); use --older-than-hours 0 to sweep them"
+        )
+    data = {**result, "older_than_hours": older_than_hours, "note": note}
+
+    def table() -> None:
+        print_mapping({k: v for k, v in data.items() if k != "note"})
+        if note:
+            typer.echo(note)
+
+    emit(data, as_json, table)
+
+
+@user_errors
+def recommend(
+    user_id: Annotated[str, typer.Argument(help="External user id.")],
+    k: Annotated[int, typer.Option("-k", "--k", help="How many items.", min=1, max=1000)] = 10,
+    version: Annotated[
+        str, typer.Option(help="Version number or alias to score with.")
+    ] = "champion",
+    include_seen: Annotated[
+        bool, typer.Option("--include-seen", help="Do not exclude items the user has seen.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Top-k for a user from the champion's ONNX graph (onnxruntime) and their live history."""
+    from recsys import registry
+    from recsys.artifacts import recommend as rank
+    from recsys.db.queries import item_titles, user_history
+
+    engine = current_engine()
+    artifact = registry.load_artifact(engine, version_ref(version))
+    history = user_history(engine, user_id)
+    ranked = rank(artifact, history or [], user_id=user_id, k=k, exclude_seen=not include_seen)
+    titles = item_titles(engine, ranked.item_ids)
+    items = [
+        {"rank": n, "item_id": item, "title": titles.get(item), "score": round(score, 6)}
+        for n, (item, score) in enumerate(zip(ranked.item_ids, ranked.scores, strict=True), 1)
+    ]
+    data = {
+        "user_id": user_id,
+        "known_user": history is not None,
+        "history_length": len(history or []),
+        "model": artifact.family,
+        "version": artifact.version,
+        "fallback": ranked.fallback,
+        "unknown_history_items": len(ranked.unknown_items),
+        "items": [
+            {"rank": n, "item_id": item, "title": titles.get(item), "score": round(score, 6)}
+            for n, (item, score) in enumerate(
+                zip(ranked.item_ids, ranked.scores, strict=True), start=1
+            )
+        ],
+    }
+    if as_json:
+        emit(data, True)
+        return
+    note = f", fallback: {ranked.fallback}" if ranked.fallback else ""
+    typer.echo(
+        f"user {user_id}: {data['history_length']} events; {artifact.family} "
+        f"v{artifact.version}{note}"
+    )
+    typer.echo(f"{'rank':>4}  {'item':<12} {'score':>10}  title")
+    for row in items:
+        typer.echo(
+            f"{row['rank']:>4}  {row['item_id']:<12} {row['score']:>10.4f}  {row['title'] or ''}"
+        )

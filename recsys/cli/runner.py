@@ -1,0 +1,80 @@
+"""The one place the CLI starts other processes.
+
+The library never imports Prefect or BentoML, so flows run as ``python -m flows NAME JSON``
+(the parameters as one JSON object, the result as one JSON line on stdout), a bento is built
+by ``python -m serving.bento``, and the service is ``bentoml serve``. Options are declared
+once, in the CLI; the flows' entry points take the parameters their functions declare.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from recsys.errors import RecsysError
+
+SERVICE = "serving.service:RecsysService"
+
+
+def _command(name: str, parameters: dict[str, Any]) -> list[str]:
+    return [sys.executable, "-m", "flows", name, json.dumps(parameters)]
+
+
+def run_flow(name: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """Run flow entry point ``name`` in a child process and return its JSON result.
+
+    A failure is a :class:`RecsysError` with the child's one-line reason.
+    """
+    done = subprocess.run(_command(name, parameters), capture_output=True, text=True)
+    return _result(name, done)
+
+
+def exec_flow(name: str, parameters: dict[str, Any]) -> NoReturn:
+    """Replace this process with flow entry point ``name`` (long-running: a schedule)."""
+    command = _command(name, parameters)
+    os.execv(command[0], command)
+
+
+def build_bento(version: str) -> dict[str, Any]:
+    """Package ``version`` (a number or an alias) as a bento; the build's JSON result."""
+    done = subprocess.run(
+        [sys.executable, "-m", "serving.bento", "--version", version],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        raise RecsysError(f"bento build failed: {lines[-1] if lines else done.returncode}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def bentoml_executable() -> str:
+    return str(Path(sys.executable).with_name("bentoml"))
+
+
+def serve_command(target: str, host: str, port: int) -> list[str]:
+    """``bentoml serve`` of ``target`` (the service, or a built bento) on ``host:port``."""
+    return [bentoml_executable(), "serve", target, "--host", host, "--port", str(port)]
+
+
+def exec_serve(target: str, host: str, port: int) -> NoReturn:
+    command = serve_command(target, host, port)
+    os.execv(command[0], command)
+
+
+def _result(name: str, done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    lines = done.stdout.strip().splitlines()
+    try:
+        result: dict[str, Any] = json.loads(lines[-1]) if lines else {}
+    except json.JSONDecodeError:
+        result = {}
+    if done.returncode != 0 or not result:
+        errors = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        reason = result.get("error") or (errors[-1] if errors else f"exit {done.returncode}")
+        raise RecsysError(f"{name} failed: {reason}")
+    return result
