@@ -27,15 +27,15 @@ from _common import (
 
 from recsys.data.extract import extract
 from recsys.data.frames import ImportBatch
+from recsys.data.load import load_batch
 from recsys.data.synthetic import SyntheticConfig, generate
 from recsys.db.engine import create_engine
-from recsys.db.load import load_batch
 from recsys.db.migrate import upgrade
 
 TARGET_ROWS_PER_S = 1_000_000
 TARGET_PEAK_BYTES = 1_500_000_000
 RUNS = 3
-SOURCES = ("recsys/data/extract.py", "recsys/db/load.py")
+SOURCES = ("recsys/data/extract.py", "recsys/data/load.py")
 MB = 1_000_000
 
 # Peak RSS comes from VmHWM: ru_maxrss survives execve on Linux, so a child spawned by this

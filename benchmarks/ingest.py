@@ -21,13 +21,13 @@ from _common import (
 )
 
 from recsys.data.frames import ImportBatch
+from recsys.data.load import load_batch
 from recsys.data.synthetic import SyntheticConfig, generate
 from recsys.db.engine import create_engine
-from recsys.db.load import load_batch
 from recsys.db.migrate import upgrade
 
 TARGET_ROWS_PER_S = 100_000
-SOURCES = ("recsys/db/load.py", "recsys/db/schema.py", "migrations/versions")
+SOURCES = ("recsys/data/load.py", "recsys/db/schema.py", "migrations/versions")
 HEADERS = (
     "backend",
     "rows",

@@ -96,7 +96,7 @@ SOURCES = (
     "recsys/data/readers.py",
     "recsys/data/importers.py",
     "recsys/data/ingest.py",
-    "recsys/db/load.py",
+    "recsys/data/load.py",
     "recsys/db/engine.py",
     "recsys/registry.py",
     "flows/retrain.py",

@@ -18,7 +18,7 @@ from flows.common import DB_RETRIES, DB_RETRY_DELAYS, settings_and_engine, trans
 from recsys.data.frames import ImportBatch
 from recsys.data.importers import EventFileOptions, read_import
 from recsys.data.ingest import ingest
-from recsys.db.load import LoadResult
+from recsys.data.load import LoadResult
 
 
 @task(name="read", cache_policy=NO_CACHE)

@@ -1,7 +1,7 @@
 """Importers: MovieLens (100K, 1M/10M, latest), CSV/Parquet event logs, and sequence files.
 
 Each returns an :class:`ImportBatch` (events, catalogue, rejects) and writes nothing; loading
-is :func:`recsys.db.load.load_batch`'s job.
+is :func:`recsys.data.load.load_batch`'s job.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from recsys.data.frames import ImportBatch
-from recsys.db.load import LoadResult, load_batch
+from recsys.data.load import LoadResult, load_batch
 from recsys.db.migrate import require_current
 from recsys.errors import RejectedRowsError
 

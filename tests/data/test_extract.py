@@ -8,9 +8,9 @@ from sqlalchemy import Engine, text
 
 from recsys.data.extract import IdMap, extract
 from recsys.data.frames import ImportBatch
+from recsys.data.load import load_batch
 from recsys.data.synthetic import SyntheticConfig, generate
 from recsys.db.engine import create_engine
-from recsys.db.load import load_batch
 
 
 def _batch(rows: list[tuple[str, str, str, float, int]], kind: str = "t") -> ImportBatch:

@@ -13,9 +13,9 @@ from sqlalchemy import Engine
 from recsys.data.extract import IdMap, extract
 from recsys.data.features import Catalogue, load_catalogue, side_info
 from recsys.data.frames import ImportBatch
+from recsys.data.load import load_batch
 from recsys.data.splits import Ragged, TrainSet, leave_last_out
 from recsys.db.engine import create_engine
-from recsys.db.load import load_batch
 from recsys.db.queries import catalogue_attributes
 from recsys.errors import RecsysError
 

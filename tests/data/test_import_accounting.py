@@ -22,9 +22,9 @@ from sqlalchemy import Engine, text
 from recsys.data.frames import ImportBatch, Reject
 from recsys.data.importers import CsvColumns, import_events, import_movielens, import_sequences
 from recsys.data.ingest import ingest
+from recsys.data.load import LoadResult
 from recsys.data.readers import Table, decode_lines, read_csv_table, read_split
 from recsys.db.engine import create_engine
-from recsys.db.load import LoadResult
 from recsys.db.migrate import upgrade
 
 SETTINGS = settings(

@@ -22,7 +22,7 @@ from recsys.data.importers import (
     import_sequences,
 )
 from recsys.data.ingest import ingest, write_rejects
-from recsys.db.load import LoadResult
+from recsys.data.load import LoadResult
 from recsys.db.queries import stats
 from recsys.db.schema import items_table, users_table
 from recsys.errors import DataFileError, RejectedRowsError

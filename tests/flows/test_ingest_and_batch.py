@@ -67,7 +67,7 @@ def test_ingest_flow_reads_an_event_file_with_the_cli_options(
 
 
 def test_rejects_report_lists_reasons() -> None:
-    from recsys.db.load import LoadResult
+    from recsys.data.load import LoadResult
 
     result = LoadResult(1, "sequences", "x.txt", 5, 3, 0, 2, {"bad_id": 2}, "/r.csv", 2, 3, 0.1)
     text = rejects_report(result)

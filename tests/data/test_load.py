@@ -7,7 +7,7 @@ import pandas as pd
 from sqlalchemy import Engine, select
 
 from recsys.data.frames import ImportBatch, Reject
-from recsys.db.load import load_batch
+from recsys.data.load import load_batch
 from recsys.db.queries import stats
 from recsys.db.schema import imports_table, interactions_table, items_table, users_table
 
