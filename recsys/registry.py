@@ -591,6 +591,16 @@ def evaluate_artifact(artifact: Artifact, data: Split, users: IdMap, items: IdMa
     )
 
 
+def _is_popularity_baseline(family: str) -> bool:
+    """Whether ``family``'s model class is the popularity baseline (its class flag)."""
+    from recsys.models import spec  # torch: the gate needs it, evaluating an artifact does not
+
+    try:
+        return spec(family).model.is_popularity_baseline
+    except RecsysError:  # a family this code no longer has
+        return False
+
+
 def _translation(ids: list[str], index: dict[str, int]) -> npt.NDArray[np.int64]:
     return np.asarray([0, *(index.get(i, 0) for i in ids)], dtype=np.int64)
 
@@ -647,10 +657,11 @@ def gate(
 
     if record.status != SERVABLE:
         decision = decide(False, f"not servable: {record.error}", "none")
-    elif champion is None and record.family == "pop":
+    elif champion is None and _is_popularity_baseline(record.family):
         decision = decide(
             False,
-            "an empty registry's first champion must beat popularity; pop cannot beat itself "
+            "an empty registry's first champion must beat popularity; "
+            f"{record.family} cannot beat itself "
             "(promote it by hand with `recsys models promote` if that is what you want)",
             "popularity",
         )
