@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from fastapi.security import HTTPAuthorizationCredentials
 
+import serving.service as service_module
+from recsys.config import get_settings
 from recsys.keys import create_key
 from serving.api import ApiError
 from serving.schemas import FiltersIn, Recommendations, RecommendIn, SessionIn
@@ -29,6 +31,8 @@ def service(home: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     for key, value in home.env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("RECSYS_POLL_SECONDS", "3600")
+    # The service module read its settings when it was imported (at collection).
+    monkeypatch.setattr(service_module, "SETTINGS", get_settings())
     instance = RecsysService()
     yield instance
     instance._stop.set()
