@@ -45,7 +45,8 @@ from recsys.db import locks
 from recsys.errors import RecsysError
 from recsys.experiment import Outcome, train_and_evaluate
 from recsys.models import spec
-from recsys.registry import GateDecision, ModelRecord
+from recsys.registry import ModelRecord, promotion, registration
+from recsys.registry.promotion import GateDecision
 from recsys.retrain import (
     DEFAULT_MODELS,
     LOCK_NAME,
@@ -108,14 +109,14 @@ def train_task(
 def register_task(
     engine: Engine, outcome: Outcome, artifacts_dir: Path, run_id: str | None
 ) -> ModelRecord:
-    return registry.register(engine, outcome, artifacts_dir=artifacts_dir, flow_run_id=run_id)
+    return registration.register(engine, outcome, artifacts_dir=artifacts_dir, flow_run_id=run_id)
 
 
 @task(name="gate", cache_policy=NO_CACHE)
 def gate_task(
     engine: Engine, version: int, outcome: Outcome, margin: float, metric: str
 ) -> GateDecision:
-    return registry.gate(
+    return promotion.gate(
         engine,
         version,
         outcome.test,

@@ -15,7 +15,8 @@ from recsys import registry
 from recsys.data.extract import SnapshotDescriptor
 from recsys.data.validation import QualityReport
 from recsys.experiment import Outcome
-from recsys.registry import GateDecision, ModelRecord
+from recsys.registry import ModelRecord
+from recsys.registry.promotion import GateDecision
 
 DEFAULT_MODELS = ("sasrec", "gru4rec", "ease")
 LOCK_NAME = "retrain"

@@ -50,6 +50,16 @@ def test_data_never_imports_models() -> None:
         assert not models, f"{path.relative_to(ROOT)} imports {models}"
 
 
+def test_the_registry_package_is_light_and_its_storage_api_complete() -> None:
+    statement = (
+        "from recsys import registry\n"
+        "registry.alias_version, registry.load_artifact, registry.get_version\n"
+        "registry.CHAMPION, registry.RegistryError"
+    )
+    heavy = ("torch", "pandas", "pyarrow", "recsys.evaluation", "recsys.registry.promotion")
+    assert _loaded_after(statement, heavy) == []
+
+
 def test_side_features_and_the_popularity_baseline_are_flags_of_the_model_class() -> None:
     assert {n for n, s in MODELS.items() if s.model.uses_side_features} == {"mlp"}
     assert {n for n, s in MODELS.items() if s.model.is_popularity_baseline} == {"pop"}
