@@ -45,7 +45,8 @@ from recsys.db import locks
 from recsys.errors import RecsysError
 from recsys.experiment import Outcome, train_and_evaluate
 from recsys.models import spec
-from recsys.registry import ModelRecord, promotion, registration
+from recsys.pipeline import gate_candidate, register_and_gate
+from recsys.registry import ModelRecord
 from recsys.registry.promotion import GateDecision
 from recsys.retrain import (
     DEFAULT_MODELS,
@@ -109,24 +110,19 @@ def train_task(
 def register_task(
     engine: Engine, outcome: Outcome, artifacts_dir: Path, run_id: str | None
 ) -> ModelRecord:
-    return registration.register(engine, outcome, artifacts_dir=artifacts_dir, flow_run_id=run_id)
+    actor = registry.actor(f"retrain flow run {run_id or '-'}")
+    registered = register_and_gate(
+        engine, outcome, artifacts_dir=artifacts_dir, actor=actor, flow_run_id=run_id, gate=False
+    )
+    return registered.record
 
 
 @task(name="gate", cache_policy=NO_CACHE)
 def gate_task(
     engine: Engine, version: int, outcome: Outcome, margin: float, metric: str
 ) -> GateDecision:
-    return promotion.gate(
-        engine,
-        version,
-        outcome.test,
-        outcome.split,
-        outcome.snapshot.users,
-        outcome.snapshot.items,
-        metric=metric,
-        margin=margin,
-        actor=registry.actor(f"retrain flow run {current_run_id() or '-'}"),
-    )
+    actor = registry.actor(f"retrain flow run {current_run_id() or '-'}")
+    return gate_candidate(engine, version, outcome, metric=metric, margin=margin, actor=actor)
 
 
 @task(name="build_bento", retries=1, cache_policy=NO_CACHE)
