@@ -13,17 +13,18 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
 from recsys import registry
-from recsys.data.extract import SnapshotDescriptor
-from recsys.data.validation import QualityReport
-from recsys.experiment import Outcome
-from recsys.models import spec
-from recsys.registry import ModelRecord
-from recsys.registry.promotion import GateDecision
+
+if TYPE_CHECKING:  # light at import: the CLI reads DEFAULT_MODELS for its option defaults
+    from recsys.data.extract import SnapshotDescriptor
+    from recsys.data.validation import QualityReport
+    from recsys.experiment import Outcome
+    from recsys.registry import ModelRecord
+    from recsys.registry.promotion import GateDecision
 
 DEFAULT_MODELS = ("sasrec", "gru4rec", "ease")
 LOCK_NAME = "retrain"
@@ -54,6 +55,8 @@ class RetrainSummary:
 
 def model_names(models: Sequence[str] | None = None) -> list[str]:
     """The families to train (``DEFAULT_MODELS`` when none); an unknown one fails at once."""
+    from recsys.models import spec  # torch: only when a retrain starts
+
     names = list(models or DEFAULT_MODELS)
     for name in names:
         spec(name)

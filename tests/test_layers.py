@@ -60,6 +60,12 @@ def test_the_registry_package_is_light_and_its_storage_api_complete() -> None:
     assert _loaded_after(statement, heavy) == []
 
 
+def test_default_models_are_readable_without_torch() -> None:
+    """The CLI reads DEFAULT_MODELS for its option defaults, at every start."""
+    statement = "from recsys.retrain import DEFAULT_MODELS"
+    assert _loaded_after(statement, ("torch", "pandas", "pyarrow")) == []
+
+
 def test_side_features_and_the_popularity_baseline_are_flags_of_the_model_class() -> None:
     assert {n for n, s in MODELS.items() if s.model.uses_side_features} == {"mlp"}
     assert {n for n, s in MODELS.items() if s.model.is_popularity_baseline} == {"pop"}
