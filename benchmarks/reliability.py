@@ -90,6 +90,7 @@ from recsys.db.engine import create_engine
 from recsys.db.migrate import upgrade
 from recsys.db.schema import users_table
 from recsys.keys import create_key
+from recsys.registry import registration
 
 SOURCES = (
     "serving",
@@ -98,7 +99,7 @@ SOURCES = (
     "recsys/data/ingest.py",
     "recsys/data/load.py",
     "recsys/db/engine.py",
-    "recsys/registry.py",
+    "recsys/registry",
     "flows/retrain.py",
     "flows/common.py",
     "benchmarks/reliability.py",
@@ -239,7 +240,7 @@ def train_version(engine: Engine, url: str, home: Path, seed: int) -> int:
         model_config=SASRecConfig(embedding_dim=32, max_len=20),
         train_overrides={"max_epochs": 3, "threads": 1, "progress": False, "seed": seed},
     )
-    record = registry.register(engine, outcome, artifacts_dir=home / "artifacts")
+    record = registration.register(engine, outcome, artifacts_dir=home / "artifacts")
     if record.status != registry.SERVABLE:
         raise RuntimeError(f"v{record.version} is not servable: {record.error}")
     return record.version

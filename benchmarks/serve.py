@@ -70,6 +70,7 @@ from recsys.db.engine import create_engine
 from recsys.db.migrate import upgrade
 from recsys.db.schema import interactions_table, users_table
 from recsys.keys import READ, create_key, revoke_key
+from recsys.registry import registration
 
 SOURCES = (
     "serving/service.py",
@@ -360,7 +361,7 @@ def _train_champion(
         create_engine(url), "sasrec", "loo", model_config=config, train_overrides=overrides
     )
     trained_s = time.perf_counter() - started
-    record = registry.register(engine, outcome, artifacts_dir=home / "artifacts")
+    record = registration.register(engine, outcome, artifacts_dir=home / "artifacts")
     if record.status != registry.SERVABLE:
         raise SystemExit(f"v{record.version} is not servable: {record.error}")
     registry.promote(

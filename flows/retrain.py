@@ -1,7 +1,9 @@
 """The retrain flow: snapshot -> validate -> train candidates -> register -> gate -> publish.
 
-Each task wraps one recsys call. One retrain runs at a time (a lock in the database); a
-failed run leaves the registry's champion and the served model as they were.
+Each task wraps one library call (the steps and decisions are in :mod:`recsys.retrain`,
+registering and gating in :mod:`recsys.pipeline`); the flow only composes them. One retrain
+runs at a time (a lock in the database); a failed run leaves the registry's champion and the
+served model as they were.
 Run it by hand with ``recsys retrain`` (``python -m flows retrain '{...}'``): that takes the lock
 before Prefect starts, so a retrain started while another runs stops at once (exit 0, status
 ``skipped``, "retrain is already running: held by ...") without starting a Prefect server.
@@ -15,6 +17,7 @@ import socket
 import subprocess
 import sys
 from contextlib import ExitStack
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -35,25 +38,42 @@ from flows.common import (
     transient_database_error,
 )
 from recsys import registry
-from recsys.config import DEFAULT_MODELS
-from recsys.data.extract import Snapshot, extract
+from recsys.data.extract import Snapshot, SnapshotDescriptor, extract
 from recsys.data.splits import Protocol, Split, split
 from recsys.data.validation import QualityReport, quality_report
 from recsys.db import locks
 from recsys.errors import RecsysError
 from recsys.experiment import Outcome, train_and_evaluate
-from recsys.models import spec
-from recsys.registry import GateDecision, ModelRecord
+from recsys.pipeline import gate_candidate, register_and_gate
+from recsys.registry import ModelRecord
+from recsys.registry.promotion import GateDecision
 from recsys.retrain import (
     LOCK_NAME,
     RetrainSummary,
-    candidate_row,
+    Step,
+    begin,
+    check_data,
+    check_exports,
     choose_candidate,
-    render_report,
-    unchanged_since_champion,
+    conclude,
+    gate_actor,
+    model_names,
+    train_threads,
+    write_report,
 )
 
 LOCK_TTL = timedelta(hours=12)
+
+
+@task(
+    name="begin",
+    retries=DB_RETRIES,
+    retry_delay_seconds=DB_RETRY_DELAYS,
+    retry_condition_fn=transient_database_error,
+    cache_policy=NO_CACHE,
+)
+def begin_task(engine: Engine, run_id: str | None) -> RetrainSummary:
+    return begin(engine, run_id)
 
 
 @task(
@@ -70,6 +90,23 @@ def extract_task(engine: Engine) -> Snapshot:
 @task(name="quality_report", cache_policy=NO_CACHE)
 def quality_report_task(snapshot: Snapshot) -> QualityReport:
     return quality_report(snapshot)
+
+
+@task(
+    name="check_data",
+    retries=DB_RETRIES,
+    retry_delay_seconds=DB_RETRY_DELAYS,
+    retry_condition_fn=transient_database_error,
+    cache_policy=NO_CACHE,
+)
+def check_data_task(
+    engine: Engine,
+    summary: RetrainSummary,
+    snapshot: SnapshotDescriptor,
+    quality: QualityReport,
+    force: bool,
+) -> Step:
+    return check_data(engine, summary, snapshot, quality, force=force)
 
 
 @task(name="split", cache_policy=NO_CACHE)
@@ -103,26 +140,49 @@ def train_task(
     cache_policy=NO_CACHE,
 )
 def register_task(
-    engine: Engine, outcome: Outcome, artifacts_dir: Path, run_id: str | None
+    engine: Engine, outcome: Outcome, artifacts_dir: Path, run_id: str | None, actor: str
 ) -> ModelRecord:
-    return registry.register(engine, outcome, artifacts_dir=artifacts_dir, flow_run_id=run_id)
+    registered = register_and_gate(
+        engine, outcome, artifacts_dir=artifacts_dir, actor=actor, flow_run_id=run_id, gate=False
+    )
+    return registered.record
+
+
+@task(
+    name="check_exports",
+    retries=DB_RETRIES,
+    retry_delay_seconds=DB_RETRY_DELAYS,
+    retry_condition_fn=transient_database_error,
+    cache_policy=NO_CACHE,
+)
+def check_exports_task(
+    engine: Engine, summary: RetrainSummary, outcomes: list[Outcome], records: list[ModelRecord]
+) -> Step:
+    return check_exports(engine, summary, outcomes, records)
 
 
 @task(name="gate", cache_policy=NO_CACHE)
 def gate_task(
-    engine: Engine, version: int, outcome: Outcome, margin: float, metric: str
+    engine: Engine, version: int, outcome: Outcome, margin: float, metric: str, actor: str
 ) -> GateDecision:
-    return registry.gate(
-        engine,
-        version,
-        outcome.test,
-        outcome.split,
-        outcome.snapshot.users,
-        outcome.snapshot.items,
-        metric=metric,
-        margin=margin,
-        actor=registry.actor(f"retrain flow run {current_run_id() or '-'}"),
-    )
+    return gate_candidate(engine, version, outcome, metric=metric, margin=margin, actor=actor)
+
+
+@task(
+    name="conclude",
+    retries=DB_RETRIES,
+    retry_delay_seconds=DB_RETRY_DELAYS,
+    retry_condition_fn=transient_database_error,
+    cache_policy=NO_CACHE,
+)
+def conclude_task(
+    engine: Engine,
+    summary: RetrainSummary,
+    outcome: Outcome,
+    record: ModelRecord,
+    decision: GateDecision,
+) -> RetrainSummary:
+    return conclude(engine, summary, outcome, record, decision)
 
 
 @task(name="build_bento", retries=1, cache_policy=NO_CACHE)
@@ -151,26 +211,21 @@ def reload_service_task(service_url: str, token: str) -> dict[str, Any]:
     return result
 
 
-def publish(
-    summary: RetrainSummary, quality: QualityReport | None, decision: GateDecision | None
-) -> str:
-    """Prefect artifacts (markdown report, metrics table) and the same report on disk."""
-    report = render_report(summary, quality, decision)
-    settings, _ = settings_and_engine()
-    reports = settings.home / "reports"
-    reports.mkdir(parents=True, exist_ok=True)
-    path = reports / f"retrain-{summary.flow_run_id or 'local'}.md"
-    path.write_text(report, encoding="utf-8")
-    for row in summary.candidates:
-        if row.get("artifact"):
-            (Path(row["artifact"]) / "retrain-report.md").write_text(report, encoding="utf-8")
-    summary.report_path = str(path)
+@task(name="report", cache_policy=NO_CACHE)
+def report_task(
+    summary: RetrainSummary,
+    quality: QualityReport | None,
+    decision: GateDecision | None,
+    home: Path,
+) -> RetrainSummary:
+    """The report on disk (see ``write_report``) and as Prefect artifacts, with the metrics."""
+    summary, report = write_report(summary, quality, decision, home=home)
     create_markdown_artifact(report, key="retrain-report", description=summary.reason[:200])
     if summary.candidates:
         create_table_artifact(
             summary.candidates, key="retrain-candidates", description="test metrics"
         )
-    return str(path)
+    return summary
 
 
 @flow(name="retrain", task_runner=task_runner())
@@ -185,75 +240,73 @@ def retrain_flow(
     budget_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Retrain ``models`` on the current data and promote the best one if it beats the champion."""
-    logger = get_run_logger()
-    models = list(models or DEFAULT_MODELS)
-    for name in models:
-        spec(name)  # unknown names fail before any work
+    names = model_names(models)  # unknown names fail before any work
     settings, engine = settings_and_engine()
     run_id = current_run_id()
     protocol: Protocol = split  # type: ignore[assignment]
     with locks.held(engine, LOCK_NAME, holder=f"flow run {run_id or os.getpid()}", ttl=LOCK_TTL):
-        champion_before = registry.alias_version(engine, registry.CHAMPION)
-        summary = RetrainSummary("failed", "", champion_before=champion_before, flow_run_id=run_id)
+        summary = begin_task(engine, run_id)
         snapshot = extract_task(engine)
-        summary.snapshot = snapshot.descriptor.to_dict()
         quality = quality_report_task(snapshot)
-        if not quality.ok:
-            summary.reason = "validation failed: " + "; ".join(f.message for f in quality.errors)
-            publish(summary, quality, None)
-            raise RecsysError(summary.reason)
-        skip = None if force else unchanged_since_champion(engine, snapshot.descriptor)
-        if skip:
-            summary.status, summary.reason = "skipped", skip
-            summary.champion_after = champion_before
-            publish(summary, quality, None)
-            logger.info(skip)
-            return summary.to_dict()
+        step = check_data_task(engine, summary, snapshot.descriptor, quality, force)
+        if step.ends:
+            return _finish(step, quality, None, settings.home)
 
         data = split_task(snapshot, protocol)
-        threads = max(1, (os.cpu_count() or 1) // max(1, min(len(models), 2)))
+        threads = train_threads(len(names))
         futures = [
             train_task.submit(engine, name, protocol, snapshot, data, threads, budget_seconds)
-            for name in models
+            for name in names
         ]
         outcomes = [future.result() for future in futures]  # a failed training fails the run
-        records = [register_task(engine, o, settings.artifacts_dir, run_id) for o in outcomes]
-        summary.candidates = [candidate_row(o, r) for o, r in zip(outcomes, records, strict=True)]
-        unservable = [r for r in records if r.status != registry.SERVABLE]
-        if unservable:
-            summary.reason = "; ".join(f"v{r.version} {r.family}: {r.error}" for r in unservable)
-            summary.champion_after = registry.alias_version(engine, registry.CHAMPION)
-            publish(summary, quality, None)
-            raise RecsysError(f"export failed, nothing promoted: {summary.reason}")
+        actor = gate_actor(run_id)
+        records = [
+            register_task(engine, o, settings.artifacts_dir, run_id, actor) for o in outcomes
+        ]
+        step = check_exports_task(engine, step.summary, outcomes, records)
+        if step.ends:
+            return _finish(step, quality, None, settings.home)
 
         best = choose_candidate(outcomes, records)
-        assert best is not None
-        decision = gate_task(engine, records[best].version, outcomes[best], margin, metric)
-        summary.gate = decision.to_dict()
-        summary.champion_after = registry.alias_version(engine, registry.CHAMPION)
+        assert best is not None  # every candidate is servable here
+        record, outcome = records[best], outcomes[best]
+        decision = gate_task(engine, record.version, outcome, margin, metric, actor)
+        summary = conclude_task(engine, step.summary, outcome, record, decision)
         if decision.promoted:
-            summary.status = "promoted"
-            summary.reason = f"v{records[best].version} ({outcomes[best].name}) is the new champion"
-            if build_bento:
-                summary.bento = build_bento_task(records[best].version)
-            token = settings.admin_secret
-            if service_url and token:
-                summary.service_reload = reload_service_task(service_url, token)
-            elif service_url:
-                logger.warning(
-                    "RECSYS_ADMIN_TOKEN is not set: the service picks v%d up at its next poll",
-                    records[best].version,
-                )
-        else:
-            summary.status = "kept"
-            summary.reason = f"champion {_v(champion_before)} kept: {decision.reason}"
-        publish(summary, quality, decision)
-        logger.info(summary.reason)
-        return summary.to_dict()
+            summary = _publish(
+                summary, record.version, build_bento, service_url, settings.admin_secret
+            )
+        return _finish(Step(summary, ends=True), quality, decision, settings.home)
 
 
-def _v(version: int | None) -> str:
-    return "none" if version is None else f"v{version}"
+def _publish(
+    summary: RetrainSummary,
+    version: int,
+    build_bento: bool,
+    service_url: str | None,
+    token: str | None,
+) -> RetrainSummary:
+    """A new champion: build its bento if asked, and tell a running service to reload."""
+    if build_bento:
+        summary = replace(summary, bento=build_bento_task(version))
+    if service_url and token:
+        summary = replace(summary, service_reload=reload_service_task(service_url, token))
+    elif service_url:
+        get_run_logger().warning(
+            "RECSYS_ADMIN_TOKEN is not set: the service picks v%d up at its next poll", version
+        )
+    return summary
+
+
+def _finish(
+    step: Step, quality: QualityReport, decision: GateDecision | None, home: Path
+) -> dict[str, Any]:
+    """Report the run; then raise its error, if it has one, or return its summary."""
+    summary = report_task(step.summary, quality, decision, home)
+    if step.error is not None:
+        raise RecsysError(step.error)
+    get_run_logger().info(summary.reason)
+    return summary.to_dict()
 
 
 def run_once(**parameters: Any) -> dict[str, Any]:

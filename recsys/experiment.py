@@ -14,12 +14,13 @@ import torch
 from sqlalchemy import Engine
 
 from recsys.data.extract import Snapshot, extract
+from recsys.data.features import SideInfo
 from recsys.data.splits import Protocol, Split, split
 from recsys.data.validation import QualityReport, quality_report
 from recsys.errors import RecsysError
 from recsys.evaluation import EvalResult, evaluate
 from recsys.models import build_model, spec
-from recsys.models.base import Recommender, SideInfo, torch_scorer
+from recsys.models.base import Recommender, torch_scorer
 from recsys.training import EVAL_MAX_LEN, TrainConfig, TrainResult, train, train_config_with
 
 logger = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def train_and_evaluate(
         raise RecsysError(
             f"the {protocol} split leaves no users to validate or test on: import more data"
         )
-    side = side_features(engine, snapshot, data) if name == "mlp" else None
+    side = side_features(engine, snapshot, data) if model_spec.model.uses_side_features else None
     model_config = model_config or model_spec.config()
     config = train_config_with(model_spec.train_defaults, train_overrides or {})
     torch.manual_seed(config.seed)  # the initial weights belong to the seeded run too

@@ -40,10 +40,11 @@ from recsys.artifacts import (
     write_json,
     write_manifest,
 )
+from recsys.data.features import SideInfo
 from recsys.data.splits import EvalSet, left_padded
 from recsys.errors import RecsysError
 from recsys.models import build_model, spec
-from recsys.models.base import Query, Recommender, SideInfo
+from recsys.models.base import Query, Recommender
 from recsys.training import EVAL_MAX_LEN
 
 if typing.TYPE_CHECKING:

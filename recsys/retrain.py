@@ -1,23 +1,119 @@
-"""The decisions and the report of a retrain, as plain functions the retrain flow composes.
+"""The retrain's steps and decisions, as plain functions the retrain flow composes.
 
-Whether there is new data since the champion, which candidate goes to the gate (best
-validation score, never the test set), and the markdown report of the run.
+A retrain: snapshot -> validate -> skip when nothing changed since the champion -> train the
+candidates -> register them (:mod:`recsys.pipeline`) -> fail when an export is unservable ->
+gate the candidate with the best validation score (never the test set) -> report. Each step
+here takes the summary so far and returns the next one (or a :class:`Step` saying whether the
+run ends there); nothing here knows about Prefect.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
 from recsys import registry
-from recsys.data.extract import SnapshotDescriptor
-from recsys.data.validation import QualityReport
-from recsys.experiment import Outcome
-from recsys.registry import GateDecision, ModelRecord
+from recsys.config import DEFAULT_MODELS
+
+if TYPE_CHECKING:
+    from recsys.data.extract import SnapshotDescriptor
+    from recsys.data.validation import QualityReport
+    from recsys.experiment import Outcome
+    from recsys.registry import ModelRecord
+    from recsys.registry.promotion import GateDecision
 
 LOCK_NAME = "retrain"
+REPORTS_FOLDER = "reports"
+REPORT_FILE = "retrain-report.md"  # a copy of the report in each candidate's artifact folder
+
+
+@dataclass
+class RetrainSummary:
+    """What a retrain did: its ``to_dict()`` is the flow's result; ``candidates`` are the rows
+    of the candidates' metric table (:func:`candidate_row`)."""
+
+    status: str  # promoted | kept | skipped | failed
+    reason: str
+    snapshot: dict[str, Any] | None = None
+    champion_before: int | None = None
+    champion_after: int | None = None
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    gate: dict[str, Any] | None = None
+    flow_run_id: str | None = None
+    report_path: str | None = None
+    bento: str | None = None
+    service_reload: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def model_names(models: Sequence[str] | None = None) -> list[str]:
+    """The families to train (``DEFAULT_MODELS`` when none); an unknown one fails at once."""
+    from recsys.models import spec  # torch: only when a retrain starts
+
+    names = list(models or DEFAULT_MODELS)
+    for name in names:
+        spec(name)
+    return names
+
+
+def train_threads(num_models: int) -> int:
+    """Threads per candidate: the cores shared among the candidates trained at once (two)."""
+    return max(1, (os.cpu_count() or 1) // max(1, min(num_models, 2)))
+
+
+def gate_actor(flow_run_id: str | None) -> str:
+    """Who moves the champion when a retrain's gate promotes."""
+    return registry.actor(f"retrain flow run {flow_run_id or '-'}")
+
+
+@dataclass(frozen=True)
+class Step:
+    """A retrain after one step: its summary, and whether the run ends there.
+
+    With ``error`` the run ends by raising ``RecsysError(error)`` once its report is written.
+    """
+
+    summary: RetrainSummary
+    ends: bool = False
+    error: str | None = None
+
+
+def begin(engine: Engine, flow_run_id: str | None) -> RetrainSummary:
+    """A retrain's summary before any work: ``failed`` until decided, and the champion now."""
+    champion = registry.alias_version(engine, registry.CHAMPION)
+    return RetrainSummary("failed", "", champion_before=champion, flow_run_id=flow_run_id)
+
+
+def check_data(
+    engine: Engine,
+    summary: RetrainSummary,
+    snapshot: SnapshotDescriptor,
+    quality: QualityReport,
+    *,
+    force: bool = False,
+) -> Step:
+    """Data that fails validation fails the run; data the champion was trained on skips it.
+
+    ``force`` trains even on unchanged data.
+    """
+    summary = replace(summary, snapshot=snapshot.to_dict())
+    if not quality.ok:
+        reason = "validation failed: " + "; ".join(f.message for f in quality.errors)
+        return Step(replace(summary, reason=reason), ends=True, error=reason)
+    skip = None if force else unchanged_since_champion(engine, snapshot)
+    if skip:
+        skipped = replace(
+            summary, status="skipped", reason=skip, champion_after=summary.champion_before
+        )
+        return Step(skipped, ends=True)
+    return Step(summary)
 
 
 def unchanged_since_champion(engine: Engine, snapshot: SnapshotDescriptor) -> str | None:
@@ -43,24 +139,62 @@ def choose_candidate(outcomes: list[Outcome], records: list[ModelRecord]) -> int
     return best
 
 
-@dataclass
-class RetrainSummary:
-    """What a retrain did; ``report`` is its markdown, ``rows`` the candidates' metric table."""
+def check_exports(
+    engine: Engine, summary: RetrainSummary, outcomes: list[Outcome], records: list[ModelRecord]
+) -> Step:
+    """The candidates' rows; any unservable export fails the run before a gate is run."""
+    rows = [candidate_row(o, r) for o, r in zip(outcomes, records, strict=True)]
+    summary = replace(summary, candidates=rows)
+    unservable = [r for r in records if r.status != registry.SERVABLE]
+    if not unservable:
+        return Step(summary)
+    reason = "; ".join(f"v{r.version} {r.family}: {r.error}" for r in unservable)
+    champion = registry.alias_version(engine, registry.CHAMPION)
+    failed = replace(summary, reason=reason, champion_after=champion)
+    return Step(failed, ends=True, error=f"export failed, nothing promoted: {reason}")
 
-    status: str  # promoted | kept | skipped | failed
-    reason: str
-    snapshot: dict[str, Any] | None = None
-    champion_before: int | None = None
-    champion_after: int | None = None
-    candidates: list[dict[str, Any]] = field(default_factory=list)
-    gate: dict[str, Any] | None = None
-    flow_run_id: str | None = None
-    report_path: str | None = None
-    bento: str | None = None
-    service_reload: dict[str, Any] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+def conclude(
+    engine: Engine,
+    summary: RetrainSummary,
+    outcome: Outcome,
+    record: ModelRecord,
+    decision: GateDecision,
+) -> RetrainSummary:
+    """The summary after the gate on ``record``: ``promoted`` or ``kept``, and why."""
+    champion = registry.alias_version(engine, registry.CHAMPION)
+    summary = replace(summary, gate=decision.to_dict(), champion_after=champion)
+    if decision.promoted:
+        reason = f"v{record.version} ({outcome.name}) is the new champion"
+        return replace(summary, status="promoted", reason=reason)
+    reason = f"champion {_version(summary.champion_before)} kept: {decision.reason}"
+    return replace(summary, status="kept", reason=reason)
+
+
+def report_path(home: Path, flow_run_id: str | None) -> Path:
+    """Where a retrain's report is written: ``reports/retrain-<flow run id | local>.md``."""
+    return home / REPORTS_FOLDER / f"retrain-{flow_run_id or 'local'}.md"
+
+
+def write_report(
+    summary: RetrainSummary,
+    quality: QualityReport | None,
+    decision: GateDecision | None,
+    *,
+    home: Path,
+) -> tuple[RetrainSummary, str]:
+    """Write the run's report under ``home`` and into each candidate's artifact folder.
+
+    Returns the summary with its ``report_path`` and the report (markdown).
+    """
+    report = render_report(summary, quality, decision)
+    path = report_path(home, summary.flow_run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(report, encoding="utf-8")
+    for row in summary.candidates:
+        if row.get("artifact"):
+            (Path(row["artifact"]) / REPORT_FILE).write_text(report, encoding="utf-8")
+    return replace(summary, report_path=str(path)), report
 
 
 def candidate_row(outcome: Outcome, record: ModelRecord) -> dict[str, Any]:

@@ -121,7 +121,7 @@ class RecsysService:
     """Recommendations from the registry's champion; every response names its version."""
 
     def __init__(self) -> None:
-        settings = SETTINGS
+        settings = get_settings()  # now, not at import: the database and keys are the caller's
         engine = create_engine(settings.database_url)
         self.scorer = Scorer(
             engine,

@@ -276,10 +276,11 @@ def test_cli_models_sweep_says_what_it_left_alone_and_how_to_sweep_it(
     from recsys.config import get_settings
     from recsys.db.engine import create_engine
     from recsys.db.schema import model_versions_table
+    from recsys.registry import registration
 
     engine = create_engine(recsys_env["RECSYS_DATABASE_URL"])
-    young = sorted(registry._reserve(engine, "ease", None) for _ in range(2))  # "running"
-    old = registry._reserve(engine, "pop", None)  # crashed seven hours ago
+    young = sorted(registration._reserve(engine, "ease", None) for _ in range(2))  # "running"
+    old = registration._reserve(engine, "pop", None)  # crashed seven hours ago
     with engine.begin() as conn:
         conn.execute(
             update(model_versions_table)

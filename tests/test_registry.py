@@ -23,6 +23,7 @@ from recsys.db.engine import create_engine
 from recsys.experiment import Outcome, train_and_evaluate
 from recsys.models.base import InputKind, Query
 from recsys.models.pop import Pop, PopConfig
+from recsys.registry import housekeeping, promotion, registration
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"threads": 1, "progress": False}
@@ -41,8 +42,10 @@ def trained(url: str, name: str) -> Outcome:
     )
 
 
-def gate(engine: Engine, version: int, outcome: Outcome, **kwargs: object) -> registry.GateDecision:
-    return registry.gate(
+def gate(
+    engine: Engine, version: int, outcome: Outcome, **kwargs: object
+) -> promotion.GateDecision:
+    return promotion.gate(
         engine,
         version,
         outcome.test,
@@ -64,7 +67,7 @@ def test_register_records_lineage_metrics_and_artifact(
 ) -> None:
     populate(engine, tmp_path)
     outcome = trained(database_url, "ease")
-    record = registry.register(engine, outcome, artifacts_dir=arts, flow_run_id="run-42")
+    record = registration.register(engine, outcome, artifacts_dir=arts, flow_run_id="run-42")
 
     assert record.status == "ready" and record.family == "ease"
     assert record.params is not None and record.params["l2"] > 0  # the fitted choice
@@ -88,13 +91,13 @@ def test_gate_first_champion_must_beat_popularity_and_later_ones_the_champion(
 ) -> None:
     populate(engine, tmp_path)
     pop = trained(database_url, "pop")
-    v_pop = registry.register(engine, pop, artifacts_dir=arts).version
+    v_pop = registration.register(engine, pop, artifacts_dir=arts).version
     first = gate(engine, v_pop, pop)
     assert not first.promoted and "popularity" in first.reason
     assert registry.alias_version(engine) is None
 
     ease = trained(database_url, "ease")
-    v_ease = registry.register(engine, ease, artifacts_dir=arts).version
+    v_ease = registration.register(engine, ease, artifacts_dir=arts).version
     decision = gate(engine, v_ease, ease)
     assert decision.promoted, decision.reason
     assert decision.baseline == "popularity" and decision.ci_low is not None
@@ -120,7 +123,7 @@ def test_gate_margin_holds_back_a_better_candidate(
 ) -> None:
     populate(engine, tmp_path)
     ease = trained(database_url, "ease")
-    version = registry.register(engine, ease, artifacts_dir=arts).version
+    version = registration.register(engine, ease, artifacts_dir=arts).version
     decision = gate(engine, version, ease, margin=0.5)
     assert not decision.promoted and decision.diff is not None and decision.diff > 0
     assert "does not beat the margin 0.5" in decision.reason
@@ -132,17 +135,17 @@ def test_gate_rescores_the_champion_on_new_data_with_new_items(
 ) -> None:
     populate(engine, tmp_path, num_items=60)
     old = trained(database_url, "ease")
-    v_old = registry.register(engine, old, artifacts_dir=arts).version
+    v_old = registration.register(engine, old, artifacts_dir=arts).version
     registry.promote(engine, v_old, actor="test", reason="setup")
 
     populate(engine, tmp_path, seed=9, num_items=90)  # more events, 30 items the champion lacks
     new = trained(database_url, "ease")
     assert new.split.num_items > old.split.num_items
-    v_new = registry.register(engine, new, artifacts_dir=arts).version
+    v_new = registration.register(engine, new, artifacts_dir=arts).version
     decision = gate(engine, v_new, new)
     assert decision.num_users == new.test.num_users
 
-    champion_now = registry.evaluate_artifact(
+    champion_now = promotion.evaluate_artifact(
         registry.load_artifact(engine, v_old), new.split, new.snapshot.users, new.snapshot.items
     )
     assert decision.baseline_value == pytest.approx(champion_now.mean("ndcg@10"))
@@ -160,7 +163,9 @@ def test_promote_and_rollback_walk_the_champion_history(
 ) -> None:
     populate(engine, tmp_path)
     outcome = trained(database_url, "ease")
-    v1, v2, v3 = (registry.register(engine, outcome, artifacts_dir=arts).version for _ in range(3))
+    v1, v2, v3 = (
+        registration.register(engine, outcome, artifacts_dir=arts).version for _ in range(3)
+    )
     for version in (v1, v2, v3):
         registry.promote(engine, version, actor="tester", reason=f"ship v{version}")
     with pytest.raises(registry.RegistryError, match="already champion"):
@@ -208,7 +213,7 @@ def test_a_version_failing_parity_is_registered_unservable_and_never_served(
     broken = BatchTwoOnly(PopConfig(), outcome.split.num_users, outcome.split.num_items)
     broken.fit(outcome.split.train)
     outcome.model = broken
-    record = registry.register(engine, outcome, artifacts_dir=arts)
+    record = registration.register(engine, outcome, artifacts_dir=arts)
 
     assert record.status == "unservable"
     assert record.parity is not None and record.parity["passed"] is False
@@ -235,9 +240,9 @@ def test_a_registration_that_raises_leaves_no_version_and_no_folder(
     def lost_connection(*args: object, **kwargs: object) -> None:
         raise ConnectionError("database went away before the commit")
 
-    monkeypatch.setattr(registry, "_finalize", lost_connection)
+    monkeypatch.setattr(registration, "_finalize", lost_connection)
     with pytest.raises(ConnectionError):
-        registry.register(engine, outcome, artifacts_dir=arts)
+        registration.register(engine, outcome, artifacts_dir=arts)
     assert registry.list_versions(engine) == []
     (hidden,) = registry.list_versions(engine, include_hidden=True)
     assert hidden.status == "failed" and "went away" in (hidden.error or "")
@@ -249,15 +254,15 @@ def test_a_registration_that_raises_leaves_no_version_and_no_folder(
 CRASH = """
 import os, sys
 from pathlib import Path
-from recsys import registry
+from recsys.registry import registration
 from recsys.db.engine import create_engine
 from recsys.experiment import train_and_evaluate
 
 url, arts = sys.argv[1], Path(sys.argv[2])
 overrides = {"threads": 1, "progress": False}
 outcome = train_and_evaluate(create_engine(url), "ease", "loo", train_overrides=overrides)
-registry._finalize = lambda *args, **kwargs: os._exit(9)  # the process dies before the commit
-registry.register(create_engine(url), outcome, artifacts_dir=arts)
+registration._finalize = lambda *args, **kwargs: os._exit(9)  # the process dies before the commit
+registration.register(create_engine(url), outcome, artifacts_dir=arts)
 """
 
 
@@ -278,13 +283,13 @@ def test_a_crash_before_the_commit_leaves_an_invisible_pending_row_that_sweep_cl
     assert pending.status == "pending"
     assert len(list((arts / "models").iterdir())) == 1  # the complete but unregistered folder
 
-    assert registry.sweep(engine, arts, older_than=timedelta(hours=1)) == {
+    assert housekeeping.sweep(engine, arts, older_than=timedelta(hours=1)) == {
         "abandoned_versions": 0,
         "removed_partial_folders": 0,
         "left_pending_versions": [pending.version],
         "left_partial_folders": 0,
     }  # too recent: it could be a registration still running, and the result says it left it
-    assert registry.sweep(engine, arts, older_than=timedelta(0))["abandoned_versions"] == 1
+    assert housekeeping.sweep(engine, arts, older_than=timedelta(0))["abandoned_versions"] == 1
     assert registry.get_version(engine, pending.version, include_hidden=True).status == "abandoned"
     assert list((arts / "models").iterdir()) == []
 
@@ -292,7 +297,7 @@ def test_a_crash_before_the_commit_leaves_an_invisible_pending_row_that_sweep_cl
 REGISTER_THREE = """
 import sys
 from pathlib import Path
-from recsys import registry
+from recsys.registry import registration
 from recsys.db.engine import create_engine
 from recsys.experiment import train_and_evaluate
 
@@ -302,7 +307,7 @@ outcome = train_and_evaluate(create_engine(url), "ease", "loo", train_overrides=
 engine = create_engine(url)
 while not go.exists():
     pass
-print(*(registry.register(engine, outcome, artifacts_dir=arts).version for _ in range(3)))
+print(*(registration.register(engine, outcome, artifacts_dir=arts).version for _ in range(3)))
 """
 
 
@@ -341,7 +346,7 @@ def test_load_artifact_refuses_a_file_changed_after_registration(
 ) -> None:
     populate(engine, tmp_path)
     outcome = trained(database_url, "ease")
-    record = registry.register(engine, outcome, artifacts_dir=arts)
+    record = registration.register(engine, outcome, artifacts_dir=arts)
     registry.load_artifact(engine, record.version)
     weights = Path(record.artifact_path or "") / "weights.npz"
     weights.write_bytes(weights.read_bytes() + b"\0")

@@ -57,6 +57,7 @@ def train_model(
     from recsys.db.migrate import require_current
     from recsys.experiment import train_and_evaluate
     from recsys.models import parse_settings, spec
+    from recsys.pipeline import check_gate_metric, register_and_gate
     from recsys.training import TrainConfig
 
     spec(model)
@@ -75,35 +76,19 @@ def train_model(
         model_config=model_config,
         train_overrides=overrides,
     )
-    if metric not in outcome.test.per_user:
-        raise RecsysError(
-            f"{metric!r} is not a per-user metric of the {split_name} protocol: "
-            f"use one of {', '.join(outcome.test.per_user)}"
-        )
-    record = registry.register(engine, outcome, artifacts_dir=settings_now.artifacts_dir)
-    decision = None
-    if promote:
-        decision = registry.gate(
-            engine,
-            record.version,
-            outcome.test,
-            outcome.split,
-            outcome.snapshot.users,
-            outcome.snapshot.items,
-            metric=metric,
-            margin=margin,
-            actor=registry.actor("promotion gate (recsys train)"),
-        )
-    data = outcome.to_dict()
-    data.update(
-        version=record.version,
-        status=record.status,
-        artifact=record.artifact_path,
-        onnx_sha256=record.onnx_sha256,
-        parity=record.parity,
-        gate=None if decision is None else decision.to_dict(),
-        champion=registry.alias_version(engine, registry.CHAMPION),
+    check_gate_metric(outcome, metric)
+    registered = register_and_gate(
+        engine,
+        outcome,
+        artifacts_dir=settings_now.artifacts_dir,
+        actor=registry.actor("promotion gate (recsys train)"),
+        metric=metric,
+        margin=margin,
+        gate=promote,
     )
+    record, decision = registered.record, registered.decision
+    data = outcome.to_dict()
+    data.update(registered.to_dict())
     if as_json:
         emit(data, True)
         return
@@ -137,13 +122,14 @@ def evaluate_version(
     from recsys import registry
     from recsys.data.extract import extract
     from recsys.data.splits import split
+    from recsys.registry.promotion import evaluate_artifact
 
     engine = current_engine(migrated=True)
     artifact = registry.load_artifact(engine, version_ref(version))
     record = registry.get_version(engine, artifact.version)
     snapshot = extract(engine)
     data = split(snapshot, record.protocol or "loo")  # type: ignore[arg-type]
-    result = registry.evaluate_artifact(artifact, data, snapshot.users, snapshot.items)
+    result = evaluate_artifact(artifact, data, snapshot.users, snapshot.items)
     out = {
         "version": artifact.version,
         "family": artifact.family,
@@ -303,10 +289,10 @@ def models_sweep(
     """
     from datetime import timedelta
 
-    from recsys import registry
+    from recsys.registry.housekeeping import sweep
 
     settings = get_settings()
-    result = registry.sweep(
+    result = sweep(
         engine_of(settings), settings.artifacts_dir, older_than=timedelta(hours=older_than_hours)
     )
     rows, folders = len(result["left_pending_versions"]), result["left_partial_folders"]

@@ -2,7 +2,8 @@
 
 Row ``idx`` of a matrix describes user/item index ``idx``; row 0 is padding (all zero).
 Statistics (means, vocabularies) come from the catalogue; popularity counts training events
-only, never validation or test targets.
+only, never validation or test targets. ``SideInfo`` is what a model that reads side features
+is built with; this module never touches the database (``recsys.data.catalogue`` reads it).
 """
 
 from __future__ import annotations
@@ -16,13 +17,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from sqlalchemy import Engine
+from torch import Tensor
 
-from recsys.data.extract import IdMap
 from recsys.data.splits import TrainSet
-from recsys.db.queries import catalogue_attributes
 from recsys.errors import RecsysError
-from recsys.models.base import SideInfo
 
 TOP_OCCUPATIONS = 20
 TOP_GENRES = 30
@@ -30,6 +28,16 @@ TOP_GENRES = 30
 FloatArray = npt.NDArray[np.float32]
 # What recsys.db.queries.catalogue_attributes returns: {"users"|"items": {column: values}}.
 CatalogueAttributes = dict[str, dict[str, list[Any]]]
+
+
+@dataclass(frozen=True)
+class SideInfo:
+    """Dense side features, row ``idx`` for user/item index ``idx`` (row 0 is padding)."""
+
+    user_features: Tensor  # (num_users + 1, F_u) float32
+    item_features: Tensor  # (num_items + 1, F_i) float32
+    user_feature_names: tuple[str, ...] = ()
+    item_feature_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,11 +71,6 @@ class Catalogue:
             item_year=[_number(v) for v in items["year"]],
             item_price=[_number(v) for v in items["price"]],
         )
-
-
-def load_catalogue(engine: Engine, users: IdMap, items: IdMap) -> Catalogue:
-    """The catalogue of the users and items of a snapshot's id maps."""
-    return Catalogue.from_attributes(catalogue_attributes(engine, users, items))
 
 
 def side_info(

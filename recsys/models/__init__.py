@@ -8,9 +8,10 @@ import typing
 from dataclasses import dataclass, fields
 from typing import Any
 
+from recsys.data.features import SideInfo
 from recsys.errors import RecsysError
 from recsys.models import caser, ease, gru4rec, mlp, multvae, neumf, pop, sasrec
-from recsys.models.base import BatchKind, Recommender, SideInfo
+from recsys.models.base import BatchKind, Recommender
 
 
 @dataclass(frozen=True)

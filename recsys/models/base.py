@@ -37,16 +37,6 @@ class Query:
         return int(tensor.shape[0])
 
 
-@dataclass(frozen=True)
-class SideInfo:
-    """Dense side features, row ``idx`` for user/item index ``idx`` (row 0 is padding)."""
-
-    user_features: Tensor  # (num_users + 1, F_u) float32
-    item_features: Tensor  # (num_items + 1, F_i) float32
-    user_feature_names: tuple[str, ...] = ()
-    item_feature_names: tuple[str, ...] = ()
-
-
 class Recommender(nn.Module):
     """Base of every model; subclasses set the class attributes and implement the methods."""
 
@@ -57,6 +47,12 @@ class Recommender(nn.Module):
     # True when left padding does not change a history's scores (padding is masked out and
     # positions count from the most recent item): evaluation may then drop all-padding columns.
     padding_invariant: ClassVar[bool] = False
+    # True when the model reads user/item side features (``SideInfo``) at construction:
+    # training then builds them from the catalogue.
+    uses_side_features: ClassVar[bool] = False
+    # True for the popularity baseline itself, which the promotion gate cannot compare with
+    # popularity (an empty registry's first champion must beat popularity).
+    is_popularity_baseline: ClassVar[bool] = False
 
     def __init__(self, num_users: int, num_items: int) -> None:
         super().__init__()

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recsys.models.base import BatchKind, InputKind, Query, Recommender, SideInfo
+from recsys.data.features import SideInfo
+from recsys.models.base import BatchKind, InputKind, Query, Recommender
 from recsys.models.layers import (
     SEQUENCE_TRAIN_DEFAULTS,
     full_softmax_loss,

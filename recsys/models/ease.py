@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recsys.data.features import SideInfo
 from recsys.data.splits import TrainSet
-from recsys.models.base import BatchKind, InputKind, Query, Recommender, SideInfo
+from recsys.models.base import BatchKind, InputKind, Query, Recommender
 
 logger = logging.getLogger(__name__)
 

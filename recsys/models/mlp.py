@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recsys.models.base import BatchKind, InputKind, Query, Recommender, SideInfo
+from recsys.data.features import SideInfo
+from recsys.models.base import BatchKind, InputKind, Query, Recommender
 
 TRAIN_DEFAULTS: dict[str, float | int] = {
     "learning_rate": 1e-3,
@@ -67,6 +68,7 @@ class MLP(Recommender):
 
     input_kinds: ClassVar[tuple[InputKind, ...]] = ("user",)
     batch_kind: ClassVar[BatchKind] = "pairs"
+    uses_side_features: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recsys.models.base import BatchKind, InputKind, Query, Recommender, SideInfo
+from recsys.data.features import SideInfo
+from recsys.models.base import BatchKind, InputKind, Query, Recommender
 
 # The paper's code: Adam at 1e-3, batches of 500 users, no weight decay on the VAE.
 TRAIN_DEFAULTS: dict[str, float | int] = {

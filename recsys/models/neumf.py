@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recsys.models.base import BatchKind, InputKind, Query, Recommender, SideInfo
+from recsys.data.features import SideInfo
+from recsys.models.base import BatchKind, InputKind, Query, Recommender
 
 # The paper: Adam at 1e-3, batches of 256, four sampled negatives per positive.
 TRAIN_DEFAULTS: dict[str, float | int] = {

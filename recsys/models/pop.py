@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from recsys.data.features import SideInfo
 from recsys.data.splits import TrainSet
-from recsys.models.base import BatchKind, InputKind, Query, Recommender, SideInfo
+from recsys.models.base import BatchKind, InputKind, Query, Recommender
 
 # Counting needs no optimiser; the training loop only calls ``fit``.
 TRAIN_DEFAULTS: dict[str, float | int] = {}
@@ -33,6 +34,7 @@ class Pop(Recommender):
 
     input_kinds: ClassVar[tuple[InputKind, ...]] = ("history",)
     batch_kind: ClassVar[BatchKind] = "fit"
+    is_popularity_baseline: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -9,7 +9,8 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from recsys.models.base import BatchKind, InputKind, Query, Recommender, SideInfo
+from recsys.data.features import SideInfo
+from recsys.models.base import BatchKind, InputKind, Query, Recommender
 from recsys.models.layers import (
     SEQUENCE_TRAIN_DEFAULTS,
     TransformerBlock,

@@ -10,8 +10,9 @@ import pytest
 import torch
 from sqlalchemy import Engine
 
+from recsys.data.catalogue import load_catalogue
 from recsys.data.extract import IdMap, extract
-from recsys.data.features import Catalogue, load_catalogue, side_info
+from recsys.data.features import Catalogue, side_info
 from recsys.data.frames import ImportBatch
 from recsys.data.load import load_batch
 from recsys.data.splits import Ragged, TrainSet, leave_last_out

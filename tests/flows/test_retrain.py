@@ -23,7 +23,7 @@ def engine() -> Any:
 
 
 def test_retrain_tasks_run_as_plain_functions(flow_home: dict[str, str]) -> None:
-    snapshot = extract_task.fn(create_engine(flow_home["RECSYS_DATABASE_URL"]))
+    snapshot = extract_task.fn(engine())
     assert len(snapshot) == 5000
     assert quality_report_task.fn(snapshot).ok
 

@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from recsys.data.extract import IdMap, Snapshot, SnapshotDescriptor
+from recsys.data.features import SideInfo
 from recsys.data.splits import Split, leave_last_out
 from recsys.evaluation import evaluate
 from recsys.models import MODELS, build_model
-from recsys.models.base import Query, Recommender, SideInfo, torch_scorer
+from recsys.models.base import Query, Recommender, torch_scorer
 from recsys.training import TrainConfig, train
 
 GROUP_ITEMS = 10

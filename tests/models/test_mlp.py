@@ -11,9 +11,10 @@ import torch
 from torch import Tensor
 
 from recsys.data.batches import pair_batches
+from recsys.data.features import SideInfo
 from recsys.data.splits import Ragged, TrainSet
 from recsys.export import export_onnx
-from recsys.models.base import Query, SideInfo
+from recsys.models.base import Query
 from recsys.models.mlp import MLP, MLPConfig
 
 GROUP_USERS = 30

@@ -23,6 +23,7 @@ from recsys.db.engine import create_engine
 from recsys.db.migrate import upgrade
 from recsys.experiment import train_and_evaluate
 from recsys.models.sasrec import SASRecConfig
+from recsys.registry import registration
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Home:
             model_config=config,
             train_overrides={"max_epochs": 3, "threads": 1, "progress": False},
         )
-        version = registry.register(
+        version = registration.register(
             self.engine, outcome, artifacts_dir=self.path / "artifacts"
         ).version
         if promote:

@@ -1,4 +1,4 @@
-"""The BentoML service class in process, and the torch-free serving import path."""
+"""The BentoML service class in process, and a serving process without torch, pandas, pyarrow."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.security import HTTPAuthorizationCredentials
 
@@ -16,6 +18,13 @@ from recsys.keys import create_key
 from serving.api import ApiError
 from serving.schemas import FiltersIn, Recommendations, RecommendIn, SessionIn
 from serving.service import RecsysService
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import bentoml_serve
+
+ROOT = Path(__file__).resolve().parents[2]
+# What the prediction service must never load: the training and data-frame stacks.
+HEAVY = ("torch", "pandas", "pyarrow")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +59,7 @@ def test_service_class_answers_in_process_with_the_champion(
     assert refused.value.status == 401
 
 
-SERVE_WITHOUT_TORCH = """
+SERVE_LIGHT = """
 import json, sys
 from recsys.db.engine import create_engine
 import serving.service  # the module `bentoml serve` loads
@@ -58,7 +67,8 @@ from serving.scorer import Scorer
 scorer = Scorer(create_engine(sys.argv[1]))
 scorer.reload()
 out = scorer.recommend("u1", k=3, explain=True)
-print(json.dumps({"torch": "torch" in sys.modules, "version": out["model_version"]}))
+loaded = [name for name in sys.argv[2:] if name in sys.modules]
+print(json.dumps({"loaded": loaded, "version": out["model_version"]}))
 """
 
 
@@ -83,9 +93,9 @@ def test_service_concurrent_recommends_share_batches_and_keep_their_errors(
     assert isinstance(answers[-1], ApiError) and answers[-1].status == 401
 
 
-def test_serving_import_path_never_imports_torch(home: Any) -> None:
+def test_serving_import_path_never_imports_torch_pandas_or_pyarrow(home: Any) -> None:
     done = subprocess.run(
-        [sys.executable, "-c", SERVE_WITHOUT_TORCH, home.url],
+        [sys.executable, "-c", SERVE_LIGHT, home.url, *HEAVY],
         capture_output=True,
         text=True,
         timeout=120,
@@ -93,4 +103,36 @@ def test_serving_import_path_never_imports_torch(home: Any) -> None:
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report == {"torch": False, "version": home.champion}
+    assert report == {"loaded": [], "version": home.champion}
+
+
+def imported_modules(log: str) -> set[str]:
+    """The modules named by ``-X importtime`` lines: every import a process made, once each."""
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in log.splitlines()
+        if line.startswith("import time:") and line.count("|") == 2
+    }
+
+
+def test_bentoml_serve_answers_without_loading_torch_pandas_or_pyarrow(
+    home: Any, reader: HTTPAuthorizationCredentials, tmp_path: Path
+) -> None:
+    """The real server: with PYTHONPROFILEIMPORTTIME its processes (the server and its worker)
+    log each module as they import it, so the log holds what entered their ``sys.modules``,
+    including anything loaded while answering the request."""
+    env = {
+        **home.env,
+        "PYTHONPROFILEIMPORTTIME": "1",
+        "RECSYS_POLL_SECONDS": "3600",
+        "BENTOML_HOME": str(tmp_path / "bentoml"),
+    }
+    log = tmp_path / "serve.log"
+    auth = {"Authorization": f"Bearer {reader.credentials}"}
+    with bentoml_serve("serving.service:RecsysService", env, ROOT, log) as base:
+        answer = httpx.post(f"{base}/recommend", json={"user_id": "u1", "k": 3}, headers=auth)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model_version"] == home.champion
+    imported = imported_modules(log.read_text())
+    assert {"serving.scorer", "onnxruntime"} <= imported  # the log covers the serving worker
+    assert sorted({name.split(".")[0] for name in imported} & set(HEAVY)) == []

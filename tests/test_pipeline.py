@@ -1,0 +1,147 @@
+"""Train -> register -> gate (recsys.pipeline) and the retrain's steps (recsys.retrain),
+as plain functions on SQLite and PostgreSQL: no Prefect here (tests/flows runs the flow)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from recsys import registry, retrain
+from recsys.data.extract import extract
+from recsys.data.ingest import ingest
+from recsys.data.synthetic import SyntheticConfig, generate
+from recsys.data.validation import Finding, quality_report
+from recsys.errors import RecsysError
+from recsys.experiment import train_and_evaluate
+from recsys.pipeline import register_and_gate
+
+FAST = {"threads": 1, "progress": False}
+
+
+def populate(engine: Engine, tmp_path: Path) -> None:
+    batch = generate(SyntheticConfig(num_users=180, num_items=80, num_interactions=5000, seed=4))
+    ingest(engine, batch, tmp_path / "rejects")
+
+
+def test_register_and_gate_registers_then_gates_when_asked(engine: Engine, tmp_path: Path) -> None:
+    populate(engine, tmp_path)
+    arts = tmp_path / "artifacts"
+    ease = train_and_evaluate(engine, "ease", "loo", train_overrides=FAST)
+
+    alone = register_and_gate(engine, ease, artifacts_dir=arts, actor="test", gate=False)
+    assert alone.record.status == "ready" and alone.decision is None and alone.champion is None
+    assert registry.get_version(engine, alone.record.version).gate is None
+
+    gated = register_and_gate(
+        engine, ease, artifacts_dir=arts, actor=registry.actor("test"), flow_run_id="run-7"
+    )
+    assert gated.decision is not None and gated.decision.promoted, gated.decision
+    assert gated.decision.baseline == "popularity"
+    assert gated.champion == gated.record.version and gated.record.flow_run_id == "run-7"
+    out = gated.to_dict()
+    assert set(out) == {
+        "version",
+        "status",
+        "artifact",
+        "onnx_sha256",
+        "parity",
+        "gate",
+        "champion",
+    }
+    assert out["gate"]["promoted"] is True and out["champion"] == gated.record.version
+
+
+def test_register_and_gate_checks_the_metric_before_registering(
+    engine: Engine, tmp_path: Path
+) -> None:
+    populate(engine, tmp_path)
+    ease = train_and_evaluate(engine, "ease", "loo", train_overrides=FAST)
+    with pytest.raises(RecsysError, match="'nope@3' is not a per-user metric of the loo"):
+        register_and_gate(
+            engine, ease, artifacts_dir=tmp_path / "artifacts", actor="test", metric="nope@3"
+        )
+    assert registry.list_versions(engine, include_hidden=True) == []
+
+
+def test_retrain_steps_fail_skip_conclude_and_report(engine: Engine, tmp_path: Path) -> None:
+    populate(engine, tmp_path)
+    arts = tmp_path / "artifacts"
+    summary = retrain.begin(engine, "run-1")
+    assert (summary.status, summary.reason, summary.champion_before) == ("failed", "", None)
+    snapshot = extract(engine)
+    quality = quality_report(snapshot)
+
+    step = retrain.check_data(engine, summary, snapshot.descriptor, quality)
+    assert not step.ends and step.error is None
+    assert step.summary.snapshot == snapshot.descriptor.to_dict()
+    invalid = replace(quality, findings=[Finding("error", "few", "too few events")])
+    failed = retrain.check_data(engine, summary, snapshot.descriptor, invalid)
+    assert (
+        failed.ends and failed.error == failed.summary.reason == "validation failed: too few events"
+    )
+    assert failed.summary.status == "failed"
+
+    outcome = train_and_evaluate(engine, "ease", "loo", snapshot=snapshot, train_overrides=FAST)
+    actor = retrain.gate_actor("run-1")
+    record = register_and_gate(engine, outcome, artifacts_dir=arts, actor=actor, gate=False).record
+    exports = retrain.check_exports(engine, step.summary, [outcome], [record])
+    assert not exports.ends and [row["version"] for row in exports.summary.candidates] == [
+        record.version
+    ]
+    broken = replace(record, status="unservable", error="ONNX parity failed: drift")
+    unservable = retrain.check_exports(engine, step.summary, [outcome], [broken])
+    assert unservable.ends and unservable.summary.status == "failed"
+    assert unservable.error == (
+        f"export failed, nothing promoted: v{record.version} ease: ONNX parity failed: drift"
+    )
+    assert retrain.choose_candidate([outcome], [broken]) is None
+    assert retrain.choose_candidate([outcome], [record]) == 0
+
+    from recsys.pipeline import gate_candidate
+
+    decision = gate_candidate(engine, record.version, outcome, actor=actor)
+    final = retrain.conclude(engine, exports.summary, outcome, record, decision)
+    assert final.status == "promoted" and final.champion_after == record.version
+    assert final.reason == f"v{record.version} (ease) is the new champion"
+    assert final.gate == decision.to_dict()
+
+    unchanged = retrain.check_data(
+        engine, retrain.begin(engine, None), snapshot.descriptor, quality
+    )
+    assert unchanged.ends and unchanged.error is None and unchanged.summary.status == "skipped"
+    assert unchanged.summary.reason.startswith(f"no new data since champion v{record.version}")
+    assert unchanged.summary.champion_after == unchanged.summary.champion_before == record.version
+    forced = retrain.begin(engine, None)
+    assert not retrain.check_data(engine, forced, snapshot.descriptor, quality, force=True).ends
+
+    reported, report = retrain.write_report(final, quality, decision, home=tmp_path / "home")
+    path = tmp_path / "home" / "reports" / "retrain-run-1.md"
+    assert reported.report_path == str(path) and path.read_text() == report
+    assert (Path(record.artifact_path or "") / retrain.REPORT_FILE).read_text() == report
+    assert "# Retrain: promoted" in report and "## Gate decision" in report
+    assert set(reported.to_dict()) == {
+        "status",
+        "reason",
+        "snapshot",
+        "champion_before",
+        "champion_after",
+        "candidates",
+        "gate",
+        "flow_run_id",
+        "report_path",
+        "bento",
+        "service_reload",
+    }
+    local = retrain.report_path(tmp_path, None)
+    assert local == tmp_path / "reports" / "retrain-local.md"
+
+
+def test_model_names_default_and_refuse_unknown_families() -> None:
+    assert retrain.model_names(None) == list(retrain.DEFAULT_MODELS)
+    assert retrain.model_names(["ease"]) == ["ease"]
+    with pytest.raises(RecsysError, match="unknown model 'nope'"):
+        retrain.model_names(["ease", "nope"])
+    assert retrain.train_threads(3) >= 1
