@@ -195,6 +195,12 @@ class Artifact:
         return {user_id: idx for idx, user_id in enumerate(self.user_ids, start=1)}
 
     @cached_property
+    def popular_columns(self) -> Int64Array:
+        """Columns by training popularity, most popular first; equal counts in column order."""
+        order: Int64Array = np.argsort(-self.popularity, kind="stable").astype(np.int64)
+        return order
+
+    @cached_property
     def unit_vectors(self) -> FloatArray | None:
         """Item representations scaled to unit length, (I, D); None when the model has none."""
         vectors = np.load(self.folder / ITEM_VECTORS_FILE, allow_pickle=False)
@@ -279,7 +285,7 @@ class Artifact:
             feeds["user"] = np.ascontiguousarray(users, dtype=np.int64)
         return feeds
 
-    def history_indices(self, item_ids: list[str]) -> tuple[Int64Array, list[str]]:
+    def history_indices(self, item_ids: Sequence[str]) -> tuple[Int64Array, list[str]]:
         """Indices of the known items of a history (order kept) and the unknown ids."""
         index = self.item_index
         known = [index[i] for i in item_ids if i in index]

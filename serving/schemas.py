@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
 from recsys.ids import MAX_EVENT_TYPE_LENGTH, MAX_ID_LENGTH, forbidden_character, id_problem
-from serving.catalogue import Filters
+from recsys.ranking import Filters
 from serving.scorer import MAX_K, MAX_LIST, MAX_VALUE
 
 # The id rule of recsys.ids, said in the contract too (ASCII escapes, as JSON Schema reads them).

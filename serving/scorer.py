@@ -29,7 +29,8 @@ from recsys.db.events import Event, Recorded, missing_items, record_events
 from recsys.db.queries import user_histories, user_history
 from recsys.errors import RecsysError
 from recsys.ids import event_type_problem, id_problem
-from serving.catalogue import Catalogue, Filters
+from recsys.ranking import Filters
+from serving.catalogue import Catalogue
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from recsys.db.events import Event, record_events
 from recsys.db.migrate import upgrade
 from recsys.db.queries import user_history
 from recsys.db.schema import interactions_table, items_table
-from serving.catalogue import Filters
+from recsys.ranking import Filters
 from serving.scorer import NotFoundError, RecommendQuery, RequestError, Scorer
 
 
