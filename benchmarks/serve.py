@@ -75,6 +75,7 @@ SOURCES = (
     "serving/service.py",
     "serving/scorer.py",
     "recsys/artifacts.py",
+    "recsys/ranking.py",
     "benchmarks/serve_variants.py",
     "benchmarks/serve.py",
 )

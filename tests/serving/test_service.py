@@ -58,7 +58,7 @@ from serving.scorer import Scorer
 scorer = Scorer(create_engine(sys.argv[1]))
 scorer.reload()
 out = scorer.recommend("u1", k=3, explain=True)
-print(json.dumps({"torch": "torch" in sys.modules, "version": out["model_version"]}))
+print(json.dumps({"torch": "torch" in sys.modules, "version": out.model_version}))
 """
 
 
