@@ -25,7 +25,7 @@ from recsys.batch import batch_recommend, score_all
 from recsys.db.engine import create_engine
 
 TARGET_USERS_PER_SECOND = 5000
-SOURCES = ("recsys/batch.py", "recsys/artifacts.py", "benchmarks/batch.py")
+SOURCES = ("recsys/batch.py", "recsys/ranking.py", "recsys/artifacts.py", "benchmarks/batch.py")
 
 
 def main() -> None:

@@ -76,6 +76,7 @@ SOURCES = (
     "serving/service.py",
     "serving/scorer.py",
     "recsys/artifacts.py",
+    "recsys/ranking.py",
     "benchmarks/serve_variants.py",
     "benchmarks/serve.py",
 )

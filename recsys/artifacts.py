@@ -195,6 +195,12 @@ class Artifact:
         return {user_id: idx for idx, user_id in enumerate(self.user_ids, start=1)}
 
     @cached_property
+    def popular_columns(self) -> Int64Array:
+        """Columns by training popularity, most popular first; equal counts in column order."""
+        order: Int64Array = np.argsort(-self.popularity, kind="stable").astype(np.int64)
+        return order
+
+    @cached_property
     def unit_vectors(self) -> FloatArray | None:
         """Item representations scaled to unit length, (I, D); None when the model has none."""
         vectors = np.load(self.folder / ITEM_VECTORS_FILE, allow_pickle=False)
@@ -279,107 +285,9 @@ class Artifact:
             feeds["user"] = np.ascontiguousarray(users, dtype=np.int64)
         return feeds
 
-    def history_indices(self, item_ids: list[str]) -> tuple[Int64Array, list[str]]:
+    def history_indices(self, item_ids: Sequence[str]) -> tuple[Int64Array, list[str]]:
         """Indices of the known items of a history (order kept) and the unknown ids."""
         index = self.item_index
         known = [index[i] for i in item_ids if i in index]
         unknown = [i for i in item_ids if i not in index]
         return np.asarray(known, dtype=np.int64), unknown
-
-
-@dataclass(frozen=True)
-class Ranked:
-    """Top-k of one request: item ids best first, their scores, and the fallback used."""
-
-    item_ids: list[str]
-    scores: list[float]
-    fallback: str | None
-    unknown_items: list[str]
-
-
-def user_scores(
-    artifact: Artifact, known: Int64Array, user_id: str | None
-) -> tuple[FloatArray, str | None]:
-    """A writable (I,) score row for a user's known history, and the fallback used if any.
-
-    When the model has nothing personal to go on (a history model and no known item, a user
-    model and an unknown user) the training popularity answers, marked ``"popular"``.
-    """
-    scores, fallbacks = batch_user_scores(artifact, [known], [user_id])
-    return scores[0], fallbacks[0]
-
-
-def batch_user_scores(
-    artifact: Artifact, knowns: Sequence[Int64Array], user_ids: Sequence[str | None]
-) -> tuple[FloatArray, list[str | None]]:
-    """:func:`user_scores` for many requests: writable (B, I) rows from one run of the graph.
-
-    Histories are left-padded to the longest one (at most ``max_len``); rows with nothing
-    personal get the training popularity and the fallback ``"popular"``.
-    """
-    by_history = "history" in artifact.input_kinds
-    by_user = "user" in artifact.input_kinds
-    users = np.asarray(
-        [artifact.user_index.get(u, 0) if u is not None else 0 for u in user_ids], dtype=np.int64
-    )
-    personal = np.asarray(
-        [
-            (by_history and len(known) > 0) or (by_user and u > 0)
-            for known, u in zip(knowns, users, strict=True)
-        ],
-        dtype=bool,
-    )
-    scores = np.empty((len(knowns), artifact.num_items), dtype=np.float32)
-    scores[~personal] = artifact.popularity
-    rows = np.flatnonzero(personal)
-    if len(rows):
-        tails = [knowns[int(r)][-artifact.max_len :] for r in rows]
-        window = np.zeros((len(rows), max(1, max(len(t) for t in tails))), dtype=np.int64)
-        for n, tail in enumerate(tails):
-            window[n, window.shape[1] - len(tail) :] = tail
-        scores[rows] = artifact.score(window, users[rows])
-    return scores, [None if p else "popular" for p in personal]
-
-
-def top_columns(scores: FloatArray, k: int) -> Int64Array:
-    """Columns of the ``k`` best finite scores, best first (stable for ties)."""
-    k = min(k, len(scores))
-    if k <= 0:
-        return np.zeros(0, dtype=np.int64)
-    top = np.argpartition(-scores, k - 1)[:k]
-    top = top[np.argsort(-scores[top], kind="stable")]
-    # Excluded items score -inf and sort last: fewer than k finite scores leave a short list.
-    finite = np.isfinite(scores[top])
-    if not finite[-1]:
-        top = top[finite]
-    return top.astype(np.int64)
-
-
-def recommend(
-    artifact: Artifact,
-    history: list[str],
-    *,
-    user_id: str | None = None,
-    k: int = 10,
-    exclude_seen: bool = True,
-) -> Ranked:
-    """Top-``k`` items for a user (or an anonymous visitor) from their item history.
-
-    ``history`` is external item ids, oldest first. Items the model does not know are
-    reported and skipped. When the model has nothing personal to go on (a history model
-    and no known item, a user model and an unknown user) the training popularity answers,
-    marked ``fallback="popular"``. Seen items are excluded unless ``exclude_seen`` is false.
-    """
-    if k <= 0:
-        raise RecsysError(f"k must be positive, got {k}")
-    known, unknown = artifact.history_indices(history)
-    scores, fallback = user_scores(artifact, known, user_id)
-    if exclude_seen and len(known):
-        scores[known - 1] = -np.inf
-    top = top_columns(scores, k)
-    return Ranked(
-        item_ids=[artifact.item_ids[j] for j in top],
-        scores=[float(scores[j]) for j in top],
-        fallback=fallback,
-        unknown_items=unknown,
-    )

@@ -1,9 +1,10 @@
 """Batch scoring: top-k for every user through onnxruntime, stored in ``recommendations``.
 
 Histories come from one extracted snapshot, are translated into the artifact's indices and
-scored in batches; seen items are excluded; users the model cannot personalise get the
-training popularity. The new lists replace the previous batch in one transaction, so readers
-see either the old batch or the new one, never a mix. No torch import.
+ranked in batches by :func:`recsys.ranking.rank_rows`, under the rules of every ranking (seen
+items excluded, the training popularity for users the model cannot personalise). The new
+lists replace the previous batch in one transaction, so readers see either the old batch or
+the new one, never a mix. No torch import.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from recsys.artifacts import Artifact
 from recsys.data.extract import extract
 from recsys.data.splits import Ragged, left_padded
 from recsys.db.schema import recommendations_table
+from recsys.ranking import rank_rows
 
 logger = logging.getLogger(__name__)
 
@@ -68,36 +70,20 @@ def score_all(
     k = min(k, artifact.num_items)
     top = np.zeros((len(active), k), dtype=np.int64)
     best = np.zeros((len(active), k), dtype=np.float32)
-    popular = artifact.popularity.astype(np.float32)
     personalised = 0
     offsets = histories.offsets
-    num_items = artifact.num_items
-    popular_order = np.argsort(-popular, kind="stable")  # (I,) columns, most popular first
     for start in range(0, len(active), batch_size):
         which = active[start : start + batch_size].astype(np.int64)
-        users = user_art[start : start + batch_size]
         counts = offsets[which + 1] - offsets[which]
-        # Enough candidates that k remain after removing each row's seen items.
-        wanted = min(num_items, k + int(counts.max(initial=0)))
+        # Every row's whole history, row after row: the items to exclude as seen.
+        within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        seen = histories.values[np.repeat(offsets[which], counts) + within].astype(np.int64)
         history = left_padded(histories, which, artifact.max_len)  # (B, L)
-        values, columns = artifact.top(history, users, wanted)  # (B, W) best first
-        cold = counts == 0 if "history" in artifact.input_kinds else users == 0
-        if cold.any():
-            columns[cold] = popular_order[:wanted]
-            values[cold] = popular[popular_order[:wanted]]
-        personalised += int((~cold).sum())
-        # Seen items as flat row * I + column keys, compared with the candidates' keys.
-        rows = np.repeat(np.arange(len(which)), counts)
-        within = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-        seen = histories.values[np.repeat(offsets[which], counts) + within].astype(np.int64) - 1
-        keys = np.arange(len(which))[:, None] * num_items + columns  # (B, W)
-        hidden = np.isin(keys, rows * num_items + seen)
-        order = np.argsort(hidden, axis=1, kind="stable")[:, :k]  # unseen first, order kept
-        chosen = np.take_along_axis(columns, order, axis=1)
-        chosen_values = np.take_along_axis(values, order, axis=1)
-        chosen_values[np.take_along_axis(hidden, order, axis=1)] = -np.inf
-        top[start : start + len(which)] = chosen
-        best[start : start + len(which)] = chosen_values
+        users = user_art[start : start + batch_size]
+        columns, values, personal = rank_rows(artifact, history, users, counts, seen, k)
+        personalised += int(personal.sum())
+        top[start : start + len(which)] = columns
+        best[start : start + len(which)] = values
     return user_ids, top, best, personalised
 
 

@@ -1,9 +1,10 @@
-"""What the service knows of the catalogue: item filters, and item attributes aligned with a
-model's item columns, turned into boolean masks (with warnings for filters nothing matches)."""
+"""What the service knows of the catalogue: item attributes aligned with a model's item
+columns, turned into the soft filters' boolean masks (with warnings for filters nothing
+matches). :class:`recsys.ranking.Filters` says what the filters are."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -11,35 +12,9 @@ import numpy.typing as npt
 from sqlalchemy import Engine, select
 
 from recsys.db.schema import items_table
+from recsys.ranking import Filters
 
 FloatArray = npt.NDArray[np.float32]
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Item filters. Genre and attribute filters are soft (backfilled when too strict);
-    ``exclude_items`` is hard. ``attributes`` matches keys of the items' attributes JSON."""
-
-    include_genres: tuple[str, ...] = ()
-    exclude_genres: tuple[str, ...] = ()
-    exclude_items: tuple[str, ...] = ()
-    attributes: dict[str, Any] = field(default_factory=dict)
-    min_year: int | None = None
-    max_year: int | None = None
-    min_price: float | None = None
-    max_price: float | None = None
-
-    @property
-    def soft(self) -> bool:
-        return bool(
-            self.include_genres
-            or self.exclude_genres
-            or self.attributes
-            or any(
-                v is not None
-                for v in (self.min_year, self.max_year, self.min_price, self.max_price)
-            )
-        )
 
 
 @dataclass

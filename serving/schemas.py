@@ -1,5 +1,6 @@
 """Request and response models of the prediction API: closed objects, JSON types taken
-literally, and ids that follow :mod:`recsys.ids`; FastAPI derives the OpenAPI from them."""
+literally, and ids that follow :mod:`recsys.ids`; FastAPI derives the OpenAPI from them.
+Responses are read from the typed results of :mod:`recsys.ranking`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
 from recsys.ids import MAX_EVENT_TYPE_LENGTH, MAX_ID_LENGTH, forbidden_character, id_problem
-from serving.catalogue import Filters
+from recsys.ranking import Filters, ItemScores, Ranking
 from serving.scorer import MAX_K, MAX_LIST, MAX_VALUE
 
 # The id rule of recsys.ids, said in the contract too (ASCII escapes, as JSON Schema reads them).
@@ -189,6 +190,14 @@ class EventsIn(Closed):
 # Responses --------------------------------------------------------------------------------
 
 
+def _six_decimals(value: float) -> float:
+    return round(value, 6)
+
+
+# Ranking scores are answered to 6 decimals.
+Rounded = Annotated[float, AfterValidator(_six_decimals)]
+
+
 class Because(BaseModel):
     item_id: str
     title: str | None
@@ -198,7 +207,7 @@ class Because(BaseModel):
 class RecommendedItem(BaseModel):
     item_id: str
     title: str | None
-    score: float
+    score: Rounded
     matches_filters: bool
     because: list[Because] | None = None
 
@@ -214,11 +223,15 @@ class Recommendations(BaseModel):
     user_id: str | None = None
     known_user: bool | None = None
 
+    @classmethod
+    def of(cls, ranking: Ranking) -> Recommendations:
+        return cls.model_validate(ranking, from_attributes=True)
+
 
 class SimilarItem(BaseModel):
     item_id: str
     title: str | None
-    similarity: float
+    similarity: Rounded
     matches_filters: bool
 
 
@@ -229,6 +242,26 @@ class SimilarItems(BaseModel):
     backfilled: int
     items: list[SimilarItem]
     warnings: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, item_id: str, ranking: Ranking) -> SimilarItems:
+        """The items nearest ``item_id``: the ranking's scores are their similarities."""
+        return cls(
+            item_id=item_id,
+            model_version=ranking.model_version,
+            model_family=ranking.model_family,
+            backfilled=ranking.backfilled,
+            items=[
+                SimilarItem(
+                    item_id=item.item_id,
+                    title=item.title,
+                    similarity=item.score,
+                    matches_filters=item.matches_filters,
+                )
+                for item in ranking.items
+            ],
+            warnings=list(ranking.warnings),
+        )
 
 
 class ItemScore(BaseModel):
@@ -243,6 +276,10 @@ class Scores(BaseModel):
     fallback: str | None
     scores: list[ItemScore]
     unknown_items: list[str]
+
+    @classmethod
+    def of(cls, scores: ItemScores) -> Scores:
+        return cls.model_validate(scores, from_attributes=True)
 
 
 class EventsRecorded(BaseModel):

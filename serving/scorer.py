@@ -1,10 +1,11 @@
 """The scorer behind the prediction API: the champion's ONNX graph, live histories, filters.
 
 Everything a request needs that is not HTTP lives here: id maps, each user's history read
-from the live database (an event recorded a moment ago counts), exclusion of seen items,
-item-attribute filters with backfill, popularity for cold starts, explanations and similar
-items from the model's item representations, and the atomic swap to a new champion.
-Imports neither torch nor bentoml.
+from the live database (an event recorded a moment ago counts), the catalogue the filters
+read, similar items from the model's item representations, and the atomic swap to a new
+champion. The ranking itself (cold starts, seen and excluded items, filters with backfill,
+explanations) is :mod:`recsys.ranking`'s, the same as the CLI's and the batch's. Imports
+neither torch nor bentoml.
 """
 
 from __future__ import annotations
@@ -15,32 +16,29 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
-import numpy.typing as npt
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from recsys import registry
-from recsys.artifacts import ONNX_FILE, Artifact, batch_user_scores, top_columns, user_scores
+from recsys import ranking, registry
+from recsys.artifacts import ONNX_FILE, Artifact
 from recsys.config import DEFAULT_FUTURE_TOLERANCE_SECONDS
 from recsys.db.events import Event, Recorded, missing_items, record_events
 from recsys.db.queries import user_histories, user_history
 from recsys.errors import RecsysError
 from recsys.ids import event_type_problem, id_problem
-from serving.catalogue import Catalogue, Filters
+from recsys.ranking import Filters, ItemScores, Ranking
+from serving.catalogue import Catalogue
 
 logger = logging.getLogger(__name__)
 
 MAX_K = 1000
 MAX_LIST = 1000  # items in a session, a score request or an events call
 MAX_VALUE = 1e9  # event values are ratings, counts or prices; extraction keeps float32
-EXPLAIN_TOP = 3
-FloatArray = npt.NDArray[np.float32]
-IntArray = npt.NDArray[np.int64]
-NO_COLUMNS: IntArray = np.zeros(0, dtype=np.int64)
 T = TypeVar("T")
+Answer = Ranking | RecsysError | SQLAlchemyError
 
 
 class RequestError(RecsysError):
@@ -244,7 +242,7 @@ class Scorer:
         exclude_seen: bool = True,
         filters: Filters | None = None,
         explain: bool = False,
-    ) -> dict[str, Any]:
+    ) -> Ranking:
         (result,) = self.recommend_many(
             [RecommendQuery(user_id, k, exclude_seen, filters or Filters(), explain)]
         )
@@ -252,16 +250,14 @@ class Scorer:
             raise result
         return result
 
-    def recommend_many(
-        self, queries: Sequence[RecommendQuery]
-    ) -> list[dict[str, Any] | RecsysError | SQLAlchemyError]:
+    def recommend_many(self, queries: Sequence[RecommendQuery]) -> list[Answer]:
         """Answer several ``recommend`` requests together: one history query, one graph run.
 
         Each answer is what :meth:`recommend` returns for that query alone, or the
         :class:`RequestError` it would raise; all answers come from the same model version.
         """
         model = self.model
-        answers: list[dict[str, Any] | RecsysError | SQLAlchemyError] = []
+        answers: list[Answer | None] = []
         valid: list[int] = []
         for n, query in enumerate(queries):
             try:
@@ -269,47 +265,33 @@ class Scorer:
             except RequestError as exc:
                 answers.append(exc)
             else:
-                answers.append({})
+                answers.append(None)
                 valid.append(n)
-        if not valid:
-            return answers
-        histories = self._histories(queries, valid, answers)
-        valid = [n for n in valid if not isinstance(answers[n], BaseException)]
-        if not valid:
-            return answers
-        indexed = [
-            model.artifact.history_indices(histories.get(queries[n].user_id) or []) for n in valid
-        ]
-        knowns = [known for known, _ in indexed]
-        scores, fallbacks = batch_user_scores(
-            model.artifact, knowns, [queries[n].user_id for n in valid]
-        )
-        for row, n in enumerate(valid):
-            query = queries[n]
-            try:
-                ranked = self._finish(
-                    model,
-                    scores[row],
-                    fallbacks[row],
-                    knowns[row],
-                    indexed[row][1],
-                    query.k,
-                    query.exclude_seen,
-                    query.filters,
-                    query.explain,
+        histories = self._histories(queries, valid, answers) if valid else {}
+        valid = [n for n in valid if answers[n] is None]
+        if valid:
+            requests = [
+                ranking.Request(
+                    histories.get(queries[n].user_id) or [],
+                    user_id=queries[n].user_id,
+                    k=queries[n].k,
+                    exclude_seen=queries[n].exclude_seen,
+                    filters=queries[n].filters,
+                    explain=queries[n].explain,
+                    known_user=queries[n].user_id in histories,
                 )
-            except RequestError as exc:
-                answers[n] = exc
-            else:
-                known_user = query.user_id in histories
-                answers[n] = {"user_id": query.user_id, "known_user": known_user, **ranked}
-        return answers
+                for n in valid
+            ]
+            rankings = ranking.recommend_many(model.artifact, requests, catalogue=model.catalogue)
+            for n, ranked in zip(valid, rankings, strict=True):
+                answers[n] = ranked
+        return cast(list[Answer], answers)  # each query has its answer by now
 
     def _histories(
         self,
         queries: Sequence[RecommendQuery],
         valid: list[int],
-        answers: list[dict[str, Any] | RecsysError | SQLAlchemyError],
+        answers: list[Answer | None],
     ) -> dict[str, list[str]]:
         """Histories of the valid queries' users in one query; when that query fails, one
         query per user, so a request that breaks it fails alone (its answer is the error)."""
@@ -334,15 +316,24 @@ class Scorer:
         k: int = 10,
         filters: Filters | None = None,
         explain: bool = False,
-    ) -> dict[str, Any]:
+    ) -> Ranking:
         model = self.model
         _check_k(k)
         _check_list("item_ids", item_ids)
-        return self._rank(model, list(item_ids), None, k, True, filters or Filters(), explain)
+        return ranking.recommend(
+            model.artifact,
+            item_ids,
+            k=k,
+            filters=filters or Filters(),
+            explain=explain,
+            catalogue=model.catalogue,
+        )
 
     def similar_items(
         self, item_id: str, *, k: int = 10, filters: Filters | None = None
-    ) -> dict[str, Any]:
+    ) -> Ranking:
+        """The ``k`` items nearest ``item_id`` by cosine of the item representations; the
+        ranking's scores are those similarities."""
         model = self.model
         _check_k(k)
         artifact = model.artifact
@@ -355,45 +346,20 @@ class Scorer:
         if idx is None:
             raise NotFoundError("item_id", f"unknown item {item_id!r}")
         similarity = (unit @ unit[idx - 1]).astype(np.float32)  # (I,)
-        similarity[idx - 1] = -np.inf
-        hard = self._hard_exclusions(model, filters or Filters())
-        similarity[hard] = -np.inf
-        columns, matches, backfilled, warnings = self._select(
-            model, similarity, k, filters or Filters()
+        return ranking.rank_scores(
+            artifact,
+            similarity,
+            k,
+            excluded=np.asarray([idx - 1], dtype=np.int64),
+            filters=filters or Filters(),
+            catalogue=model.catalogue,
         )
-        return {
-            "item_id": item_id,
-            "model_version": model.version,
-            "model_family": model.family,
-            "backfilled": backfilled,
-            "items": [
-                {
-                    "item_id": artifact.item_ids[j],
-                    "title": model.catalogue.titles[j],
-                    "similarity": round(float(similarity[j]), 6),
-                    "matches_filters": m,
-                }
-                for j, m in zip(columns, matches, strict=True)
-            ],
-            "warnings": warnings,
-        }
 
-    def score(self, user_id: str, item_ids: Sequence[str]) -> dict[str, Any]:
+    def score(self, user_id: str, item_ids: Sequence[str]) -> ItemScores:
         model = self.model
         _check_list("item_ids", item_ids)
-        artifact = model.artifact
         history = _retry_on_disconnect(lambda: user_history(self.engine, user_id)) or []
-        scores, fallback, _, _ = self._scores(model, history, user_id)
-        known = [(i, artifact.item_index[i]) for i in item_ids if i in artifact.item_index]
-        unknown = [i for i in item_ids if i not in artifact.item_index]
-        return {
-            "user_id": user_id,
-            "model_version": model.version,
-            "model_family": model.family,
-            "fallback": fallback,
-            "scores": [{"item_id": i, "score": float(scores[idx - 1])} for i, idx in known],
-            "unknown_items": unknown,
-        }
+        return ranking.score_items(model.artifact, history, item_ids, user_id=user_id)
 
     def record_events(self, events: Sequence[Event]) -> Recorded:
         """Store events after the checks an import applies (ids, time range, value range).
@@ -444,123 +410,6 @@ class Scorer:
             "load_seconds": None if model is None else round(model.load_seconds, 3),
             "last_reload_error": self.last_reload_error,
         }
-
-    # Internals --------------------------------------------------------------------------
-
-    def _scores(
-        self, model: LoadedModel, history: list[str], user_id: str | None
-    ) -> tuple[FloatArray, str | None, IntArray, list[str]]:
-        """Scores (I,) for a history and user; popularity when nothing personal is known."""
-        known, unknown = model.artifact.history_indices(history)
-        scores, fallback = user_scores(model.artifact, known, user_id)
-        return scores, fallback, known, unknown
-
-    def _hard_exclusions(self, model: LoadedModel, filters: Filters) -> IntArray:
-        if not filters.exclude_items:
-            return NO_COLUMNS
-        index = model.artifact.item_index
-        return np.asarray(
-            [index[i] - 1 for i in filters.exclude_items if i in index], dtype=np.int64
-        )
-
-    def _select(
-        self, model: LoadedModel, scores: FloatArray, k: int, filters: Filters
-    ) -> tuple[list[int], list[bool], int, list[str]]:
-        """Top-k columns under the soft filters, backfilled from the best others if short;
-        also the filters' warnings."""
-        mask, warnings = model.catalogue.mask(filters)
-        if mask is None:
-            columns = top_columns(scores, k).tolist()
-            return columns, [True] * len(columns), 0, warnings
-        passing = np.where(mask, scores, -np.inf).astype(np.float32)
-        chosen = top_columns(passing, k).tolist()
-        backfill: list[int] = []
-        if len(chosen) < k:
-            others = np.where(mask, -np.inf, scores).astype(np.float32)
-            backfill = top_columns(others, k - len(chosen)).tolist()
-        matches = [True] * len(chosen) + [False] * len(backfill)
-        return chosen + backfill, matches, len(backfill), warnings
-
-    def _rank(
-        self,
-        model: LoadedModel,
-        history: list[str],
-        user_id: str | None,
-        k: int,
-        exclude_seen: bool,
-        filters: Filters,
-        explain: bool,
-    ) -> dict[str, Any]:
-        scores, fallback, known, unknown = self._scores(model, history, user_id)
-        return self._finish(
-            model, scores, fallback, known, unknown, k, exclude_seen, filters, explain
-        )
-
-    def _finish(
-        self,
-        model: LoadedModel,
-        scores: FloatArray,
-        fallback: str | None,
-        known: IntArray,
-        unknown: list[str],
-        k: int,
-        exclude_seen: bool,
-        filters: Filters,
-        explain: bool,
-    ) -> dict[str, Any]:
-        """A response from a writable score row: exclusions, filters, top-k, explanations."""
-        artifact = model.artifact
-        if exclude_seen and len(known):
-            scores[known - 1] = -np.inf
-        scores[self._hard_exclusions(model, filters)] = -np.inf
-        columns, matches, backfilled, warnings = self._select(model, scores, k, filters)
-        reasons = (
-            _explanations(artifact, columns, known, model.catalogue)
-            if explain
-            else [None] * len(columns)
-        )
-        items = []
-        for j, m, because in zip(columns, matches, reasons, strict=True):
-            row: dict[str, Any] = {
-                "item_id": artifact.item_ids[j],
-                "title": model.catalogue.titles[j],
-                "score": round(float(scores[j]), 6),
-                "matches_filters": m,
-            }
-            if explain:
-                row["because"] = because
-            items.append(row)
-        return {
-            "model_version": model.version,
-            "model_family": model.family,
-            "fallback": fallback,
-            "backfilled": backfilled,
-            "unknown_items": sorted(set(unknown)),
-            "items": items,
-            "warnings": warnings,
-        }
-
-
-def _explanations(
-    artifact: Artifact, columns: list[int], known: IntArray, catalogue: Catalogue
-) -> list[list[dict[str, Any]]]:
-    """For each recommended column, the history items most similar to it (cosine), top 3."""
-    unit = artifact.unit_vectors
-    if unit is None or len(known) == 0 or not columns:
-        return [[] for _ in columns]
-    history = np.unique(known[-artifact.max_len :]) - 1  # (H,) columns
-    similarity = unit[columns] @ unit[history].T  # (K, H)
-    top = min(EXPLAIN_TOP, len(history))
-    best = np.argsort(-similarity, axis=1, kind="stable")[:, :top]  # (K, top)
-    weights = np.take_along_axis(similarity, best, axis=1).astype(np.float64).round(4).tolist()
-    ids, titles = artifact.item_ids, catalogue.titles
-    return [
-        [
-            {"item_id": ids[c], "title": titles[c], "weight": w}
-            for c, w in zip(row_columns, row_weights, strict=True)
-        ]
-        for row_columns, row_weights in zip(history[best].tolist(), weights, strict=True)
-    ]
 
 
 def _retry_on_disconnect(read: Callable[[], T]) -> T:

@@ -25,6 +25,7 @@ from recsys.config import get_settings
 from recsys.db.engine import create_engine
 from recsys.db.events import Event
 from recsys.keys import ADMIN, EVENTS, READ, KeyRing
+from recsys.ranking import Ranking
 from serving.api import (
     BODY_ERRORS,
     Guard,
@@ -135,7 +136,7 @@ class RecsysService:
         )
         self.guard = Guard(KeyRing(engine, static=admin), settings)
         # Concurrent recommend requests share one history query and one ONNX run.
-        self._recommend_batcher: MicroBatcher[RecommendQuery, dict[str, Any]] = MicroBatcher(
+        self._recommend_batcher: MicroBatcher[RecommendQuery, Ranking] = MicroBatcher(
             self.scorer.recommend_many, max_batch=MAX_BATCH, on_batch=BATCH_SIZE.observe
         )
         if settings.model_source == "bento":
@@ -193,7 +194,7 @@ class RecsysService:
                 filters_of(request.filters),
                 request.explain,
             )
-            result = Recommendations(**await self._recommend_batcher.submit(query))
+            result = Recommendations.of(await self._recommend_batcher.submit(query))
         return _count("recommend", result)
 
     @app.post(
@@ -205,8 +206,8 @@ class RecsysService:
         """Top-k for an anonymous visitor from the items they viewed (most recent last)."""
         with answered_as_api_errors():
             self.guard.check(key, READ)
-            result = Recommendations(
-                **self.scorer.recommend_session(
+            result = Recommendations.of(
+                self.scorer.recommend_session(
                     request.item_ids,
                     k=request.k,
                     filters=filters_of(request.filters),
@@ -224,10 +225,11 @@ class RecsysService:
         """The k items closest to ``item_id`` in the model's item representations."""
         with answered_as_api_errors():
             self.guard.check(key, READ)
-            result = SimilarItems(
-                **self.scorer.similar_items(
+            result = SimilarItems.of(
+                request.item_id,
+                self.scorer.similar_items(
                     request.item_id, k=request.k, filters=filters_of(request.filters)
-                )
+                ),
             )
         return _count("similar_items", result)
 
@@ -236,7 +238,7 @@ class RecsysService:
         """Scores of the given items for a user (for re-ranking by a caller)."""
         with answered_as_api_errors():
             self.guard.check(key, READ)
-            result = Scores(**self.scorer.score(request.user_id, request.item_ids))
+            result = Scores.of(self.scorer.score(request.user_id, request.item_ids))
         return _count("score", result)
 
     @app.post(

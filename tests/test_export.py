@@ -15,7 +15,6 @@ from recsys.artifacts import (
     ONNX_FILE,
     Artifact,
     ArtifactIntegrityError,
-    recommend,
 )
 from recsys.data.extract import extract
 from recsys.data.ingest import ingest
@@ -34,6 +33,7 @@ from recsys.export import (
 )
 from recsys.models import MODELS
 from recsys.models.base import torch_scorer
+from recsys.ranking import recommend
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,7 @@ def test_recommend_excludes_history_and_falls_back_to_popularity(
     ranked = recommend(artifact, [*history, "no-such-item"], k=10)
     assert ranked.fallback is None and len(ranked.item_ids) == 10
     assert not set(ranked.item_ids) & set(history)
-    assert ranked.unknown_items == ["no-such-item"]
+    assert ranked.unknown_items == ("no-such-item",)
     assert ranked.scores == sorted(ranked.scores, reverse=True)
 
     cold = recommend(artifact, ["no-such-item"], k=3)

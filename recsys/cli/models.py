@@ -330,18 +330,26 @@ def recommend(
 ) -> None:
     """Top-k for a user from the champion's ONNX graph (onnxruntime) and their live history."""
     from recsys import registry
-    from recsys.artifacts import recommend as rank
     from recsys.db.queries import item_titles, user_history
+    from recsys.ranking import recommend as rank
 
     engine = current_engine()
     artifact = registry.load_artifact(engine, version_ref(version))
     history = user_history(engine, user_id)
-    ranked = rank(artifact, history or [], user_id=user_id, k=k, exclude_seen=not include_seen)
+    ranked = rank(
+        artifact,
+        history or [],
+        user_id=user_id,
+        k=k,
+        exclude_seen=not include_seen,
+        known_user=history is not None,
+    )
     titles = item_titles(engine, ranked.item_ids)
     items = [
         {"rank": n, "item_id": item, "title": titles.get(item), "score": round(score, 6)}
         for n, (item, score) in enumerate(zip(ranked.item_ids, ranked.scores, strict=True), 1)
     ]
+    unknown = sum(item not in artifact.item_index for item in history or [])
     data = {
         "user_id": user_id,
         "known_user": history is not None,
@@ -349,13 +357,8 @@ def recommend(
         "model": artifact.family,
         "version": artifact.version,
         "fallback": ranked.fallback,
-        "unknown_history_items": len(ranked.unknown_items),
-        "items": [
-            {"rank": n, "item_id": item, "title": titles.get(item), "score": round(score, 6)}
-            for n, (item, score) in enumerate(
-                zip(ranked.item_ids, ranked.scores, strict=True), start=1
-            )
-        ],
+        "unknown_history_items": unknown,
+        "items": items,
     }
     if as_json:
         emit(data, True)

@@ -14,10 +14,10 @@ from flows.batch import batch_recommend_flow
 from flows.ingest import ingest_flow, rejects_report
 from flows.retrain import retrain_flow
 from recsys import registry
-from recsys.artifacts import recommend
 from recsys.db.engine import create_engine
 from recsys.db.queries import user_history
 from recsys.db.schema import recommendations_table
+from recsys.ranking import recommend
 
 
 def test_ingest_flow_counts_rejects_and_retries_a_transient_error(

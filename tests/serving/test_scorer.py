@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from recsys.db.events import Event, record_events
 from recsys.db.migrate import upgrade
 from recsys.db.queries import user_history
 from recsys.db.schema import interactions_table, items_table
-from serving.catalogue import Filters
+from recsys.ranking import Filters, Ranking
 from serving.scorer import NotFoundError, RecommendQuery, RequestError, Scorer
 
 
@@ -33,25 +34,25 @@ def test_scorer_recommend_excludes_the_live_history_and_names_the_version(
     scorer: Scorer, home: Any
 ) -> None:
     out = scorer.recommend("u5", k=10)
-    assert out["model_version"] == home.champion and out["model_family"] == "sasrec"
-    assert out["fallback"] is None and out["known_user"] is True
+    assert out.model_version == home.champion and out.model_family == "sasrec"
+    assert out.fallback is None and out.known_user is True
     seen = set(user_history(home.engine, "u5") or [])
-    ids = [row["item_id"] for row in out["items"]]
+    ids = [row.item_id for row in out.items]
     assert len(ids) == 10 and not set(ids) & seen
-    scores = [row["score"] for row in out["items"]]
+    scores = [row.score for row in out.items]
     assert scores == sorted(scores, reverse=True)
-    assert all(row["title"] == f"Item {row['item_id'][1:]}" for row in out["items"])
+    assert all(row.title == f"Item {row.item_id[1:]}" for row in out.items)
 
     with_seen = scorer.recommend("u5", k=90, exclude_seen=False)
-    assert {row["item_id"] for row in with_seen["items"]} & seen
+    assert {row.item_id for row in with_seen.items} & seen
 
 
 def test_scorer_an_event_changes_the_next_recommendation(scorer: Scorer) -> None:
-    before = {r["item_id"]: r["score"] for r in scorer.recommend("u7", k=10)["items"]}
+    before = {r.item_id: r.score for r in scorer.recommend("u7", k=10).items}
     first = next(iter(before))
     recorded = scorer.record_events([Event("u7", first, "purchase")])
     assert recorded.inserted == 1
-    after = {r["item_id"]: r["score"] for r in scorer.recommend("u7", k=10)["items"]}
+    after = {r.item_id: r.score for r in scorer.recommend("u7", k=10).items}
     assert first not in after  # seen now, so excluded
     common = set(before) & set(after)
     # The sequence model read the new event: the remaining items were scored afresh.
@@ -60,12 +61,12 @@ def test_scorer_an_event_changes_the_next_recommendation(scorer: Scorer) -> None
 
 def test_scorer_cold_start_popularity_respects_filters(scorer: Scorer) -> None:
     out = scorer.recommend("never-seen-user", k=5, filters=Filters(include_genres=("Drama",)))
-    assert out["known_user"] is False and out["fallback"] == "popular"
-    assert all(row["matches_filters"] for row in out["items"])
+    assert out.known_user is False and out.fallback == "popular"
+    assert all(row.matches_filters for row in out.items)
     model = scorer.model
     drama = model.catalogue.genres["Drama"]
-    for row in out["items"]:
-        assert drama[model.artifact.item_index[row["item_id"]] - 1]
+    for row in out.items:
+        assert drama[model.artifact.item_index[row.item_id] - 1]
 
 
 def test_scorer_a_user_created_after_training_gets_personalised_results(
@@ -76,8 +77,8 @@ def test_scorer_a_user_created_after_training_gets_personalised_results(
         [Event("brand-new", item, occurred_at_ms=n) for n, item in enumerate(items)]
     )
     out = scorer.recommend("brand-new", k=5)
-    assert out["known_user"] is True and out["fallback"] is None
-    assert not {row["item_id"] for row in out["items"]} & set(items)
+    assert out.known_user is True and out.fallback is None
+    assert not {row.item_id for row in out.items} & set(items)
 
 
 def test_scorer_filters_backfill_when_too_strict_and_say_so(scorer: Scorer) -> None:
@@ -86,12 +87,12 @@ def test_scorer_filters_backfill_when_too_strict_and_say_so(scorer: Scorer) -> N
     count = int(catalogue.genres[rare].sum())
     k = count + 5
     out = scorer.recommend("u9", k=k, exclude_seen=False, filters=Filters(include_genres=(rare,)))
-    assert len(out["items"]) == k and out["backfilled"] == 5
-    assert [row["matches_filters"] for row in out["items"]] == [True] * count + [False] * 5
+    assert len(out.items) == k and out.backfilled == 5
+    assert [row.matches_filters for row in out.items] == [True] * count + [False] * 5
 
-    excluded = [row["item_id"] for row in scorer.recommend("u9", k=3)["items"]]
+    excluded = [row.item_id for row in scorer.recommend("u9", k=3).items]
     out = scorer.recommend("u9", k=3, filters=Filters(exclude_items=tuple(excluded)))
-    assert not {row["item_id"] for row in out["items"]} & set(excluded)
+    assert not {row.item_id for row in out.items} & set(excluded)
 
 
 @pytest.mark.parametrize(
@@ -106,42 +107,42 @@ def test_scorer_filters_nothing_matches_are_warned_about_and_backfilled(
     scorer: Scorer, filters: Filters, field: str
 ) -> None:
     out = scorer.recommend("u1", k=5, filters=filters)
-    assert [w.split(":")[0] for w in out["warnings"]] == [field]
-    assert len(out["items"]) == 5
+    assert [w.split(":")[0] for w in out.warnings] == [field]
+    assert len(out.items) == 5
     if field != "filters.exclude_genres":  # excluding an unknown genre excludes nothing
-        assert out["backfilled"] == 5 and not any(r["matches_filters"] for r in out["items"])
+        assert out.backfilled == 5 and not any(r.matches_filters for r in out.items)
 
 
 def test_scorer_explanations_name_history_items_with_weights(scorer: Scorer, home: Any) -> None:
     history = set(user_history(home.engine, "u11") or [])
     out = scorer.recommend("u11", k=5, explain=True)
-    for row in out["items"]:
-        because = row["because"]
+    for row in out.items:
+        because = row.because
         assert 1 <= len(because) <= 3
-        assert {b["item_id"] for b in because} <= history
-        weights = [b["weight"] for b in because]
+        assert {b.item_id for b in because} <= history
+        weights = [b.weight for b in because]
         assert weights == sorted(weights, reverse=True) and all(-1 <= w <= 1 for w in weights)
 
 
 def test_scorer_session_similar_items_and_scores(scorer: Scorer) -> None:
     ids = scorer.model.artifact.item_ids
     session = scorer.recommend_session([ids[0], ids[1], "not-an-item"], k=4)
-    assert session["fallback"] is None and session["unknown_items"] == ["not-an-item"]
-    assert not {row["item_id"] for row in session["items"]} & {ids[0], ids[1]}
+    assert session.fallback is None and session.unknown_items == ("not-an-item",)
+    assert not {row.item_id for row in session.items} & {ids[0], ids[1]}
 
     similar = scorer.similar_items(ids[2], k=5)
-    assert len(similar["items"]) == 5 and ids[2] not in {r["item_id"] for r in similar["items"]}
-    sims = [r["similarity"] for r in similar["items"]]
+    assert len(similar.items) == 5 and ids[2] not in {r.item_id for r in similar.items}
+    sims = [r.score for r in similar.items]
     assert sims == sorted(sims, reverse=True)
     with pytest.raises(NotFoundError):
         scorer.similar_items("not-an-item")
 
     scored = scorer.score("u3", [ids[4], ids[5], "not-an-item"])
-    assert [s["item_id"] for s in scored["scores"]] == [ids[4], ids[5]]
-    assert scored["unknown_items"] == ["not-an-item"]
+    assert [s.item_id for s in scored.scores] == [ids[4], ids[5]]
+    assert scored.unknown_items == ("not-an-item",)
     full = scorer.recommend("u3", k=90, exclude_seen=False)
-    by_id = {row["item_id"]: row["score"] for row in full["items"]}
-    assert scored["scores"][0]["score"] == pytest.approx(by_id[ids[4]], abs=1e-5)
+    by_id = {row.item_id: row.score for row in full.items}
+    assert scored.scores[0].score == pytest.approx(by_id[ids[4]], abs=1e-5)
 
 
 def test_scorer_rejects_bad_sizes(scorer: Scorer) -> None:
@@ -200,7 +201,7 @@ def test_scorer_swaps_to_a_new_champion_and_keeps_serving_when_one_fails_to_load
     outcome = scorer.reload()
     assert outcome["changed"] is False and outcome["failed"] == broken
     assert "does not match its recorded sha256" in outcome["error"]
-    assert scorer.model.version == old and scorer.recommend("u1")["model_version"] == old
+    assert scorer.model.version == old and scorer.recommend("u1").model_version == old
     error = scorer.info()["last_reload_error"]
     assert error and str(folder) not in error and "/" not in error  # no paths leak
     assert "Error:" not in error  # nor exception class names
@@ -208,7 +209,7 @@ def test_scorer_swaps_to_a_new_champion_and_keeps_serving_when_one_fails_to_load
     good = home.register("sasrec")
     registry.promote(home.engine, good, actor="tests", reason="the fix")
     assert scorer.reload() == {"changed": True, "version": good, "previous": old}
-    assert scorer.recommend("u1")["model_version"] == good
+    assert scorer.recommend("u1").model_version == good
     assert scorer.info()["last_reload_error"] is None
     registry.promote(home.engine, home.champion, actor="tests", reason="restore")
 
@@ -245,8 +246,8 @@ def _without_float_noise(answer: Any) -> Any:
     """Scores from a padded batch may differ from a lone run in the last float bits."""
     if isinstance(answer, RequestError):
         return ("error", str(answer))
-    items = [{**row, "score": round(row["score"], 4)} for row in answer["items"]]
-    return {**answer, "items": items}
+    items = tuple(row._replace(score=round(row.score, 4)) for row in answer.items)
+    return dataclasses.replace(answer, items=items)
 
 
 @pytest.mark.parametrize("family", ["sasrec", "neumf"])
@@ -282,8 +283,8 @@ def test_scorer_recommend_many_answers_each_query_as_recommend_alone(
             alone = exc
         assert _without_float_noise(answer) == _without_float_noise(alone), query
     assert isinstance(together[3], RequestError) and together[3].field == "k"
-    assert together[2]["fallback"] == "popular" and together[2]["known_user"] is False
-    assert together[0]["fallback"] is None and together[0]["model_version"] == version
+    assert together[2].fallback == "popular" and together[2].known_user is False
+    assert together[0].fallback is None and together[0].model_version == version
 
 
 @pytest.mark.postgres
@@ -301,9 +302,9 @@ def test_scorer_a_query_that_breaks_the_shared_history_query_fails_alone(
         queries = [RecommendQuery("u1", k=3), RecommendQuery("a\x00b", k=3), RecommendQuery("u2")]
         first, broken, last = scorer.recommend_many(queries)
         assert isinstance(broken, DBAPIError)
-        assert isinstance(first, dict) and first["known_user"] is True
-        assert isinstance(last, dict) and len(last["items"]) == 10
-        assert "i1" not in {r["item_id"] for r in first["items"]}  # its history was read
+        assert isinstance(first, Ranking) and first.known_user is True
+        assert isinstance(last, Ranking) and len(last.items) == 10
+        assert "i1" not in {r.item_id for r in first.items}  # its history was read
     finally:
         engine.dispose()
 
@@ -319,7 +320,7 @@ def test_scorer_reads_again_when_its_connection_was_killed(
         record_events(engine, [Event("u1", "i1")])
         scorer = Scorer(engine)
         scorer.serve_artifact(registry.load_artifact(home.engine, home.champion))
-        assert scorer.recommend("u1")["known_user"] is True  # a pooled connection now exists
+        assert scorer.recommend("u1").known_user is True  # a pooled connection now exists
         database = engine.url.database
         with engine.connect() as conn:
             own = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
@@ -334,7 +335,7 @@ def test_scorer_reads_again_when_its_connection_was_killed(
             ).scalar_one()
         admin.dispose()
         assert killed == 1
-        assert scorer.recommend("u1")["known_user"] is True
-        assert scorer.score("u1", ["i2"])["user_id"] == "u1"
+        assert scorer.recommend("u1").known_user is True
+        assert scorer.score("u1", ["i2"]).user_id == "u1"
     finally:
         engine.dispose()

@@ -68,7 +68,7 @@ scorer = Scorer(create_engine(sys.argv[1]))
 scorer.reload()
 out = scorer.recommend("u1", k=3, explain=True)
 loaded = [name for name in sys.argv[2:] if name in sys.modules]
-print(json.dumps({"loaded": loaded, "version": out["model_version"]}))
+print(json.dumps({"loaded": loaded, "version": out.model_version}))
 """
 
 
