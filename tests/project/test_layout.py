@@ -41,3 +41,16 @@ def test_layout_cli_modules_stay_small() -> None:
     }
     assert {"__init__.py", "output.py", "runner.py", "demo.py"} <= set(sizes)
     assert max(sizes.values()) <= CLI_MODULE_MAX_LINES, sizes
+
+
+def test_layout_tests_mirror_the_tree() -> None:
+    """tests/<part>/<pkg>/test_x.py sits beside a <part>/<pkg>/ of the project itself."""
+    tests = ROOT / "tests"
+    misplaced = []
+    for path in sorted(tests.rglob("test_*.py")):
+        folder = path.parent.relative_to(tests)
+        if folder.parts[:1] == ("project",):
+            continue
+        if not folder.parts or not (ROOT / folder).is_dir():
+            misplaced.append(str(path.relative_to(ROOT)))
+    assert misplaced == []

@@ -25,7 +25,7 @@ from recsys.models.base import InputKind, Query
 from recsys.models.pop import Pop, PopConfig
 from recsys.registry import housekeeping, promotion, registration
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 FAST = {"threads": 1, "progress": False}
 
 

@@ -13,7 +13,7 @@ import pytest
 
 import recsys
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_packages_import_and_console_script_is_installed() -> None:

@@ -15,7 +15,7 @@ from recsys.data.synthetic import SyntheticConfig, generate
 from recsys.db.engine import create_engine
 from recsys.db.migrate import upgrade
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from peer_split import evaluate_lists, export_split
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import recsys
 from recsys.models import MODELS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = Path(recsys.__file__).parent
 
 

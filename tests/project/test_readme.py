@@ -35,7 +35,7 @@ import httpx
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 README = REPO_ROOT / "README.md"
 PRODUCTION_HEADING = "In production"
 # Commands .ci/run runs itself (the test suite cannot run itself or the demo inside it).
