@@ -156,7 +156,7 @@ def load_in_chunks(url: str, batch: ImportBatch, chunk_rows: int) -> float:
 def measure_throughput(backend: str, batch: ImportBatch) -> dict[str, Any]:
     rows = len(batch.interactions)
     with scratch_database(backend) as url:
-        upgrade(url)
+        upgrade(create_engine(url))
         engine = create_engine(url)
         try:
             load_s = load_batch(engine, batch).seconds
@@ -185,7 +185,7 @@ def measure_throughput(backend: str, batch: ImportBatch) -> dict[str, Any]:
 def measure_memory(backend: str, batch: ImportBatch, chunk_rows: int) -> dict[str, Any]:
     rows = len(batch.interactions)
     with scratch_database(backend) as url:
-        upgrade(url)
+        upgrade(create_engine(url))
         load_s = load_in_chunks(url, batch, chunk_rows)
         print("  extracting in a fresh child process ...", flush=True)
         child = subprocess.run(

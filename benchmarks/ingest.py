@@ -56,7 +56,7 @@ def measure(backend: str, batch: ImportBatch) -> dict[str, Any]:
     """Migrate a fresh database, then time the first load and the re-import of ``batch``."""
     rows = len(batch.interactions)
     with scratch_database(backend) as url:
-        upgrade(url)
+        upgrade(create_engine(url))
         engine = create_engine(url)
         try:
             started = time.perf_counter()
@@ -137,7 +137,7 @@ def main() -> None:
     notes = [
         *skipped,
         f"Synthetic data: {config}; generated in {generate_s:.1f}s (not timed below).",
-        "Seconds are wall time around `load_batch(engine, batch)` after `upgrade(url)` on a "
+        "Seconds are wall time around `load_batch(engine, batch)` after `upgrade(engine)` on a "
         "freshly created database; rows/s = interactions in the batch / seconds.",
         "PASS needs both loads at the target, every row inserted by the first load and none "
         "by the re-import.",

@@ -142,7 +142,7 @@ def load_snapshot(dataset: str, data_root: Path, scratch: Path) -> Snapshot:
     from recsys.db.migrate import upgrade
 
     url = f"sqlite:///{scratch / 'recsys.db'}"
-    upgrade(url)
+    upgrade(create_engine(url))
     engine = create_engine(url)
     path = data_root / DATASETS[dataset]
     batch = import_movielens(path) if dataset == "ml-100k" else import_sequences(path)

@@ -90,7 +90,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="recsys_quality_") as home:
         url = f"sqlite:///{Path(home) / 'recsys.db'}"
-        upgrade(url)
+        upgrade(create_engine(url))
         engine = create_engine(url)
         loaded = ingest(engine, importer(path), Path(home) / "rejects")
         engine.dispose()

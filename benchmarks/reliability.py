@@ -928,7 +928,7 @@ def check_import(
     ]
     template = scratch / "template.db"
     (scratch / "dbs").mkdir()
-    upgrade(f"sqlite:///{template}")
+    upgrade(create_engine(f"sqlite:///{template}"))
     create_engine(f"sqlite:///{template}").dispose()
     with sqlite3.connect(template) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -946,7 +946,7 @@ def check_import(
     pg_template = None
     if databases is not None:
         pg_template = f"{DB_PREFIX}_tmpl"
-        upgrade(databases.create(pg_template))
+        upgrade(create_engine(databases.create(pg_template)))
     outcomes: list[dict[str, Any]] = []
     started = time.monotonic()
     for n, (backend, file) in enumerate(targets):

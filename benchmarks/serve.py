@@ -293,7 +293,7 @@ def prepare_home(home: Path, url: str, args: argparse.Namespace) -> dict[str, An
     """Make sure ``home`` has a servable SASRec champion; return how it was made."""
     wanted = "synthetic" if args.synthetic else "amazon-toys"
     home.mkdir(parents=True, exist_ok=True)
-    upgrade(url)
+    upgrade(create_engine(url))
     engine = create_engine(url)
     marker_path = home / HOME_MARKER
     try:

@@ -30,7 +30,9 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    engine = create_engine(_url(), poolclass=pool.NullPool)
+    # recsys.db.migrate hands over the caller's engine; the `alembic` command builds one.
+    given = config.attributes.get("engine")
+    engine = given if given is not None else create_engine(_url(), poolclass=pool.NullPool)
     with engine.connect() as connection:
         context.configure(
             connection=connection,
@@ -41,7 +43,8 @@ def run_migrations_online() -> None:
         )
         with context.begin_transaction():
             context.run_migrations()
-    engine.dispose()
+    if given is None:
+        engine.dispose()
 
 
 if context.is_offline_mode():

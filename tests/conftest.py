@@ -92,7 +92,7 @@ def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def database_url(empty_database_url: str) -> str:
     """A migrated database URL on each backend."""
-    upgrade(empty_database_url)
+    upgrade(create_engine(empty_database_url))
     return empty_database_url
 
 

@@ -45,8 +45,9 @@ def db_upgrade(
     from recsys.db.migrate import current_revision, upgrade
 
     settings = get_settings()
-    before = current_revision(settings.database_url)
-    after = upgrade(settings.database_url, revision)
+    engine = engine_of(settings)
+    before = current_revision(engine)
+    after = upgrade(engine, revision)
     data = {"database": safe_url(settings.database_url), "from": before, "to": after}
     emit(data, as_json)
 
@@ -60,7 +61,7 @@ def db_current(as_json: JsonOption = False) -> None:
     settings = get_settings()
     data = {
         "database": safe_url(settings.database_url),
-        "current": current_revision(settings.database_url),
+        "current": current_revision(engine_of(settings)),
         "head": head_revision(),
     }
     emit(data, as_json)

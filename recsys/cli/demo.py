@@ -37,7 +37,7 @@ def demo(
     settings = get_settings()
     started = time.perf_counter()
     typer.echo(f"recsys demo: home {settings.home}, database {safe_url(settings.database_url)}")
-    revision = upgrade(settings.database_url)
+    revision = upgrade(engine_of(settings))
     typer.echo(f"1. migrated the database to schema revision {revision}")
     engine = engine_of(settings)
     if data is not None:

@@ -1,4 +1,4 @@
-"""Apply and inspect the Alembic migrations in ``migrations/`` for a database URL."""
+"""Apply and inspect the Alembic migrations in ``migrations/`` on a database's engine."""
 
 from __future__ import annotations
 
@@ -10,51 +10,45 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-from recsys.db.engine import create_engine, normalize_url
 from recsys.errors import SchemaNotReadyError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+ENGINE_ATTRIBUTE = "engine"  # migrations/env.py migrates the engine it finds here
 
 
-def alembic_config(url: str) -> Config:
-    """An Alembic config pointing at this project's migrations and ``url``."""
+def alembic_config(engine: Engine | None = None) -> Config:
+    """An Alembic config pointing at this project's migrations and, when given, ``engine``."""
     if not (MIGRATIONS_DIR / "env.py").exists():
         raise SchemaNotReadyError(f"migrations folder not found at {MIGRATIONS_DIR}")
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    # ConfigParser interpolation treats '%' specially (URL-encoded passwords contain it).
-    config.set_main_option("sqlalchemy.url", normalize_url(url).replace("%", "%%"))
+    if engine is not None:
+        config.attributes[ENGINE_ATTRIBUTE] = engine
     return config
 
 
-def upgrade(url: str, revision: str = "head") -> str | None:
-    """Migrate ``url`` to ``revision``; returns the revision the database is at afterwards."""
-    create_engine(url).dispose()  # creates the SQLite file's folder if needed
-    command.upgrade(alembic_config(url), revision)
-    return current_revision(url)
+def upgrade(engine: Engine, revision: str = "head") -> str | None:
+    """Migrate ``engine``'s database to ``revision``; returns the revision it is at afterwards."""
+    command.upgrade(alembic_config(engine), revision)
+    return current_revision(engine)
 
 
-def downgrade(url: str, revision: str = "base") -> None:
-    command.downgrade(alembic_config(url), revision)
+def downgrade(engine: Engine, revision: str = "base") -> None:
+    command.downgrade(alembic_config(engine), revision)
 
 
 def head_revision() -> str | None:
-    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
-def current_revision(url: str) -> str | None:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
-    finally:
-        engine.dispose()
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
 
 
 def require_current(engine: Engine) -> None:
     """Fail with the command to run when the database is not at the latest migration."""
-    with engine.connect() as connection:
-        current = MigrationContext.configure(connection).get_current_revision()
+    current = current_revision(engine)
     head = head_revision()
     if current != head:
         raise SchemaNotReadyError(

@@ -23,7 +23,7 @@ from peer_split import evaluate_lists, export_split
 def snapshot(tmp_path_factory: pytest.TempPathFactory) -> Snapshot:
     folder = tmp_path_factory.mktemp("peers")
     url = f"sqlite:///{folder / 'recsys.db'}"
-    upgrade(url)
+    upgrade(create_engine(url))
     batch = generate(SyntheticConfig(num_users=120, num_items=60, num_interactions=3000, seed=8))
     ingest(create_engine(url), batch, folder / "rejects")
     return extract(create_engine(url))

@@ -26,7 +26,7 @@ def make_flow_home(
 ) -> dict[str, str]:
     """A migrated SQLite home with synthetic events; returns its environment."""
     url = f"sqlite:///{path / 'recsys.db'}"
-    upgrade(url)
+    upgrade(create_engine(url))
     engine = create_engine(url)
     batch = generate(
         SyntheticConfig(num_users=users, num_items=items, num_interactions=events, seed=2)

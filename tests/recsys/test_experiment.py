@@ -42,7 +42,7 @@ def ml100k(
     path = shared_dataset("ml-100k")
     home = tmp_path_factory.mktemp("quality")
     url = f"sqlite:///{home / 'recsys.db'}"
-    upgrade(url)
+    upgrade(create_engine(url))
     engine = create_engine(url)
     ingest(engine, import_movielens(path), home / "rejects")
     engine.dispose()

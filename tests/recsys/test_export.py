@@ -41,7 +41,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A small synthetic database every model trains on for one or two epochs."""
     folder = tmp_path_factory.mktemp("export")
     url = f"sqlite:///{folder / 'recsys.db'}"
-    upgrade(url)
+    upgrade(create_engine(url))
     engine = create_engine(url)
     batch = generate(SyntheticConfig(num_users=160, num_items=70, num_interactions=4000, seed=11))
     ingest(engine, batch, folder / "rejects")

@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import Engine, select
 
 from recsys.config import Settings
+from recsys.db.engine import create_engine
 from recsys.db.migrate import upgrade
 from recsys.db.schema import api_keys_table
 from recsys.keys import (
@@ -89,7 +90,7 @@ def test_keys_guard_open_reads_still_need_keys_to_write(engine: Engine, read_aut
 def test_keys_cli_create_list_revoke(tmp_path: Path) -> None:
     """The commands over the functions tested above on both databases; SQLite is enough."""
     url = f"sqlite:///{tmp_path / 'recsys.db'}"
-    upgrade(url)
+    upgrade(create_engine(url))
     recsys_env = {**os.environ, "RECSYS_HOME": str(tmp_path / "home"), "RECSYS_DATABASE_URL": url}
     recsys = str(Path(sys.executable).with_name("recsys"))
 

@@ -56,7 +56,7 @@ class Home:
 
 def make_home(path: Path) -> Home:
     url = f"sqlite:///{path / 'recsys.db'}"
-    upgrade(url)
+    upgrade(create_engine(url))
     engine = create_engine(url)
     batch = generate(SyntheticConfig(num_users=200, num_items=90, num_interactions=6000, seed=3))
     ingest(engine, batch, path / "rejects")

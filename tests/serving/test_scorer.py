@@ -293,7 +293,7 @@ def test_scorer_a_query_that_breaks_the_shared_history_query_fails_alone(
 ) -> None:
     """Regression: on PostgreSQL a NUL in one user id raised a driver error for the shared
     history query, failing every request batched with it."""
-    upgrade(fresh_postgres_url)
+    upgrade(create_engine(fresh_postgres_url))
     engine = create_engine(fresh_postgres_url)
     try:
         record_events(engine, [Event("u1", "i1"), Event("u2", "i2")])
@@ -314,7 +314,7 @@ def test_scorer_reads_again_when_its_connection_was_killed(
     home: Any, fresh_postgres_url: str
 ) -> None:
     """A backend killed under a pooled connection (a restart, a failover) costs no request."""
-    upgrade(fresh_postgres_url)
+    upgrade(create_engine(fresh_postgres_url))
     engine = sa_create_engine(fresh_postgres_url.replace("postgresql://", "postgresql+psycopg://"))
     try:
         record_events(engine, [Event("u1", "i1")])

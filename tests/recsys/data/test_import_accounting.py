@@ -178,7 +178,7 @@ def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fresh]:
     engines: list[Engine] = []
     if request.param == "sqlite":
         template = tmp_path / "template.db"
-        upgrade(f"sqlite:///{template}")
+        upgrade(create_engine(f"sqlite:///{template}"))
         counter = itertools.count()
 
         def fresh_sqlite() -> Engine:
@@ -192,7 +192,7 @@ def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fresh]:
         yield fresh_sqlite
     else:
         url = request.getfixturevalue("fresh_postgres_url")
-        upgrade(url)
+        upgrade(create_engine(url))
         engines.append(create_engine(url))
 
         def fresh_postgres() -> Engine:
