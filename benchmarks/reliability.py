@@ -928,8 +928,9 @@ def check_import(
     ]
     template = scratch / "template.db"
     (scratch / "dbs").mkdir()
-    upgrade(create_engine(f"sqlite:///{template}"))
-    create_engine(f"sqlite:///{template}").dispose()
+    migrated = create_engine(f"sqlite:///{template}")
+    upgrade(migrated)
+    migrated.dispose()
     with sqlite3.connect(template) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     targets: list[tuple[str, CorruptFile]] = [("sqlite", f) for f in files]

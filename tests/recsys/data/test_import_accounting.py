@@ -178,7 +178,9 @@ def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fresh]:
     engines: list[Engine] = []
     if request.param == "sqlite":
         template = tmp_path / "template.db"
-        upgrade(create_engine(f"sqlite:///{template}"))
+        migrated = create_engine(f"sqlite:///{template}")
+        upgrade(migrated)
+        migrated.dispose()  # closing checkpoints the WAL into the file the examples copy
         counter = itertools.count()
 
         def fresh_sqlite() -> Engine:
