@@ -235,6 +235,23 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class SourceWatermark(Base):
+    """How far ``recsys sources sync`` has read a source: the watermark column's last value.
+
+    ``value`` is the column's value as text and ``value_type`` how to read it back (int,
+    float, decimal, datetime, date or text); a row moves only after the rows up to it are
+    stored, so a crash in between makes the next sync re-read rows that are already stored.
+    """
+
+    __tablename__ = "source_watermarks"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    column_name: Mapped[str] = mapped_column(String(255))
+    value: Mapped[str] = mapped_column(Text)
+    value_type: Mapped[str] = mapped_column(String(16))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 # Core-level handles for bulk statements (the ORM classes type ``__table__`` loosely).
 users_table = cast(Table, User.__table__)
 items_table = cast(Table, Item.__table__)
@@ -246,3 +263,4 @@ alias_events_table = cast(Table, AliasEvent.__table__)
 recommendations_table = cast(Table, Recommendation.__table__)
 locks_table = cast(Table, Lock.__table__)
 api_keys_table = cast(Table, ApiKey.__table__)
+source_watermarks_table = cast(Table, SourceWatermark.__table__)

@@ -29,6 +29,7 @@ TABLES = {
     "recommendations",
     "locks",
     "api_keys",
+    "source_watermarks",
 }
 
 
