@@ -58,6 +58,13 @@ class Settings(BaseSettings):
         default="",
         json_schema_extra=_doc("SQLAlchemy URL of the store", "`sqlite:///$RECSYS_HOME/recsys.db`"),
     )
+    sources_file: Path = Field(
+        default=Path("recsys.toml"),
+        json_schema_extra=_doc(
+            "the database sources: a TOML file, or a folder of one TOML file per source",
+            "`./recsys.toml`",
+        ),
+    )
     threads: int | None = Field(
         default=None,
         ge=1,
@@ -136,7 +143,7 @@ class Settings(BaseSettings):
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("home", mode="after")
+    @field_validator("home", "sources_file", mode="after")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
