@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from recsys.data.frames import ImportBatch
+from recsys.data.frames import ImportBatch, Reject
 from recsys.data.load import LoadResult, load_batch
 from recsys.db.migrate import require_current
 from recsys.errors import RejectedRowsError
@@ -28,14 +28,26 @@ def write_rejects(batch: ImportBatch, folder: Path) -> Path | None:
     rejects = batch.all_rejects
     if not rejects:
         return None
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    path = folder / f"{batch.kind}-{stamp}-{uuid.uuid4().hex[:6]}.csv"
-    with path.open("w", newline="", encoding="utf-8", errors="backslashreplace") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file", "line", "reason", "raw"])
-        writer.writerows((r.file, r.line, r.reason, r.raw) for r in rejects)
+    path = rejects_path(folder, batch.kind)
+    append_rejects(path, rejects)
     return path
+
+
+def rejects_path(folder: Path, name: str) -> Path:
+    """A new rejects file in ``folder`` named after ``name`` and the time."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    return folder / f"{name}-{stamp}-{uuid.uuid4().hex[:6]}.csv"
+
+
+def append_rejects(path: Path, rejects: list[Reject]) -> None:
+    """Add rows to a rejects file (file, line, reason, raw), with the header when it is new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with path.open("a", newline="", encoding="utf-8", errors="backslashreplace") as handle:
+        writer = csv.writer(handle)
+        if new:
+            writer.writerow(["file", "line", "reason", "raw"])
+        writer.writerows((r.file, r.line, r.reason, r.raw) for r in rejects)
 
 
 def ingest(

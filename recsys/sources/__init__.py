@@ -1,0 +1,1 @@
+"""Application databases as sources of events, items and users (``recsys sources``)."""

@@ -1,0 +1,215 @@
+"""Rows of a source mapped to an :class:`ImportBatch` through the file importers' builders.
+
+Events go through :func:`recsys.data.readers.build_events` and items and users through
+:func:`recsys.data.readers.build_catalogue`, so a row is checked and rejected for the same
+reasons as a line of a file. A reject names the source as its file, the row's position in
+this read as its line, and the row's mapped columns as JSON as its raw text.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+
+from recsys.data.frames import ImportBatch, empty_items, empty_users
+from recsys.data.readers import build_catalogue, build_events
+from recsys.db.schema import items_table, users_table
+from recsys.sources.config import ItemColumns, SourceConfig, UserColumns
+from recsys.sources.reader import Chunk
+
+KIND = "source"
+_TRUE = frozenset({"1", "t", "true", "y", "yes", "on"})
+_FALSE = frozenset({"0", "f", "false", "n", "no", "off"})
+
+
+def map_chunk(source: SourceConfig, chunk: Chunk) -> ImportBatch:
+    """The batch one chunk of rows becomes (nothing is written)."""
+    frame = pd.DataFrame(chunk.rows, columns=list(chunk.columns), dtype=object)
+    lines = np.arange(chunk.first_row, chunk.first_row + len(frame), dtype=np.int64)
+    used = list(dict.fromkeys(source.mapping.used().values()))
+    raw = [
+        json.dumps(dict(zip(used, row, strict=True)), default=str)
+        for row in frame[used].itertuples(index=False, name=None)
+    ]
+    if source.events is not None:
+        spec = source.events
+        events, rejects = build_events(
+            file=source.name,
+            users=frame[spec.user],
+            items=frame[spec.item],
+            times=time_texts(frame[spec.time], ZoneInfo(spec.time_zone)),
+            values=frame[spec.value] if spec.value else None,
+            event_types=frame[spec.event_type_column]
+            if spec.event_type_column
+            else spec.event_type,
+            lines=lines,
+            raw=raw,
+            time_unit=spec.time_unit,
+        )
+        return ImportBatch(
+            kind=KIND,
+            source=source.name,
+            interactions=events,
+            rejects=rejects,
+            rows_read=len(frame),
+        )
+    if source.items is not None:
+        items, rejects = build_catalogue(
+            item_frame(frame, source.items),
+            items_table,
+            "item_id",
+            file=source.name,
+            lines=lines.tolist(),
+            raw=raw,
+        )
+        return ImportBatch(
+            kind=KIND,
+            source=source.name,
+            items=items,
+            users=empty_users(),
+            catalogue_rejects=rejects,
+        )
+    assert source.users is not None
+    users, rejects = build_catalogue(
+        user_frame(frame, source.users),
+        users_table,
+        "user_id",
+        file=source.name,
+        lines=lines.tolist(),
+        raw=raw,
+    )
+    return ImportBatch(
+        kind=KIND, source=source.name, users=users, items=empty_items(), catalogue_rejects=rejects
+    )
+
+
+def time_texts(values: pd.Series, zone: ZoneInfo) -> pd.Series:
+    """Times as text :func:`build_events` reads: ISO 8601 with an offset, or epoch numbers.
+
+    A time without an offset (a ``DATETIME`` column, or ISO text from SQLite) is read in
+    ``zone``; anything else is left as text for the builder to judge.
+    """
+    return pd.Series([_time_text(v, zone) for v in values], dtype=object)
+
+
+def _time_text(value: Any, zone: ZoneInfo) -> Any:
+    if value is None or isinstance(value, int | float | Decimal):
+        return value
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            return value
+    if isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime.combine(value, time())
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=zone)
+        return value.isoformat()
+    return str(value)
+
+
+def item_frame(frame: pd.DataFrame, spec: ItemColumns) -> pd.DataFrame:
+    out: dict[str, Any] = {"item_id": frame[spec.id].tolist()}
+    out["title"] = _column(frame, spec.title, _text)
+    out["genres"] = (
+        [_genres(v, spec.genres_separator) for v in frame[spec.genres]] if spec.genres else None
+    )
+    out["year"] = _column(frame, spec.year, _integer)
+    out["price"] = _column(frame, spec.price, _number)
+    available = _column(frame, spec.available, _flag)
+    out["attributes"] = _attributes(frame, spec.attributes, available)
+    return pd.DataFrame(out)
+
+
+def user_frame(frame: pd.DataFrame, spec: UserColumns) -> pd.DataFrame:
+    out: dict[str, Any] = {"user_id": frame[spec.id].tolist()}
+    out["age"] = _column(frame, spec.age, _integer)
+    out["gender"] = _column(frame, spec.gender, _text)
+    out["occupation"] = _column(frame, spec.occupation, _text)
+    out["zip_code"] = _column(frame, spec.zip_code, _text)
+    out["attributes"] = _attributes(frame, spec.attributes, None)
+    return pd.DataFrame(out)
+
+
+def _column(frame: pd.DataFrame, name: str | None, convert: Any) -> list[Any] | None:
+    return None if name is None else [convert(v) for v in frame[name]]
+
+
+def _attributes(
+    frame: pd.DataFrame, names: tuple[str, ...], available: list[Any] | None
+) -> list[dict[str, Any] | None] | None:
+    if not names and available is None:
+        return None
+    columns = [frame[n].tolist() for n in names]
+    rows: list[dict[str, Any] | None] = []
+    for i in range(len(frame)):
+        found = {
+            n: _json_value(c[i]) for n, c in zip(names, columns, strict=True) if c[i] is not None
+        }
+        if available is not None and available[i] is not None:
+            found["available"] = available[i]
+        rows.append(found or None)
+    return rows
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or value == ""
+
+
+def _text(value: Any) -> str | None:
+    return None if _missing(value) else str(value)
+
+
+def _integer(value: Any) -> int | None:
+    if _missing(value):
+        return None
+    try:
+        return int(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _number(value: Any) -> float | None:
+    if _missing(value):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _flag(value: Any) -> bool | None:
+    if _missing(value):
+        return None
+    if isinstance(value, bool | int | float | Decimal):
+        return bool(value)
+    text = str(value).strip().lower()
+    return True if text in _TRUE else False if text in _FALSE else None
+
+
+def _genres(value: Any, separator: str) -> list[str] | None:
+    if _missing(value):
+        return None
+    if isinstance(value, list | tuple):
+        return [str(v) for v in value]
+    found = [g.strip() for g in str(value).split(separator) if g.strip()]
+    return found or None
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="backslashreplace")
+    return str(value)

@@ -1,0 +1,151 @@
+"""Reading a source's database: its engine, its columns, and its rows past a watermark in chunks.
+
+Every source gets its own engine without a pool (a sync opens one connection and closes it).
+Rows are read ``WHERE watermark > low ORDER BY watermark`` and cut into chunks that never
+split rows sharing one watermark value, so a chunk's last value is a safe place to resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from recsys.sources.config import SourceConfig, SourceError
+
+EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Rows of one chunk as tuples in ``columns`` order; ``first_row`` numbers them (from 1)."""
+
+    columns: tuple[str, ...]
+    rows: list[tuple[Any, ...]]
+    first_row: int
+    last_watermark: Any
+
+
+def source_engine(source: SourceConfig, env: dict[str, str] | None = None) -> Engine:
+    """An engine on the source's database (``${VAR}`` read now), or one line saying why not."""
+    url = source.connect_url(env)
+    try:
+        return sa.create_engine(url, poolclass=NullPool)
+    except (ImportError, NoSuchModuleError) as exc:
+        backend = sa.engine.make_url(url).get_backend_name()
+        extra = EXTRAS.get(backend)
+        hint = f" (pip install 'recsys[{extra}]')" if extra else ""
+        raise SourceError(
+            f"source {source.name}: no driver for {source.shown_url}{hint}: {_first_line(exc)}"
+        ) from None
+    except ArgumentError as exc:
+        raise SourceError(f"source {source.name}: bad url: {_first_line(exc)}") from None
+
+
+def connect(source: SourceConfig, engine: Engine) -> Connection:
+    try:
+        return engine.connect()
+    except DBAPIError as exc:
+        raise SourceError(
+            f"source {source.name}: cannot connect to {source.shown_url}: {_reason(exc)}"
+        ) from None
+
+
+def from_clause(source: SourceConfig, engine: Engine) -> str:
+    """What follows FROM: the quoted table, or the query as a derived table."""
+    if source.table is not None:
+        quote = engine.dialect.identifier_preparer.quote
+        return ".".join(quote(part) for part in source.table.split("."))
+    assert source.query is not None
+    return f"({source.query.strip().rstrip(';')}) AS recsys_source"
+
+
+def found_columns(source: SourceConfig, conn: Connection) -> tuple[str, ...]:
+    """The columns the table or query yields; a missing mapped column is one line naming it."""
+    stmt = _select_all(source, conn.engine)
+    columns = tuple(_run(source, conn, stmt.limit(0)).keys())
+    for use, name in source.columns().items():
+        if name not in columns:
+            raise SourceError(
+                f"source {source.name}: no column {name!r} for {use}; "
+                f"columns are {', '.join(columns)}"
+            )
+    return columns
+
+
+def read_chunks(
+    source: SourceConfig, conn: Connection, low: Any, *, limit: int | None = None
+) -> Iterator[Chunk]:
+    """Rows past ``low`` (all when None) in watermark order, ``chunk_rows`` at a time."""
+    engine = conn.engine
+    stmt = _select_all(source, engine)
+    if source.watermark is not None:
+        column: sa.ColumnElement[Any] = sa.literal_column(
+            engine.dialect.identifier_preparer.quote(source.watermark)
+        )
+        stmt = stmt.where(column.is_not(None))
+        if low is not None:
+            stmt = stmt.where(column > sa.bindparam("low", low))
+        stmt = stmt.order_by(column)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    size = min(source.chunk_rows, limit) if limit else source.chunk_rows
+    result = _run(source, conn.execution_options(stream_results=True, yield_per=size), stmt)
+    columns = tuple(result.keys())
+    at = columns.index(source.watermark) if source.watermark is not None else None
+    pending: list[tuple[Any, ...]] = []
+    first = 1
+    while True:
+        try:
+            fetched = result.fetchmany(size)
+        except SQLAlchemyError as exc:
+            raise SourceError(f"source {source.name}: reading failed: {_reason(exc)}") from None
+        if not fetched:
+            break
+        pending.extend(tuple(r) for r in fetched)
+        if len(fetched) < size:
+            break
+        cut = len(pending) if at is None else _last_group_start(pending, at)
+        if cut == 0:
+            continue
+        yield Chunk(columns, pending[:cut], first, pending[cut - 1][at] if at is not None else None)
+        first += cut
+        pending = pending[cut:]
+    if pending:
+        yield Chunk(columns, pending, first, pending[-1][at] if at is not None else None)
+
+
+def _select_all(source: SourceConfig, engine: Engine) -> sa.Select[Any]:
+    star: sa.ColumnElement[Any] = sa.literal_column("*")
+    return sa.select(star).select_from(sa.text(from_clause(source, engine)))
+
+
+def _last_group_start(rows: Sequence[tuple[Any, ...]], at: int) -> int:
+    """Where the run of rows sharing the last row's watermark value starts."""
+    last = rows[-1][at]
+    cut = len(rows)
+    while cut > 0 and rows[cut - 1][at] == last:
+        cut -= 1
+    return cut
+
+
+def _run(source: SourceConfig, conn: Connection, stmt: sa.Select[Any]) -> sa.CursorResult[Any]:
+    try:
+        return conn.execute(stmt)
+    except SQLAlchemyError as exc:
+        raise SourceError(f"source {source.name}: the query failed: {_reason(exc)}") from None
+
+
+def _reason(exc: Exception) -> str:
+    orig = getattr(exc, "orig", None)
+    return _first_line(orig if orig is not None else exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,233 @@
+"""``check`` a source against its live database and ``sync`` its new rows into the store.
+
+A sync reads the rows past the source's watermark (less its look-back) in chunks; each chunk
+is mapped and loaded like a file import (one transaction, stored rows skipped), and only then
+does the watermark move, in a transaction of its own. A crash between the two makes the next
+sync re-read that chunk, whose rows are then counted as already stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from recsys.data.ingest import append_rejects, rejects_path
+from recsys.data.load import load_batch
+from recsys.db.migrate import require_current
+from recsys.db.schema import items_table, users_table
+from recsys.sources.config import SourceConfig, SourceConfigError
+from recsys.sources.mapping import map_chunk
+from recsys.sources.reader import connect, found_columns, read_chunks, source_engine
+from recsys.sources.watermarks import (
+    encode,
+    later,
+    lower_bound,
+    read_watermark,
+    write_watermark,
+)
+
+logger = logging.getLogger(__name__)
+
+# Called with the chunk's number after its rows are committed, before the watermark moves.
+AfterLoad = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class SourceCheck:
+    """What ``check`` found: the columns, and how a sample of the rows maps."""
+
+    name: str
+    kind: str
+    url: str
+    columns: tuple[str, ...]
+    mapped: dict[str, str]
+    sample_rows: int
+    sample_mapped: int
+    sample_rejected: int
+    rejects_by_reason: dict[str, int]
+    watermark: str | None
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "source": self.name,
+            "kind": self.kind,
+            "url": self.url,
+            "columns": ", ".join(self.columns),
+            "mapped": self.mapped,
+            "sample_rows": self.sample_rows,
+            "sample_mapped": self.sample_mapped,
+            "sample_rejected": self.sample_rejected,
+            "rejects_by_reason": self.rejects_by_reason,
+            "watermark": self.watermark,
+        }
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What one sync of one source did; every row read is inserted, already stored or rejected.
+
+    For item and user sources, ``rows_inserted`` counts new ids and ``rows_already_stored``
+    ids the store had (their attributes refreshed).
+    """
+
+    name: str
+    kind: str
+    rows_read: int
+    rows_inserted: int
+    rows_already_stored: int
+    rows_rejected: int
+    rejects_by_reason: dict[str, int]
+    rejects_file: str | None
+    watermark_before: str | None
+    watermark: str | None
+    chunks: int
+    seconds: float
+    import_ids: list[int] = field(default_factory=list)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "source": self.name,
+            "kind": self.kind,
+            "rows_read": self.rows_read,
+            "rows_inserted": self.rows_inserted,
+            "rows_already_stored": self.rows_already_stored,
+            "rows_rejected": self.rows_rejected,
+            "rejects_by_reason": self.rejects_by_reason,
+            "rejects_file": self.rejects_file,
+            "watermark_before": self.watermark_before,
+            "watermark": self.watermark,
+            "chunks": self.chunks,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def select_sources(
+    sources: Mapping[str, SourceConfig], name: str | None = None
+) -> list[SourceConfig]:
+    """Every source, or the one named (an unknown name is one line listing the known ones)."""
+    if name is None:
+        return list(sources.values())
+    if name not in sources:
+        raise SourceConfigError(f"no source named {name!r}; sources are {', '.join(sources)}")
+    return [sources[name]]
+
+
+def check_source(
+    source: SourceConfig, store: Engine | None = None, env: dict[str, str] | None = None
+) -> SourceCheck:
+    """Connect, find the columns, and map a sample of the rows (reading past the watermark)."""
+    engine = source_engine(source, env)
+    try:
+        with connect(source, engine) as conn:
+            columns = found_columns(source, conn)
+            chunks = list(read_chunks(source, conn, None, limit=source.sample_rows))
+    finally:
+        engine.dispose()
+    read = mapped = 0
+    reasons: Counter[str] = Counter()
+    for chunk in chunks:
+        batch = map_chunk(source, chunk)
+        rejects = batch.all_rejects
+        read += len(chunk.rows)
+        mapped += len(chunk.rows) - len(rejects)
+        reasons.update(r.reason for r in rejects)
+    stored = None
+    if store is not None and source.watermark is not None:
+        value = read_watermark(store, source.name, source.watermark)
+        stored = None if value is None else encode(value)[0]
+    return SourceCheck(
+        name=source.name,
+        kind=source.kind,
+        url=source.shown_url,
+        columns=columns,
+        mapped=source.columns(),
+        sample_rows=read,
+        sample_mapped=mapped,
+        sample_rejected=read - mapped,
+        rejects_by_reason=dict(sorted(reasons.items())),
+        watermark=stored,
+    )
+
+
+def sync_source(
+    store: Engine,
+    source: SourceConfig,
+    rejects_dir: Path,
+    *,
+    env: dict[str, str] | None = None,
+    after_load: AfterLoad | None = None,
+) -> SyncResult:
+    """Read the source's new rows into the store; the watermark moves after each chunk."""
+    require_current(store)
+    started = time.perf_counter()
+    before = None
+    if source.watermark is not None:
+        before = read_watermark(store, source.name, source.watermark)
+    watermark = before
+    low = None if before is None else lower_bound(before, source.lookback)
+    catalogue = {"items": items_table, "users": users_table}.get(source.kind)
+    known = _count(store, catalogue) if catalogue is not None else 0
+    totals: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    report: Path | None = None
+    import_ids: list[int] = []
+    engine = source_engine(source, env)
+    try:
+        with connect(source, engine) as conn:
+            found_columns(source, conn)
+            for number, chunk in enumerate(read_chunks(source, conn, low), start=1):
+                batch = map_chunk(source, chunk)
+                rejects = batch.all_rejects
+                if rejects:
+                    report = report or rejects_path(rejects_dir, f"source-{source.name}")
+                    append_rejects(report, rejects)
+                loaded = load_batch(store, batch, None if report is None else str(report))
+                import_ids.append(loaded.import_id)
+                totals["read"] += len(chunk.rows)
+                totals["rejected"] += len(rejects)
+                reasons.update(r.reason for r in rejects)
+                if catalogue is None:
+                    totals["inserted"] += loaded.rows_inserted
+                    totals["skipped"] += loaded.rows_skipped
+                else:
+                    total = loaded.items_total if source.kind == "items" else loaded.users_total
+                    totals["inserted"] += total - known
+                    totals["skipped"] += len(chunk.rows) - len(rejects) - (total - known)
+                    known = total
+                if after_load is not None:
+                    after_load(number)
+                if source.watermark is not None:
+                    watermark = later(watermark, chunk.last_watermark)
+                    write_watermark(store, source.name, source.watermark, watermark)
+                logger.info(
+                    "source %s: chunk %d stored, watermark %s", source.name, number, watermark
+                )
+    finally:
+        engine.dispose()
+    return SyncResult(
+        name=source.name,
+        kind=source.kind,
+        rows_read=totals["read"],
+        rows_inserted=totals["inserted"],
+        rows_already_stored=totals["skipped"],
+        rows_rejected=totals["rejected"],
+        rejects_by_reason=dict(sorted(reasons.items())),
+        rejects_file=None if report is None else str(report),
+        watermark_before=None if before is None else encode(before)[0],
+        watermark=None if watermark is None else encode(watermark)[0],
+        chunks=len(import_ids),
+        seconds=time.perf_counter() - started,
+        import_ids=import_ids,
+    )
+
+
+def _count(engine: Engine, table: Any) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
