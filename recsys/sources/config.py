@@ -160,7 +160,9 @@ class SourceConfig(_Closed):
             try:
                 make_url(self.url)
             except ArgumentError:
-                raise ValueError(f"{hide_password(self.url)!r} is not a SQLAlchemy URL") from None
+                raise ValueError(
+                    "url is not a SQLAlchemy URL (dialect+driver://user:password@host/db)"
+                ) from None
         return self
 
     def __repr__(self) -> str:
@@ -190,7 +192,11 @@ class SourceConfig(_Closed):
         return used | ({"watermark": self.watermark} if self.watermark else {})
 
     def connect_url(self, env: Mapping[str, str] | None = None) -> str:
-        """The URL with ``${VAR}`` read from ``env`` (the process environment by default)."""
+        """The URL with ``${VAR}`` read from ``env`` (the process environment by default).
+
+        A variable may be the whole URL, or stand in its user, password, host, database or a
+        query value (taken as it is: a password needs no escaping).
+        """
         env = os.environ if env is None else env
 
         def value(match: re.Match[str]) -> str:
@@ -202,7 +208,27 @@ class SourceConfig(_Closed):
                 )
             return env[name]
 
-        url = make_url(_VARIABLE.sub(value, self.url))
+        def fill(text: str | None) -> str | None:
+            return None if text is None else _VARIABLE.sub(value, text)
+
+        whole = _VARIABLE.fullmatch(self.url.strip())
+        try:
+            if whole is not None:
+                url = make_url(value(whole))
+            else:
+                template = make_url(self.url)
+                url = template.set(
+                    username=fill(template.username),
+                    password=fill(template.password),
+                    host=fill(template.host),
+                    database=fill(template.database),
+                    query={
+                        k: _VARIABLE.sub(value, v) if isinstance(v, str) else v
+                        for k, v in template.query.items()
+                    },
+                )
+        except ArgumentError:
+            raise SourceConfigError(f"source {self.name}: url is not a SQLAlchemy URL") from None
         driver = DRIVERS.get(url.drivername)
         if driver is not None:
             url = url.set(drivername=driver)

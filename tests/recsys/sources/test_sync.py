@@ -1,0 +1,220 @@
+"""check and sync against a live shop database on SQLite, PostgreSQL and MariaDB/MySQL."""
+
+from __future__ import annotations
+
+import csv
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from recsys.sources.config import SourceError, load_sources, parse_source
+from recsys.sources.sync import check_source, sync_source
+
+from .conftest import PURCHASES_STORED, Shop, fill, page_views, write_sources
+
+
+def _count(engine: sa.Engine, sql: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text(sql)).scalar_one())
+
+
+def _interactions(engine: sa.Engine, event_type: str) -> int:
+    return _count(engine, f"SELECT count(*) FROM interactions WHERE event_type = '{event_type}'")
+
+
+def test_check_reports_columns_and_a_mapped_sample(shop_db: Shop, store: sa.Engine) -> None:
+    sources = load_sources(shop_db.sources_file)
+    purchases = check_source(sources["purchases"], store)
+    assert purchases.columns == ("line_id", "customer_id", "sku", "quantity", "ordered_at")
+    assert (purchases.sample_rows, purchases.sample_mapped, purchases.sample_rejected) == (8, 6, 2)
+    assert purchases.rejects_by_reason == {"impossible_timestamp": 1, "missing_id": 1}
+    assert purchases.watermark is None
+
+    products = check_source(sources["products"], store)
+    assert (products.sample_rows, products.rejects_by_reason) == (5, {"bad_id": 1})
+    assert check_source(sources["customers"]).sample_mapped == 5
+
+
+def test_check_names_the_source_of_a_wrong_column(shop_db: Shop) -> None:
+    body = {
+        "url": shop_db.url,
+        "table": "page_views",
+        "events": {"user": "customer_id", "item": "product", "time": "viewed_at"},
+    }
+    with pytest.raises(SourceError) as caught:
+        check_source(parse_source("views", body))
+    message = str(caught.value)
+    assert message.startswith("source views: no column 'product' for item; columns are id, ")
+    assert "\n" not in message
+
+    with pytest.raises(SourceError, match=r"^source views: the query failed: "):
+        check_source(parse_source("views", body | {"table": "no_such_table"}))
+
+
+def _unreachable_url(backend: str, tmp_path: Path) -> str:
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'missing' / 'folder' / 'shop.db'}"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    scheme = "postgresql+psycopg" if backend == "postgresql" else "mysql+pymysql"
+    return f"{scheme}://shop:hunter2@127.0.0.1:{port}/shop"
+
+
+def test_check_unreachable_database_is_one_line_without_the_password(
+    shop_db: Shop, tmp_path: Path
+) -> None:
+    url = _unreachable_url(shop_db.backend, tmp_path)
+    body = {"url": url, "table": "customers", "users": {"id": "id"}}
+    with pytest.raises(SourceError) as caught:
+        check_source(parse_source("customers", body))
+    message = str(caught.value)
+    assert message.startswith("source customers: cannot connect to ")
+    assert "\n" not in message and "hunter2" not in message
+
+
+def test_sync_loads_every_source_and_twice_adds_nothing(
+    shop_db: Shop, store: sa.Engine, tmp_path: Path
+) -> None:
+    sources = load_sources(shop_db.sources_file)
+    rejects = tmp_path / "rejects"
+    first = {name: sync_source(store, s, rejects) for name, s in sources.items()}
+    purchases = first["purchases"]
+    assert (purchases.rows_read, purchases.rows_inserted, purchases.rows_rejected) == (
+        8,
+        PURCHASES_STORED,
+        2,
+    )
+    assert purchases.rejects_by_reason == {"impossible_timestamp": 1, "missing_id": 1}
+    assert purchases.watermark == "8"
+    assert (first["views"].rows_read, first["views"].rows_inserted) == (10, 10)
+    assert _interactions(store, "purchase") == PURCHASES_STORED
+    assert _interactions(store, "view") == 10
+
+    assert purchases.rejects_file is not None
+    with Path(purchases.rejects_file).open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(r["reason"] for r in rows) == ["impossible_timestamp", "missing_id"]
+    assert {r["file"] for r in rows} == {"purchases"}
+    assert first["products"].rejects_by_reason == {"bad_id": 1}
+
+    with store.connect() as conn:
+        runner = conn.execute(
+            sa.text("SELECT title, genres, year, price, attributes FROM items "
+                    "WHERE external_id = 'sku-1'")
+        ).one()  # fmt: skip
+        moment = conn.execute(
+            sa.text("SELECT min(occurred_at) FROM interactions WHERE event_type = 'purchase'")
+        ).scalar_one()
+    assert runner.title == "Runner" and runner.year == 2021 and runner.price == 89.9
+    assert "sport" in str(runner.genres) and '"available": true' in str(runner.attributes)
+    # 10:00 in Berlin on 5 January is 09:00 UTC.
+    assert moment == int(datetime(2026, 1, 5, 9, 0, tzinfo=UTC).timestamp() * 1000)
+
+    items, users = (
+        _count(store, "SELECT count(*) FROM items"),
+        _count(store, "SELECT count(*) FROM users"),
+    )
+    second = {name: sync_source(store, s, rejects) for name, s in sources.items()}
+    assert second["purchases"].rows_read == 0
+    assert sum(r.rows_inserted for r in second.values()) == 0
+    assert _interactions(store, "purchase") == PURCHASES_STORED
+    assert _interactions(store, "view") == 10
+    assert (
+        _count(store, "SELECT count(*) FROM items"),
+        _count(store, "SELECT count(*) FROM users"),
+    ) == (items, users)
+
+
+def test_sync_lookback_rereads_late_rows_without_duplicates(
+    shop_db: Shop, store: sa.Engine, tmp_path: Path
+) -> None:
+    views = load_sources(shop_db.sources_file)["views"]
+    assert sync_source(store, views, tmp_path).rows_inserted == 10
+    # The watermark is 18:00; the look-back is one hour.
+    shop_db.insert(
+        page_views,
+        [
+            {"id": 11, "customer_id": 1, "sku": "sku-1", "viewed_at": datetime(2026, 1, 1, 17, 30)},
+            {"id": 12, "customer_id": 2, "sku": "sku-2", "viewed_at": datetime(2026, 1, 1, 12, 0)},
+            {"id": 13, "customer_id": 3, "sku": "sku-3", "viewed_at": datetime(2026, 1, 1, 19, 0)},
+        ],
+    )
+    again = sync_source(store, views, tmp_path)
+    assert (again.rows_inserted, again.rows_already_stored) == (2, 1)
+    assert _interactions(store, "view") == 12
+    assert sync_source(store, views, tmp_path).rows_inserted == 0
+
+
+KILLED_SYNC = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from recsys.db.engine import create_engine
+    from recsys.sources.config import load_sources
+    from recsys.sources.sync import sync_source
+
+    def die(chunk):
+        if chunk == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    source = load_sources(Path(sys.argv[1]))["purchases"]
+    sync_source(create_engine(sys.argv[2]), source, Path(sys.argv[3]), after_load=die)
+    """
+)
+
+
+def test_sync_killed_between_load_and_watermark_loses_and_duplicates_nothing(
+    shop_db: Shop, store: sa.Engine, tmp_path: Path
+) -> None:
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            KILLED_SYNC,
+            str(shop_db.sources_file),
+            str(store.url),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    # Chunk 1 moved the watermark; chunk 2 was stored but its move was lost.
+    with store.connect() as conn:
+        stored = int(conn.execute(sa.text("SELECT value FROM source_watermarks")).scalar_one())
+        beyond = conn.execute(
+            sa.text("SELECT count(*) FROM interactions WHERE import_id > 1")
+        ).scalar_one()
+    assert 1 <= stored < 8 and beyond > 0
+
+    purchases = load_sources(shop_db.sources_file)["purchases"]
+    rerun = sync_source(store, purchases, tmp_path)
+    assert rerun.rows_read == 8 - stored
+    assert rerun.rows_already_stored == beyond
+    assert rerun.rows_inserted + rerun.rows_already_stored + rerun.rows_rejected == rerun.rows_read
+    assert _interactions(store, "purchase") == PURCHASES_STORED
+    assert rerun.watermark == "8"
+
+
+def test_sync_into_each_store(engine: sa.Engine, tmp_path: Path) -> None:
+    """The store may be the embedded SQLite or PostgreSQL; the watermark lives there too."""
+    url = f"sqlite:///{tmp_path / 'shop.db'}"
+    shop = sa.create_engine(url)
+    fill(shop)
+    shop.dispose()
+    sources = load_sources(write_sources(tmp_path / "recsys.toml", url))
+    for _ in range(2):
+        for source in sources.values():
+            sync_source(engine, source, tmp_path / "rejects")
+    assert _interactions(engine, "purchase") == PURCHASES_STORED
+    assert _interactions(engine, "view") == 10
+    assert _count(engine, "SELECT count(*) FROM source_watermarks") == 2
