@@ -106,3 +106,13 @@ def test_config_unknown_source_name_lists_the_known_ones() -> None:
     assert select_sources(sources) == list(sources.values())
     with pytest.raises(SourceConfigError, match=r"^no source named 'clicks'; sources are views$"):
         select_sources(sources, "clicks")
+
+
+def test_config_the_readme_example_parses(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "recsys.toml").write_text(block)
+    sources = load_sources(tmp_path / "recsys.toml")
+    assert [s.kind for s in sources.values()] == ["events", "events", "items", "users"]
+    url = sources["purchases"].connect_url({"SHOP_DB_PASSWORD": "x"})
+    assert url.startswith("mysql+pymysql://shop:x@")
