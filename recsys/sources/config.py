@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from recsys.errors import RecsysError
+from recsys.ids import event_type_problem
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -60,6 +61,14 @@ class EventColumns(_Closed):
     value: str | None = None
     time_zone: str = "UTC"
     time_unit: Literal["auto", "s", "ms"] = "auto"
+
+    @field_validator("event_type")
+    @classmethod
+    def _event_type(cls, value: str) -> str:
+        problem = event_type_problem(value)
+        if problem is not None:
+            raise ValueError(f"event type {value!r} {problem}")
+        return value
 
     @field_validator("time_zone")
     @classmethod

@@ -43,8 +43,8 @@ def source_engine(source: SourceConfig, env: dict[str, str] | None = None) -> En
         raise SourceError(
             f"source {source.name}: no driver for {source.shown_url}{hint}: {_first_line(exc)}"
         ) from None
-    except ArgumentError as exc:
-        raise SourceError(f"source {source.name}: bad url: {_first_line(exc)}") from None
+    except ArgumentError:
+        raise SourceError(f"source {source.name}: url is not a SQLAlchemy URL") from None
 
 
 def connect(source: SourceConfig, engine: Engine) -> Connection:

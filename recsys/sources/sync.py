@@ -122,7 +122,7 @@ def select_sources(
 def check_source(
     source: SourceConfig, store: Engine | None = None, env: dict[str, str] | None = None
 ) -> SourceCheck:
-    """Connect, find the columns, and map a sample of the rows (reading past the watermark)."""
+    """Connect, find the columns, and map the first ``sample_rows`` rows; nothing is written."""
     engine = source_engine(source, env)
     try:
         with connect(source, engine) as conn:

@@ -58,6 +58,10 @@ def test_config_reads_a_file_and_a_folder_of_files(tmp_path: Path) -> None:
             "source views: events.time_zone: unknown time zone 'Mars/Base'",
         ),
         ({"url": "not a url"}, "source views: url is not a SQLAlchemy URL"),
+        (
+            {"events": {"user": "u", "item": "i", "time": "t", "event_type": ""}},
+            "source views: events.event_type: event type '' ",
+        ),
     ],
 )
 def test_config_errors_are_one_line_naming_the_source(
