@@ -8,7 +8,8 @@ import socket
 import subprocess
 import sys
 import textwrap
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -218,3 +219,61 @@ def test_sync_into_each_store(engine: sa.Engine, tmp_path: Path) -> None:
     assert _interactions(engine, "purchase") == PURCHASES_STORED
     assert _interactions(engine, "view") == 10
     assert _count(engine, "SELECT count(*) FROM source_watermarks") == 2
+
+
+HARD_KILLED_SYNC = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from recsys.db.engine import create_engine
+    from recsys.sources.config import load_sources
+    from recsys.sources.sync import sync_source
+
+    source = load_sources(Path(sys.argv[1]))["views"]
+    sync_source(create_engine(sys.argv[2]), source, Path(sys.argv[3]))
+    """
+)
+
+
+def test_sync_killed_hard_midway_then_rerun_stores_every_row_once(
+    store: sa.Engine, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'shop.db'}"
+    shop = sa.create_engine(url)
+    fill(shop)
+    start = datetime(2026, 1, 2)
+    rows = [
+        {
+            "id": 100 + i,
+            "customer_id": i % 97,
+            "sku": f"sku-{i % 89}",
+            "viewed_at": start + timedelta(seconds=i // 3),
+        }
+        for i in range(30_000)
+    ]
+    with shop.begin() as conn:
+        conn.execute(page_views.insert(), rows)
+    shop.dispose()
+    sources_file = write_sources(tmp_path / "recsys.toml", url)
+    sources_file.write_text(sources_file.read_text().replace("chunk_rows = 4", "chunk_rows = 100"))
+    child = subprocess.Popen(
+        [sys.executable, "-c", HARD_KILLED_SYNC, str(sources_file), str(store.url), str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and child.poll() is None:
+        if _count(store, "SELECT count(*) FROM source_watermarks") and (
+            _interactions(store, "view") > 3_000
+        ):
+            break
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL, "the sync ended before it could be killed"
+    assert 0 < _interactions(store, "view") < 30_010
+
+    rerun = sync_source(store, load_sources(sources_file)["views"], tmp_path)
+    assert rerun.rows_inserted + rerun.rows_already_stored == rerun.rows_read
+    assert _interactions(store, "view") == 30_010
+    assert sync_source(store, load_sources(sources_file)["views"], tmp_path).rows_inserted == 0
