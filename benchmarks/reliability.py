@@ -234,7 +234,7 @@ def train_version(engine: Engine, url: str, home: Path, seed: int) -> int:
     from recsys.models.sasrec import SASRecConfig
 
     outcome = train_and_evaluate(
-        create_engine(url),
+        engine,
         "sasrec",
         "loo",
         model_config=SASRecConfig(embedding_dim=32, max_len=20),
@@ -246,7 +246,11 @@ def train_version(engine: Engine, url: str, home: Path, seed: int) -> int:
     return record.version
 
 
-def build_home(path: Path, url: str, *, migrate: Callable[[str], None] = upgrade) -> Home:
+def _upgrade(url: str) -> None:
+    upgrade(create_engine(url))
+
+
+def build_home(path: Path, url: str, *, migrate: Callable[[str], None] = _upgrade) -> Home:
     """Migrate, ingest synthetic data, train and promote a champion, make read/admin keys."""
     path.mkdir(parents=True, exist_ok=True)
     migrate(url)
