@@ -1,7 +1,7 @@
 """The ingest flow: an importer read, then a load retried on transient database errors.
 
 ``kind`` names an importer of the table the CLI uses too (``movielens``, ``sequences``,
-``csv`` with its :class:`~recsys.data.importers.EventFileOptions`). The
+``csv`` with its :class:`~recsys.data.import_kinds.EventFileOptions`). The
 rejects report (counts per reason and the rejects file) is published as a Prefect artifact.
 """
 
@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.common import DB_RETRIES, DB_RETRY_DELAYS, settings_and_engine, transient_database_error
 from recsys.data.frames import ImportBatch
-from recsys.data.importers import EventFileOptions, read_import
+from recsys.data.import_kinds import EventFileOptions, read_import
 from recsys.data.ingest import ingest
 from recsys.data.load import LoadResult
 
@@ -64,7 +64,7 @@ def ingest_flow(
 ) -> dict[str, Any]:
     """Import one file or folder; bad rows are counted, written to a rejects file and reported.
 
-    ``kind`` is one of :data:`recsys.data.importers.IMPORTERS`; ``options`` are the event
+    ``kind`` is one of :data:`recsys.data.import_kinds.IMPORTERS`; ``options`` are the event
     file's columns and extras (``csv`` only), the same as ``recsys import csv`` takes.
     """
     batch = read_task(path, kind, options)

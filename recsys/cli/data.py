@@ -83,7 +83,7 @@ def import_movielens(
     as_json: JsonOption = False,
 ) -> None:
     """Import a MovieLens release (detected from the folder's files)."""
-    from recsys.data.importers import read_import
+    from recsys.data.import_kinds import read_import
 
     _ingest(read_import("movielens", path), strict, as_json)
 
@@ -110,7 +110,7 @@ def import_csv(
     as_json: JsonOption = False,
 ) -> None:
     """Import an event log; rows keep file order when there is no time column."""
-    from recsys.data.importers import EventFileOptions, read_import
+    from recsys.data.import_kinds import EventFileOptions, read_import
 
     options = EventFileOptions(
         user_col=user_col,
@@ -137,7 +137,7 @@ def import_sequences(
     as_json: JsonOption = False,
 ) -> None:
     """Import user sequences (e.g. the Amazon 5-core files of the sequential literature)."""
-    from recsys.data.importers import read_import
+    from recsys.data.import_kinds import read_import
 
     _ingest(read_import("sequences", path), strict, as_json)
 

@@ -41,7 +41,7 @@ def demo(
     typer.echo(f"1. migrated the database to schema revision {revision}")
     engine = engine_of(settings)
     if data is not None:
-        from recsys.data.importers import read_import
+        from recsys.data.import_kinds import read_import
         from recsys.data.ingest import ingest
 
         loaded = ingest(engine, read_import("movielens", data), settings.rejects_dir)
@@ -69,7 +69,7 @@ def _demo_synthetic(
     settings: Settings, engine: Engine, users: int, items: int, interactions: int
 ) -> None:
     from recsys.data.frames import write_csv
-    from recsys.data.importers import EventFileOptions, read_import
+    from recsys.data.import_kinds import EventFileOptions, read_import
     from recsys.data.ingest import ingest
     from recsys.data.synthetic import SyntheticConfig, generate
 

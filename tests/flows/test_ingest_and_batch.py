@@ -47,7 +47,7 @@ def test_ingest_flow_reads_an_event_file_with_the_cli_options(
     flow_home: dict[str, str], tmp_path: Path
 ) -> None:
     """The flow takes the same EventFileOptions as `recsys import csv` (one importer table)."""
-    from recsys.data.importers import EventFileOptions
+    from recsys.data.import_kinds import EventFileOptions
 
     source = tmp_path / "events.tsv"
     source.write_text(
