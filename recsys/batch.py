@@ -2,7 +2,8 @@
 
 Histories come from one extracted snapshot, are translated into the artifact's indices and
 ranked in batches by :func:`recsys.ranking.rank_rows`, under the rules of every ranking (seen
-items excluded, the training popularity for users the model cannot personalise). The new
+and unavailable items excluded, the training popularity for users the model cannot
+personalise). The new
 lists replace the previous batch in one transaction, so readers see either the old batch or
 the new one, never a mix. No torch import.
 """
@@ -23,6 +24,7 @@ from sqlalchemy import Connection, Engine, delete
 from recsys.artifacts import Artifact
 from recsys.data.extract import extract
 from recsys.data.splits import Ragged, left_padded
+from recsys.db.catalogue import unavailable_items
 from recsys.db.schema import recommendations_table
 from recsys.ranking import rank_rows
 
@@ -54,6 +56,10 @@ def score_all(
 ) -> tuple[list[str], npt.NDArray[np.int64], npt.NDArray[np.float32], int]:
     """Top-k item columns and scores for every user with events: (U,), (U, K), (U, K)."""
     snapshot = extract(engine)
+    index = artifact.item_index
+    unavailable = np.asarray(
+        sorted(index[i] - 1 for i in unavailable_items(engine) if i in index), dtype=np.int64
+    )
     to_art = np.asarray(
         [0, *(artifact.item_index.get(i, 0) for i in snapshot.items.to_list())], dtype=np.int64
     )
@@ -80,7 +86,9 @@ def score_all(
         seen = histories.values[np.repeat(offsets[which], counts) + within].astype(np.int64)
         history = left_padded(histories, which, artifact.max_len)  # (B, L)
         users = user_art[start : start + batch_size]
-        columns, values, personal = rank_rows(artifact, history, users, counts, seen, k)
+        columns, values, personal = rank_rows(
+            artifact, history, users, counts, seen, k, unavailable
+        )
         personalised += int(personal.sum())
         top[start : start + len(which)] = columns
         best[start : start + len(which)] = values

@@ -82,7 +82,10 @@ class Settings(BaseSettings):
     poll_seconds: float = Field(
         default=10.0,
         ge=0,
-        json_schema_extra=_doc("how often the service checks the champion alias", "`10`"),
+        json_schema_extra=_doc(
+            "how often the service checks the champion alias and the catalogue's revision",
+            "`10`",
+        ),
     )
     reload_retry_seconds: float = Field(
         default=60.0,

@@ -1,8 +1,9 @@
 """Ranking: from a model's scores to top-k lists, the one way the CLI, the batch and the API do it.
 
 The rules live here once: the cold-user rule (training popularity when the model has nothing
-personal to go on), exclusion of seen and of excluded items, soft filters with backfill, k,
-top-k with ties broken by column, and the typed results. Numpy only; imports no torch.
+personal to go on), exclusion of seen, of excluded and of unavailable items, soft filters with
+backfill, k, top-k with ties broken by column, and the typed results. Numpy only; imports no
+torch.
 """
 
 from __future__ import annotations
@@ -58,10 +59,14 @@ NO_FILTERS = Filters()
 
 class Catalogue(Protocol):
     """What a ranking may know of the items beyond the model, aligned with its columns:
-    titles, and which items pass a filter's soft part (with warnings about the filter)."""
+    titles, the columns of items that must never be recommended (unavailable), and which
+    items pass a filter's soft part (with warnings about the filter)."""
 
     @property
     def titles(self) -> Sequence[str | None]: ...
+
+    @property
+    def unavailable(self) -> IntArray: ...
 
     def mask(self, filters: Filters) -> tuple[BoolArray | None, list[str]]: ...
 
@@ -248,8 +253,9 @@ def rank_scores(
 ) -> Ranking:
     """The top-``k`` list of one writable score row (I,).
 
-    Columns in ``excluded`` (seen items, the query item) and the filters' ``exclude_items``
-    are never returned: their scores become ``-inf``. The filters' soft part is asked of the
+    Columns in ``excluded`` (seen items, the query item), the filters' ``exclude_items`` and
+    the catalogue's unavailable items are never returned: their scores become ``-inf``, and a
+    list with fewer such items than ``k`` is shorter. The filters' soft part is asked of the
     ``catalogue`` and backfilled when too strict. With ``explain_with`` (the known history's
     item indices) each item says which history items it is most similar to. The last four
     arguments are carried into the result.
@@ -258,6 +264,8 @@ def rank_scores(
         scores[excluded] = -np.inf
     if filters.exclude_items:
         scores[item_columns(artifact, filters.exclude_items)] = -np.inf
+    if catalogue is not None and len(catalogue.unavailable):
+        scores[catalogue.unavailable] = -np.inf
     soft: BoolArray | None = None
     warnings: Sequence[str] = ()
     if filters.soft:
@@ -399,10 +407,11 @@ def rank_rows(
     counts: IntArray,
     seen: IntArray,
     k: int,
+    unavailable: IntArray = NO_COLUMNS,
 ) -> tuple[IntArray, FloatArray, BoolArray]:
     """Top-``k`` of many users at once, for batch scoring, by the rules of :func:`recommend`
     with seen items excluded: columns (B, K) best first, their scores (B, K), and which rows
-    were personal (B,).
+    were personal (B,). Columns in ``unavailable`` are excluded from every row.
 
     ``history`` is each row's known items left-padded (B, L) and ``users`` the user indices
     (B,); ``counts`` (B,) is how many known items each whole history holds and ``seen``
@@ -411,8 +420,8 @@ def rank_rows(
     """
     num_items = artifact.num_items
     k = min(k, num_items)
-    # Enough candidates that k remain after removing each row's seen items.
-    wanted = min(num_items, k + int(counts.max(initial=0)))
+    # Enough candidates that k remain after removing each row's seen and unavailable items.
+    wanted = min(num_items, k + int(counts.max(initial=0)) + len(unavailable))
     values, columns = artifact.top(history, users, wanted)  # (B, W) best first
     rows = personal(artifact, counts, users)
     cold = ~rows
@@ -420,7 +429,7 @@ def rank_rows(
         popular = artifact.popular_columns[:wanted]
         columns[cold] = popular
         values[cold] = artifact.popularity[popular]
-    chosen, chosen_values = _without_seen(columns, values, counts, seen, num_items, k)
+    chosen, chosen_values = _without_seen(columns, values, counts, seen, num_items, k, unavailable)
     return chosen, chosen_values, rows
 
 
@@ -431,14 +440,18 @@ def _without_seen(
     seen: IntArray,
     num_items: int,
     k: int,
+    unavailable: IntArray = NO_COLUMNS,
 ) -> tuple[IntArray, FloatArray]:
-    """The first ``k`` candidates (B, W) of each row that are not among its seen items."""
+    """The first ``k`` candidates (B, W) of each row that are neither among its seen items
+    nor ``unavailable``."""
     batch = len(columns)
     # Seen items and candidates as flat row * I + column keys.
     rows = np.repeat(np.arange(batch), counts)
     hidden = np.isin(
         np.arange(batch)[:, None] * num_items + columns, rows * num_items + (seen - 1)
     )  # (B, W)
+    if len(unavailable):
+        hidden |= np.isin(columns, unavailable)
     order = np.argsort(hidden, axis=1, kind="stable")[:, :k]  # unseen first, order kept
     chosen = np.take_along_axis(columns, order, axis=1)
     chosen_values = np.take_along_axis(values, order, axis=1)

@@ -10,6 +10,7 @@ neither torch nor bentoml.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import threading
@@ -24,13 +25,14 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from recsys import ranking, registry
 from recsys.artifacts import ONNX_FILE, Artifact
+from recsys.catalogue import Catalogue
 from recsys.config import DEFAULT_FUTURE_TOLERANCE_SECONDS
+from recsys.db.catalogue import revision as catalogue_revision
 from recsys.db.events import Event, Recorded, missing_items, record_events
 from recsys.db.queries import user_histories, user_history
 from recsys.errors import RecsysError
 from recsys.ids import event_type_problem, id_problem
 from recsys.ranking import Filters, ItemScores, Ranking
-from serving.catalogue import Catalogue
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +199,32 @@ class Scorer:
                 "serving v%d (%s), loaded in %.2fs", target, fresh.family, fresh.load_seconds
             )
             return {"changed": True, "version": target, "previous": current}
+
+    def refresh_catalogue(self) -> bool:
+        """Read the catalogue again if it changed since the served one was read (a sync or an
+        import moved its revision); True when it was swapped in.
+
+        Availability, titles, prices and genres thus reach responses and filters within one
+        poll, without a new model. A failed read leaves the current catalogue serving.
+        """
+        model = self._model
+        if model is None:
+            return False
+        try:
+            if catalogue_revision(self.engine) == model.catalogue.revision:
+                return False
+            fresh = Catalogue.load(self.engine, model.artifact.item_ids)
+        except SQLAlchemyError as exc:
+            logger.warning("could not read the catalogue again: %s", type(exc).__name__)
+            return False
+        with self._reload_lock:
+            if self._model is not model:  # a new version came meanwhile, with its own
+                return False
+            self._model = dataclasses.replace(model, catalogue=fresh)
+        logger.info(
+            "catalogue revision %d: %d items unavailable", fresh.revision, len(fresh.unavailable)
+        )
+        return True
 
     def _reload_failed(
         self, current: int | None, target: int | None, exc: Exception

@@ -171,6 +171,7 @@ class RecsysService:
     def _poll(self) -> None:
         while not self._stop.wait(self.poll_seconds):
             self._report(self.scorer.reload())
+            self.scorer.refresh_catalogue()
 
     def _report(self, outcome: dict[str, Any]) -> None:
         if outcome.get("error"):

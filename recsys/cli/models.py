@@ -330,7 +330,8 @@ def recommend(
 ) -> None:
     """Top-k for a user from the champion's ONNX graph (onnxruntime) and their live history."""
     from recsys import registry
-    from recsys.db.queries import item_titles, user_history
+    from recsys.catalogue import Catalogue
+    from recsys.db.queries import user_history
     from recsys.ranking import recommend as rank
 
     engine = current_engine()
@@ -343,11 +344,11 @@ def recommend(
         k=k,
         exclude_seen=not include_seen,
         known_user=history is not None,
+        catalogue=Catalogue.load(engine, artifact.item_ids),  # titles; unavailable items out
     )
-    titles = item_titles(engine, ranked.item_ids)
     items = [
-        {"rank": n, "item_id": item, "title": titles.get(item), "score": round(score, 6)}
-        for n, (item, score) in enumerate(zip(ranked.item_ids, ranked.scores, strict=True), 1)
+        {"rank": n, "item_id": it.item_id, "title": it.title, "score": round(it.score, 6)}
+        for n, it in enumerate(ranked.items, 1)
     ]
     unknown = sum(item not in artifact.item_index for item in history or [])
     data = {

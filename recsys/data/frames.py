@@ -15,6 +15,8 @@ import pandas as pd
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "event_type", "value", "occurred_at")
 ITEM_COLUMNS = ("item_id", "title", "genres", "year", "price", "attributes")
+# Items may also carry these (a database source gives both); absent, the store keeps its own.
+ITEM_OPTIONAL_COLUMNS = ("available", "source")
 USER_COLUMNS = ("user_id", "age", "gender", "occupation", "zip_code", "attributes")
 
 DEFAULT_EVENT_TYPE = "interaction"

@@ -24,6 +24,7 @@ from sqlalchemy import Connection, Engine, Table, and_, func, insert, or_, selec
 from sqlalchemy.dialects import postgresql, sqlite
 
 from recsys.data.frames import ImportBatch
+from recsys.db import catalogue
 from recsys.db.schema import imports_table, items_table, users_table
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,8 @@ def load_batch(engine: Engine, batch: ImportBatch, rejects_path: str | None = No
         events = batch.interactions
         user_ids = _upsert_catalogue(conn, users_table, batch.users, "user_id", events)
         item_ids = _upsert_catalogue(conn, items_table, batch.items, "item_id", events)
+        if not batch.items.empty:
+            catalogue.bump(conn)  # titles, prices or availability may have changed
         user_pk = _lookup(user_ids, events["user_id"])
         item_pk = _lookup(item_ids, events["item_id"])
         inserted = _insert_interactions(conn, events, user_pk, item_pk, import_id)
@@ -155,25 +158,21 @@ def _upsert_catalogue(
     stored = _stored_ids(conn, table)
     described = frame.drop_duplicates(subset=key, keep="last")
     columns = [c for c in frame.columns if c != key]
-    if not described.empty:
-        insert_fn: Any = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-        stmt = insert_fn(table)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["external_id"],
-            set_={c: func.coalesce(stmt.excluded[c], table.c[c]) for c in columns},
-            where=or_(
-                *(
-                    and_(
-                        stmt.excluded[c].is_not(None), stmt.excluded[c].is_distinct_from(table.c[c])
-                    )
-                    for c in columns
-                )
-            ),
-        )
-        rows = [_clean_row(r, key, columns) for r in described.itertuples(index=False)]
-        # executemany of one compiled statement (SQLAlchemy batches it per driver).
-        for chunk in _chunks(rows, 10_000):
-            conn.execute(stmt, chunk)
+    parts = [(described, columns)]
+    if "available" in columns:
+        # A NOT NULL column: a new item of unknown availability is available (the column's
+        # default); stored items of unknown availability are written without the column.
+        unknown = described["available"].isna()
+        new = unknown & ~described[key].astype(str).isin(stored.index)
+        described = described.assign(available=described["available"].mask(new, True))
+        keep = unknown & ~new
+        parts = [
+            (described[~keep], columns),
+            (described[keep].drop(columns="available"), [c for c in columns if c != "available"]),
+        ]
+    for part, names in parts:
+        if not part.empty:
+            _upsert_rows(conn, table, part, key, names)
     known = stored.index.union(pd.Index(described[key].astype(str)))
     bare = pd.Index(events[key].unique()).difference(known)
     for chunk in _chunks([{"external_id": i} for i in bare], 10_000):
@@ -181,6 +180,27 @@ def _upsert_catalogue(
     if described.empty and bare.empty:
         return stored
     return _stored_ids(conn, table)
+
+
+def _upsert_rows(
+    conn: Connection, table: Table, rows: pd.DataFrame, key: str, columns: list[str]
+) -> None:
+    insert_fn: Any = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    stmt = insert_fn(table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["external_id"],
+        set_={c: func.coalesce(stmt.excluded[c], table.c[c]) for c in columns},
+        where=or_(
+            *(
+                and_(stmt.excluded[c].is_not(None), stmt.excluded[c].is_distinct_from(table.c[c]))
+                for c in columns
+            )
+        ),
+    )
+    values = [_clean_row(r, key, columns) for r in rows.itertuples(index=False)]
+    # executemany of one compiled statement (SQLAlchemy batches it per driver).
+    for chunk in _chunks(values, 10_000):
+        conn.execute(stmt, chunk)
 
 
 def _stored_ids(conn: Connection, table: Table) -> pd.Series:

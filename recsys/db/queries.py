@@ -129,19 +129,6 @@ def user_histories(engine: Engine, user_ids: Sequence[str]) -> dict[str, list[st
     return histories
 
 
-def item_titles(engine: Engine, item_ids: list[str]) -> dict[str, str | None]:
-    """Title of each item id that exists (a short list: one IN query)."""
-    if not item_ids:
-        return {}
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(items_table.c.external_id, items_table.c.title).where(
-                items_table.c.external_id.in_(item_ids)
-            )
-        ).all()
-    return {str(external_id): title for external_id, title in rows}
-
-
 def active_users(engine: Engine, *, min_events: int, limit: int) -> list[str]:
     """The first ``limit`` user ids (in id order) with at least ``min_events`` interactions."""
     query = (

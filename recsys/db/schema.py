@@ -12,6 +12,7 @@ from typing import Any, cast
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -62,7 +64,12 @@ class User(Base):
 
 
 class Item(Base):
-    """A catalogue item by external id, with its descriptive attributes."""
+    """A catalogue item by external id, with its descriptive attributes.
+
+    ``available`` false (out of stock, withdrawn, deleted in its source) keeps the item and its
+    history but takes it out of every recommendation. ``source`` names the database source
+    that last described it (None for files and the API).
+    """
 
     __tablename__ = "items"
 
@@ -72,6 +79,8 @@ class Item(Base):
     genres: Mapped[list[str] | None] = mapped_column(JSONType)
     year: Mapped[int | None] = mapped_column(Integer)
     price: Mapped[float | None] = mapped_column(Numeric(12, 2, asdecimal=False))
+    available: Mapped[bool] = mapped_column(Boolean, server_default=true())
+    source: Mapped[str | None] = mapped_column(String(128), index=True)
     attributes: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
@@ -252,6 +261,18 @@ class SourceWatermark(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class CatalogueState(Base):
+    """One row: ``revision`` moves with every write to the items' descriptions or
+    availability, so a reader (the prediction service) knows when to read the catalogue
+    again without reading it."""
+
+    __tablename__ = "catalogue_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    revision: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 # Core-level handles for bulk statements (the ORM classes type ``__table__`` loosely).
 users_table = cast(Table, User.__table__)
 items_table = cast(Table, Item.__table__)
@@ -264,3 +285,4 @@ recommendations_table = cast(Table, Recommendation.__table__)
 locks_table = cast(Table, Lock.__table__)
 api_keys_table = cast(Table, ApiKey.__table__)
 source_watermarks_table = cast(Table, SourceWatermark.__table__)
+catalogue_state_table = cast(Table, CatalogueState.__table__)

@@ -91,7 +91,14 @@ class EventColumns(_Closed):
 
 
 class ItemColumns(_Closed):
-    """Which columns describe an item; ``attributes`` are kept as free-form attributes."""
+    """Which columns describe an item; ``attributes`` are kept as free-form attributes.
+
+    An item read from its source is available unless ``available`` says false or ``deleted``
+    holds anything but null or false (a flag, or a ``deleted_at`` time). ``absent`` says
+    what becomes of an item this source described before and no longer returns:
+    ``unavailable`` (the default when every sync reads every row, i.e. without a watermark)
+    or ``keep`` (the only choice with a watermark, which reads changed rows only).
+    """
 
     id: str
     title: str | None = None
@@ -100,6 +107,8 @@ class ItemColumns(_Closed):
     year: str | None = None
     price: str | None = None
     available: str | None = None
+    deleted: str | None = None
+    absent: Literal["unavailable", "keep"] | None = None
     attributes: tuple[str, ...] = ()
 
     def used(self) -> dict[str, str]:
@@ -110,6 +119,7 @@ class ItemColumns(_Closed):
             "year": self.year,
             "price": self.price,
             "available": self.available,
+            "deleted": self.deleted,
         }
         found = {k: v for k, v in named.items() if v is not None}
         return found | {f"attributes.{c}": c for c in self.attributes}
@@ -165,6 +175,11 @@ class SourceConfig(_Closed):
         kinds = [k for k in ("events", "items", "users") if getattr(self, k) is not None]
         if len(kinds) != 1:
             raise ValueError("give exactly one of [events], [items] and [users]")
+        if self.items is not None and self.watermark and self.items.absent == "unavailable":
+            raise ValueError(
+                "items.absent = 'unavailable' needs every row read at each sync: drop the "
+                "watermark, or mark deletions with items.deleted"
+            )
         if not _VARIABLE.search(self.url):
             try:
                 make_url(self.url)
@@ -190,6 +205,13 @@ class SourceConfig(_Closed):
         found = self.events or self.items or self.users
         assert found is not None
         return found
+
+    @property
+    def withdraws_absent(self) -> bool:
+        """Whether a sync marks unavailable the items this source no longer returns."""
+        if self.items is None or self.watermark is not None:
+            return False
+        return self.items.absent != "keep"
 
     @property
     def shown_url(self) -> str:

@@ -61,7 +61,7 @@ def map_chunk(source: SourceConfig, chunk: Chunk) -> ImportBatch:
         )
     if source.items is not None:
         items, rejects = build_catalogue(
-            item_frame(frame, source.items),
+            item_frame(frame, source.items, source.name),
             items_table,
             "item_id",
             file=source.name,
@@ -115,7 +115,7 @@ def _time_text(value: Any, zone: ZoneInfo) -> Any:
     return str(value)
 
 
-def item_frame(frame: pd.DataFrame, spec: ItemColumns) -> pd.DataFrame:
+def item_frame(frame: pd.DataFrame, spec: ItemColumns, source: str) -> pd.DataFrame:
     out: dict[str, Any] = {"item_id": frame[spec.id].tolist()}
     out["title"] = _column(frame, spec.title, _text)
     out["genres"] = (
@@ -123,9 +123,19 @@ def item_frame(frame: pd.DataFrame, spec: ItemColumns) -> pd.DataFrame:
     )
     out["year"] = _column(frame, spec.year, _integer)
     out["price"] = _column(frame, spec.price, _number)
-    available = _column(frame, spec.available, _flag)
-    out["attributes"] = _attributes(frame, spec.attributes, available)
+    out["attributes"] = _attributes(frame, spec.attributes)
+    out["available"] = availability(frame, spec)
+    out["source"] = source
     return pd.DataFrame(out)
+
+
+def availability(frame: pd.DataFrame, spec: ItemColumns) -> list[bool]:
+    """Whether each row's item may be recommended: a row the source returns is available
+    unless its ``available`` column is false or its ``deleted`` column is set (an
+    unreadable availability counts as available; ``sources check`` shows the values)."""
+    flags = _column(frame, spec.available, _flag) or [None] * len(frame)
+    gone = _column(frame, spec.deleted, _deleted) or [False] * len(frame)
+    return [flag is not False and not dead for flag, dead in zip(flags, gone, strict=True)]
 
 
 def user_frame(frame: pd.DataFrame, spec: UserColumns) -> pd.DataFrame:
@@ -134,7 +144,7 @@ def user_frame(frame: pd.DataFrame, spec: UserColumns) -> pd.DataFrame:
     out["gender"] = _column(frame, spec.gender, _text)
     out["occupation"] = _column(frame, spec.occupation, _text)
     out["zip_code"] = _column(frame, spec.zip_code, _text)
-    out["attributes"] = _attributes(frame, spec.attributes, None)
+    out["attributes"] = _attributes(frame, spec.attributes)
     return pd.DataFrame(out)
 
 
@@ -142,10 +152,8 @@ def _column(frame: pd.DataFrame, name: str | None, convert: Any) -> list[Any] | 
     return None if name is None else [convert(v) for v in frame[name]]
 
 
-def _attributes(
-    frame: pd.DataFrame, names: tuple[str, ...], available: list[Any] | None
-) -> list[dict[str, Any] | None] | None:
-    if not names and available is None:
+def _attributes(frame: pd.DataFrame, names: tuple[str, ...]) -> list[dict[str, Any] | None] | None:
+    if not names:
         return None
     columns = [frame[n].tolist() for n in names]
     rows: list[dict[str, Any] | None] = []
@@ -153,8 +161,6 @@ def _attributes(
         found = {
             n: _json_value(c[i]) for n, c in zip(names, columns, strict=True) if c[i] is not None
         }
-        if available is not None and available[i] is not None:
-            found["available"] = available[i]
         rows.append(found or None)
     return rows
 
@@ -192,6 +198,14 @@ def _flag(value: Any) -> bool | None:
         return bool(value)
     text = str(value).strip().lower()
     return True if text in _TRUE else False if text in _FALSE else None
+
+
+def _deleted(value: Any) -> bool:
+    """A deletion mark: null, false, 0 or "no" say kept; anything else (true, a time) deleted."""
+    if _missing(value):
+        return False
+    flag = _flag(value)
+    return True if flag is None else flag
 
 
 def _genres(value: Any, separator: str) -> list[str] | None:

@@ -16,15 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from sqlalchemy import Engine, func, select
 
 from recsys.data.ingest import append_rejects, rejects_path
 from recsys.data.load import load_batch
+from recsys.data.readers import id_text
+from recsys.db.catalogue import withdraw_absent
 from recsys.db.migrate import require_current
 from recsys.db.schema import items_table, users_table
 from recsys.sources.config import SourceConfig, SourceConfigError
 from recsys.sources.mapping import map_chunk
-from recsys.sources.reader import connect, found_columns, read_chunks, source_engine
+from recsys.sources.reader import Chunk, connect, found_columns, read_chunks, source_engine
 from recsys.sources.watermarks import (
     encode,
     later,
@@ -74,7 +77,8 @@ class SyncResult:
     """What one sync of one source did; every row read is inserted, already stored or rejected.
 
     For item and user sources, ``rows_inserted`` counts new ids and ``rows_already_stored``
-    ids the store had (their attributes refreshed).
+    ids the store had (their attributes refreshed). ``items_withdrawn`` counts the items an
+    item source described before and no longer returns, now unavailable.
     """
 
     name: str
@@ -90,6 +94,7 @@ class SyncResult:
     chunks: int
     seconds: float
     import_ids: list[int] = field(default_factory=list)
+    items_withdrawn: int = 0
 
     def report(self) -> dict[str, Any]:
         return {
@@ -104,6 +109,7 @@ class SyncResult:
             "watermark_before": self.watermark_before,
             "watermark": self.watermark,
             "chunks": self.chunks,
+            "items_withdrawn": self.items_withdrawn,
             "seconds": round(self.seconds, 3),
         }
 
@@ -178,11 +184,14 @@ def sync_source(
     reasons: Counter[str] = Counter()
     report: Path | None = None
     import_ids: list[int] = []
+    present: set[str] | None = set() if source.withdraws_absent else None
     engine = source_engine(source, env)
     try:
         with connect(source, engine) as conn:
             found_columns(source, conn)
             for number, chunk in enumerate(read_chunks(source, conn, low), start=1):
+                if present is not None:
+                    present.update(item_ids(source, chunk))
                 batch = map_chunk(source, chunk)
                 rejects = batch.all_rejects
                 if rejects:
@@ -211,6 +220,7 @@ def sync_source(
                 )
     finally:
         engine.dispose()
+    withdrawn = _withdraw(store, source, present, totals["read"])
     return SyncResult(
         name=source.name,
         kind=source.kind,
@@ -225,7 +235,33 @@ def sync_source(
         chunks=len(import_ids),
         seconds=time.perf_counter() - started,
         import_ids=import_ids,
+        items_withdrawn=withdrawn,
     )
+
+
+def item_ids(source: SourceConfig, chunk: Chunk) -> pd.Series:
+    """The item ids of every row of a chunk, as the store keeps them (rejected rows too: an
+    item whose row cannot be stored still exists in its source)."""
+    assert source.items is not None
+    at = chunk.columns.index(source.items.id)
+    return id_text(pd.Series([row[at] for row in chunk.rows], dtype=object))
+
+
+def _withdraw(store: Engine, source: SourceConfig, present: set[str] | None, read: int) -> int:
+    """After a complete read, make unavailable the source's items it no longer returns."""
+    if present is None:
+        return 0
+    if read == 0:
+        # An empty read is more often a broken query than an empty shop: nothing changes.
+        logger.warning("source %s returned no rows: item availability left as it was", source.name)
+        return 0
+    with store.begin() as conn:
+        gone = withdraw_absent(conn, source.name, present)
+    if gone:
+        logger.info(
+            "source %s: %d items no longer returned, now unavailable", source.name, len(gone)
+        )
+    return len(gone)
 
 
 def _count(engine: Engine, table: Any) -> int:

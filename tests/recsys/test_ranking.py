@@ -90,12 +90,19 @@ def _history_model(tiny: Artifact) -> bool:
 
 
 class Shelf:
-    """A catalogue that lets through the items named, with a warning to pass on."""
+    """A catalogue that lets through the items named, with a warning to pass on, and holds
+    the ``unavailable`` ones back from every list."""
 
-    def __init__(self, passing: Sequence[str], warnings: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        passing: Sequence[str] = ITEMS,
+        warnings: Sequence[str] = (),
+        unavailable: Sequence[str] = (),
+    ) -> None:
         self.titles = [f"Title {i}" for i in ITEMS]
         self.passing = set(passing)
         self.warnings = list(warnings)
+        self.unavailable = np.asarray([ITEMS.index(i) for i in unavailable], dtype=np.int64)
 
     def mask(self, filters: Filters) -> tuple[npt.NDArray[np.bool_] | None, list[str]]:
         return np.array([i in self.passing for i in ITEMS]), self.warnings
@@ -142,6 +149,18 @@ def test_ranking_exclude_items_is_hard_and_may_leave_a_short_list(tiny: Artifact
     soft = Filters(include_genres=("x",), exclude_items=("b", "d"))
     backfilled = ranking.recommend(tiny, history, user_id=user, k=10, filters=soft, catalogue=shelf)
     assert backfilled.item_ids == ["c", "e", "f"] and backfilled.backfilled == 3
+
+
+def test_ranking_unavailable_items_are_never_returned_nor_backfilled(tiny: Artifact) -> None:
+    shelf = Shelf(passing=["b", "c"], unavailable=["c", "e"])
+    history, user = (["a"], None) if _history_model(tiny) else (["a"], "u2")
+    out = ranking.recommend(tiny, history, user_id=user, k=10, catalogue=shelf)
+    assert sorted(out.item_ids) == ["b", "d", "f"]
+    soft = Filters(include_genres=("x",))
+    filtered = ranking.recommend(tiny, history, user_id=user, k=10, filters=soft, catalogue=shelf)
+    assert filtered.item_ids[0] == "b" and sorted(filtered.item_ids) == ["b", "d", "f"]
+    cold = ranking.recommend(tiny, ["zz"], user_id="stranger", k=10, catalogue=shelf)
+    assert cold.fallback == "popular" and sorted(cold.item_ids) == ["a", "b", "d", "f"]
 
 
 def test_ranking_soft_filters_backfill_in_score_order_and_flag_it(tiny: Artifact) -> None:

@@ -108,14 +108,16 @@ def test_sync_loads_every_source_and_twice_adds_nothing(
 
     with store.connect() as conn:
         runner = conn.execute(
-            sa.text("SELECT title, genres, year, price, attributes FROM items "
-                    "WHERE external_id = 'sku-1'")
+            sa.text("SELECT title, genres, year, price, available, source, attributes "
+                    "FROM items WHERE external_id = 'sku-1'")
         ).one()  # fmt: skip
         moment = conn.execute(
             sa.text("SELECT min(occurred_at) FROM interactions WHERE event_type = 'purchase'")
         ).scalar_one()
     assert runner.title == "Runner" and runner.year == 2021 and runner.price == 89.9
-    assert "sport" in str(runner.genres) and '"available": true' in str(runner.attributes)
+    assert "sport" in str(runner.genres) and "available" not in str(runner.attributes)
+    assert runner.available and runner.source == "products"
+    assert _count(store, "SELECT count(*) FROM items WHERE NOT available") == 1  # sku-2
     # 10:00 in Berlin on 5 January is 09:00 UTC.
     assert moment == int(datetime(2026, 1, 5, 9, 0, tzinfo=UTC).timestamp() * 1000)
 
