@@ -334,3 +334,74 @@ def test_http_two_services_sharing_a_bentoml_home_keep_their_own_metrics(
             httpx.post(f"{second}/recommend", json={"user_id": "u1"}, headers=auth)
             assert recommends(first) == 3.0
             assert recommends(second) == 1.0
+
+
+def test_http_a_source_sync_takes_an_item_out_of_every_list_within_a_poll(
+    served: Served, tmp_path: Path
+) -> None:
+    """An item source marks the top item out of stock and renames the next one: after the
+    sync, the running service stops recommending the first and shows the new title and price
+    within one poll, with no new model; back in stock, it returns."""
+    import sqlalchemy as sa
+
+    from recsys.sources.config import parse_source
+    from recsys.sources.sync import sync_source
+
+    home = served.home
+    version = served.post("model", {}).json()["model_version"]
+    top = [
+        i["item_id"] for i in served.post("recommend", {"user_id": "u9", "k": 10}).json()["items"]
+    ]
+    gone, renamed = top[0], top[1]
+    shop = sa.create_engine(f"sqlite:///{tmp_path / 'shop.db'}")
+    with shop.begin() as conn, home.engine.connect() as store:
+        conn.execute(sa.text("CREATE TABLE products (sku TEXT, name TEXT, price REAL, stock INT)"))
+        ids = store.execute(sa.text("SELECT external_id, title FROM items")).all()
+        conn.execute(
+            sa.text("INSERT INTO products VALUES (:sku, :name, NULL, 1)"),
+            [{"sku": sku, "name": title} for sku, title in ids],
+        )
+    body = {
+        "url": str(shop.url),
+        "table": "products",
+        "items": {"id": "sku", "title": "name", "price": "price", "available": "stock"},
+    }
+    source = parse_source("products", body)
+
+    def sync(sql: str) -> None:
+        with shop.begin() as conn:
+            conn.execute(sa.text(sql))
+        sync_source(home.engine, source, tmp_path / "rejects")
+
+    def lists() -> dict[str, list[dict[str, Any]]]:
+        return {
+            "user": served.post("recommend", {"user_id": "u9", "k": 50}).json()["items"],
+            "cold": served.post("recommend", {"user_id": "nobody", "k": 50}).json()["items"],
+            "session": served.post("recommend_session", {"item_ids": [renamed], "k": 50}).json()[
+                "items"
+            ],
+            "similar": served.post("similar_items", {"item_id": renamed, "k": 50}).json()["items"],
+        }
+
+    def wait_for(condition: Any) -> float:
+        synced = time.monotonic()
+        while not condition(lists()):
+            assert time.monotonic() - synced < POLL_SECONDS + 10, "the change never reached serving"
+            time.sleep(0.1)
+        return time.monotonic() - synced
+
+    sync_source(home.engine, source, tmp_path / "rejects")  # it describes every item now
+    sync(f"UPDATE products SET stock = 0 WHERE sku = '{gone}'")
+    sync(f"UPDATE products SET name = 'Renamed', price = 1.5 WHERE sku = '{renamed}'")
+    wait_for(lambda found: all(gone not in [i["item_id"] for i in v] for v in found.values()))
+    first = served.post("recommend", {"user_id": "u9", "k": 1}).json()["items"][0]
+    assert (first["item_id"], first["title"]) == (renamed, "Renamed")
+    cheap = served.post(
+        "recommend", {"user_id": "u9", "k": 2, "filters": {"max_price": 2.0}}
+    ).json()["items"]
+    assert cheap[0]["item_id"] == renamed and cheap[0]["matches_filters"]
+    assert served.post("model", {}).json()["model_version"] == version  # no new model
+
+    sync(f"UPDATE products SET stock = 1 WHERE sku = '{gone}'")
+    wait_for(lambda found: gone in [i["item_id"] for i in found["user"]])
+    shop.dispose()
