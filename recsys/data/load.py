@@ -101,10 +101,10 @@ def load_batch(engine: Engine, batch: ImportBatch, rejects_path: str | None = No
         ).scalar_one()
 
         events = batch.interactions
-        user_ids = _upsert_catalogue(conn, users_table, batch.users, "user_id", events)
-        item_ids = _upsert_catalogue(conn, items_table, batch.items, "item_id", events)
-        if not batch.items.empty:
-            catalogue.bump(conn)  # titles, prices or availability may have changed
+        user_ids, _ = _upsert_catalogue(conn, users_table, batch.users, "user_id", events)
+        item_ids, described = _upsert_catalogue(conn, items_table, batch.items, "item_id", events)
+        if described:
+            catalogue.bump(conn)  # titles, prices or availability changed
         user_pk = _lookup(user_ids, events["user_id"])
         item_pk = _lookup(item_ids, events["item_id"])
         inserted = _insert_interactions(conn, events, user_pk, item_pk, import_id)
@@ -149,8 +149,9 @@ def count_out_of_order(events: pd.DataFrame) -> int:
 
 def _upsert_catalogue(
     conn: Connection, table: Table, frame: pd.DataFrame, key: str, events: pd.DataFrame
-) -> pd.Series:
-    """Insert new ids, fill attributes the store lacks, and return external id -> primary key.
+) -> tuple[pd.Series, int]:
+    """Insert new ids and fill attributes the store lacks; returns external id -> primary key
+    and how many described rows were inserted or changed.
 
     Attributes given now win over stored ones; a missing attribute never erases a stored one;
     rows whose attributes are unchanged are not rewritten.
@@ -170,21 +171,24 @@ def _upsert_catalogue(
             (described[~keep], columns),
             (described[keep].drop(columns="available"), [c for c in columns if c != "available"]),
         ]
+    changed = 0
     for part, names in parts:
         if not part.empty:
-            _upsert_rows(conn, table, part, key, names)
+            changed += _upsert_rows(conn, table, part, key, names)
     known = stored.index.union(pd.Index(described[key].astype(str)))
     bare = pd.Index(events[key].unique()).difference(known)
     for chunk in _chunks([{"external_id": i} for i in bare], 10_000):
         conn.execute(insert(table).values(chunk))
     if described.empty and bare.empty:
-        return stored
-    return _stored_ids(conn, table)
+        return stored, changed
+    return _stored_ids(conn, table), changed
 
 
 def _upsert_rows(
     conn: Connection, table: Table, rows: pd.DataFrame, key: str, columns: list[str]
-) -> None:
+) -> int:
+    """Insert or update the rows; returns how many were inserted or actually changed (rows
+    an unchanged description leaves alone return nothing)."""
     insert_fn: Any = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     stmt = insert_fn(table)
     stmt = stmt.on_conflict_do_update(
@@ -198,9 +202,11 @@ def _upsert_rows(
         ),
     )
     values = [_clean_row(r, key, columns) for r in rows.itertuples(index=False)]
+    changed = 0
     # executemany of one compiled statement (SQLAlchemy batches it per driver).
     for chunk in _chunks(values, 10_000):
-        conn.execute(stmt, chunk)
+        changed += len(conn.execute(stmt.returning(table.c.id), chunk).all())
+    return changed
 
 
 def _stored_ids(conn: Connection, table: Table) -> pd.Series:
