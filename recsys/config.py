@@ -141,6 +141,46 @@ class Settings(BaseSettings):
         json_schema_extra=_doc("time a request body has to arrive", "`10`"),
     )
 
+    impression_buffer: int = Field(
+        default=10_000,
+        ge=0,
+        json_schema_extra=_doc(
+            "impressions the service holds before writing them (more are dropped and counted); "
+            "`0` logs none",
+            "`10000`",
+        ),
+    )
+    attribution_window_seconds: float = Field(
+        default=86_400.0,
+        gt=0,
+        json_schema_extra=_doc(
+            "how long after an impression an event on a shown item is credited to it",
+            "`86400`",
+        ),
+    )
+    click_events: str = Field(
+        default="click,view",
+        json_schema_extra=_doc(
+            "event types that count as a click in online metrics (comma-separated)",
+            "`click,view`",
+        ),
+    )
+    conversion_events: str = Field(
+        default="purchase",
+        json_schema_extra=_doc(
+            "event types that count as a conversion in online metrics (comma-separated)",
+            "`purchase`",
+        ),
+    )
+
+    @field_validator("click_events", "conversion_events", mode="after")
+    @classmethod
+    def _event_types(cls, value: str) -> str:
+        names = [v.strip() for v in value.split(",") if v.strip()]
+        if not names:
+            raise ValueError("name at least one event type")
+        return ",".join(names)
+
     @field_validator("model_source", "read_auth", "unknown_items", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:

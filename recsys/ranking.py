@@ -112,6 +112,7 @@ class Ranking:
     warnings: tuple[str, ...] = ()
     user_id: str | None = None
     known_user: bool | None = None
+    recommendation_id: str | None = None  # set by the service: the impression's id
 
     @property
     def item_ids(self) -> list[str]:

@@ -147,17 +147,31 @@ class RecommendIn(Closed):
     explain: Flag = False
 
 
+RecommendationId = Annotated[
+    str,
+    Field(
+        pattern=r"^[0-9a-f]{32}$",
+        description="The `recommendation_id` of the response that showed the item.",
+    ),
+]
+WHO = "Who is shown the list, for attribution: a signed-in user, or an anonymous session."
+
+
 class SessionIn(Closed):
     item_ids: list[Id] = Field(min_length=1, max_length=MAX_LIST)
     k: K = 10
     filters: FiltersIn | None = None
     explain: Flag = False
+    session_id: Id | None = Field(default=None, description=WHO)
+    user_id: Id | None = Field(default=None, description=WHO)
 
 
 class SimilarIn(Closed):
     item_id: Id
     k: K = 10
     filters: FiltersIn | None = None
+    user_id: Id | None = Field(default=None, description=WHO)
+    session_id: Id | None = Field(default=None, description=WHO)
 
 
 class ScoreIn(Closed):
@@ -178,6 +192,7 @@ class EventIn(Closed):
         ),
     ] = "interaction"
     value: Value | None = Field(default=None, description="A rating, count or price.")
+    recommendation_id: RecommendationId | None = None
     occurred_at: datetime | None = Field(
         default=None, description="ISO 8601; default now. Not after the server's clock."
     )
@@ -213,6 +228,7 @@ class RecommendedItem(BaseModel):
 
 
 class Recommendations(BaseModel):
+    recommendation_id: str
     model_version: int
     model_family: str
     fallback: str | None
@@ -236,6 +252,7 @@ class SimilarItem(BaseModel):
 
 
 class SimilarItems(BaseModel):
+    recommendation_id: str
     item_id: str
     model_version: int
     model_family: str
@@ -246,7 +263,9 @@ class SimilarItems(BaseModel):
     @classmethod
     def of(cls, item_id: str, ranking: Ranking) -> SimilarItems:
         """The items nearest ``item_id``: the ranking's scores are their similarities."""
+        assert ranking.recommendation_id is not None  # every served list has one
         return cls(
+            recommendation_id=ranking.recommendation_id,
             item_id=item_id,
             model_version=ranking.model_version,
             model_family=ranking.model_family,

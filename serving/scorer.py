@@ -32,7 +32,9 @@ from recsys.db.events import Event, Recorded, missing_items, record_events
 from recsys.db.queries import user_histories, user_history
 from recsys.errors import RecsysError
 from recsys.ids import event_type_problem, id_problem
+from recsys.online.impressions import Impression, new_recommendation_id
 from recsys.ranking import Filters, ItemScores, Ranking
+from serving.impressions import ImpressionLog
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +141,7 @@ class Scorer:
         retry_seconds: float = 60.0,
         future_tolerance_ms: int = int(DEFAULT_FUTURE_TOLERANCE_SECONDS * 1000),
         create_unknown_items: bool = False,
+        impressions: ImpressionLog | None = None,
     ):
         self.engine = engine
         self.threads = threads
@@ -150,6 +153,7 @@ class Scorer:
         self.retry_seconds = retry_seconds
         self.future_tolerance_ms = future_tolerance_ms
         self.create_unknown_items = create_unknown_items
+        self.impressions = impressions
 
     @property
     def ready(self) -> bool:
@@ -312,7 +316,7 @@ class Scorer:
             ]
             rankings = ranking.recommend_many(model.artifact, requests, catalogue=model.catalogue)
             for n, ranked in zip(valid, rankings, strict=True):
-                answers[n] = ranked
+                answers[n] = self._shown("recommend", ranked, user_id=queries[n].user_id)
         return cast(list[Answer], answers)  # each query has its answer by now
 
     def _histories(
@@ -344,11 +348,13 @@ class Scorer:
         k: int = 10,
         filters: Filters | None = None,
         explain: bool = False,
+        session_id: str | None = None,
+        user_id: str | None = None,
     ) -> Ranking:
         model = self.model
         _check_k(k)
         _check_list("item_ids", item_ids)
-        return ranking.recommend(
+        ranked = ranking.recommend(
             model.artifact,
             item_ids,
             k=k,
@@ -356,9 +362,16 @@ class Scorer:
             explain=explain,
             catalogue=model.catalogue,
         )
+        return self._shown("recommend_session", ranked, session_id=session_id, user_id=user_id)
 
     def similar_items(
-        self, item_id: str, *, k: int = 10, filters: Filters | None = None
+        self,
+        item_id: str,
+        *,
+        k: int = 10,
+        filters: Filters | None = None,
+        user_id: str | None = None,
+        session_id: str | None = None,
     ) -> Ranking:
         """The ``k`` items nearest ``item_id`` by cosine of the item representations; the
         ranking's scores are those similarities."""
@@ -374,7 +387,7 @@ class Scorer:
         if idx is None:
             raise NotFoundError("item_id", f"unknown item {item_id!r}")
         similarity = (unit @ unit[idx - 1]).astype(np.float32)  # (I,)
-        return ranking.rank_scores(
+        ranked = ranking.rank_scores(
             artifact,
             similarity,
             k,
@@ -382,6 +395,36 @@ class Scorer:
             filters=filters or Filters(),
             catalogue=model.catalogue,
         )
+        return self._shown(
+            "similar_items", ranked, item_id=item_id, user_id=user_id, session_id=session_id
+        )
+
+    def _shown(
+        self,
+        endpoint: str,
+        ranked: Ranking,
+        *,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        item_id: str | None = None,
+    ) -> Ranking:
+        """The ranking with its ``recommendation_id``, queued for the impression log."""
+        rid = new_recommendation_id()
+        log = self.impressions
+        if log is not None:
+            log.log(
+                Impression(
+                    rid,
+                    endpoint,
+                    ranked.model_version,
+                    tuple(item.item_id for item in ranked.items),
+                    user_id=user_id,
+                    session_id=session_id,
+                    item_id=item_id,
+                    fallback=ranked.fallback,
+                )
+            )
+        return dataclasses.replace(ranked, recommendation_id=rid)
 
     def score(self, user_id: str, item_ids: Sequence[str]) -> ItemScores:
         model = self.model

@@ -35,6 +35,7 @@ from serving.api import (
     errors,
 )
 from serving.batcher import MicroBatcher
+from serving.impressions import ImpressionLog
 from serving.schemas import (
     EventsIn,
     EventsRecorded,
@@ -106,6 +107,13 @@ MAX_BATCH = 64
 RELOAD_FAILURES = bentoml.metrics.Counter(
     name="recsys_reload_failures", documentation="New champions that failed to load"
 )
+IMPRESSIONS_WRITTEN = bentoml.metrics.Counter(
+    name="recsys_impressions_written", documentation="Impressions written to the database"
+)
+IMPRESSIONS_DROPPED = bentoml.metrics.Counter(
+    name="recsys_impressions_dropped",
+    documentation="Impressions dropped because the log's buffer was full",
+)
 
 
 def _count(endpoint: str, result: T) -> T:
@@ -124,12 +132,23 @@ class RecsysService:
     def __init__(self) -> None:
         settings = get_settings()  # now, not at import: the database and keys are the caller's
         engine = create_engine(settings.database_url)
+        self.impressions = (
+            ImpressionLog(
+                engine,
+                capacity=settings.impression_buffer,
+                on_drop=IMPRESSIONS_DROPPED.inc,
+                on_write=IMPRESSIONS_WRITTEN.inc,
+            )
+            if settings.impression_buffer
+            else None
+        )
         self.scorer = Scorer(
             engine,
             threads=settings.scorer_threads,
             retry_seconds=settings.reload_retry_seconds,
             future_tolerance_ms=int(settings.future_tolerance_seconds * 1000),
             create_unknown_items=settings.unknown_items == "create",
+            impressions=self.impressions,
         )
         admin: dict[str, tuple[str, ...]] = (
             {settings.admin_secret: (ADMIN,)} if settings.admin_secret else {}
@@ -167,6 +186,8 @@ class RecsysService:
     @bentoml.on_shutdown
     def _shutdown(self) -> None:
         self._stop.set()
+        if self.impressions is not None:
+            self.impressions.close()  # what was queued is written before the worker exits
 
     def _poll(self) -> None:
         while not self._stop.wait(self.poll_seconds):
@@ -213,6 +234,8 @@ class RecsysService:
                     k=request.k,
                     filters=filters_of(request.filters),
                     explain=request.explain,
+                    session_id=request.session_id,
+                    user_id=request.user_id,
                 )
             )
         return _count("recommend_session", result)
@@ -229,7 +252,11 @@ class RecsysService:
             result = SimilarItems.of(
                 request.item_id,
                 self.scorer.similar_items(
-                    request.item_id, k=request.k, filters=filters_of(request.filters)
+                    request.item_id,
+                    k=request.k,
+                    filters=filters_of(request.filters),
+                    user_id=request.user_id,
+                    session_id=request.session_id,
                 ),
             )
         return _count("similar_items", result)
@@ -263,6 +290,7 @@ class RecsysService:
                         event_type=e.event_type,
                         value=e.value,
                         occurred_at_ms=_epoch_ms(e.occurred_at),
+                        recommendation_id=e.recommendation_id,
                     )
                     for e in request.events
                 ]

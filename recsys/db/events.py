@@ -11,10 +11,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, select
+from sqlalchemy import Connection, Engine, Table, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from recsys.db.schema import interactions_table, items_table, users_table
+from recsys.db.schema import (
+    event_recommendations_table,
+    interactions_table,
+    items_table,
+    users_table,
+)
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,7 @@ class Event:
     event_type: str = "interaction"
     value: float | None = None
     occurred_at_ms: int | None = None  # None: now
+    recommendation_id: str | None = None  # the response that showed the item, if known
 
 
 @dataclass(frozen=True)
@@ -50,13 +56,26 @@ def record_events(engine: Engine, events: Sequence[Event]) -> Recorded:
             }
             for e in events
         ]
+        t = interactions_table.c
         stored = conn.execute(
             _insert(conn, interactions_table)
             .values(rows)
             .on_conflict_do_nothing()
-            .returning(interactions_table.c.id)
+            .returning(t.id, t.user_id, t.item_id, t.event_type, t.occurred_at)
         ).all()
         inserted = len(stored)
+        named = {
+            (r["user_id"], r["item_id"], r["event_type"], r["occurred_at"]): e.recommendation_id
+            for r, e in zip(rows, events, strict=True)
+            if e.recommendation_id is not None
+        }
+        links = [
+            {"interaction_id": row[0], "recommendation_id": named[key]}
+            for row in stored
+            if (key := tuple(row[1:])) in named
+        ]
+        if links:
+            conn.execute(insert(event_recommendations_table), links)
     return Recorded(inserted, len(rows) - inserted, new_users, new_items)
 
 

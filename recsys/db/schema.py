@@ -273,6 +273,57 @@ class CatalogueState(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class Impression(Base):
+    """One list the prediction API answered: what was shown, to whom, by which model.
+
+    ``id`` is the ``recommendation_id`` of the response; ``items`` are the external item ids
+    in rank order; ``shown_at`` is epoch ms (UTC) like events. ``user_id`` (external) for a
+    ``recommend`` call, ``session_id`` for an anonymous one, ``item_id`` for ``similar_items``.
+    ``arm`` is ``champion`` or ``challenger`` while an experiment runs, else null.
+    """
+
+    __tablename__ = "impressions"
+    __table_args__ = (Index(None, "user_id", "shown_at"), Index(None, "shown_at"))
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    shown_at: Mapped[int] = mapped_column(BigInteger)
+    endpoint: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[str | None] = mapped_column(String(255))
+    session_id: Mapped[str | None] = mapped_column(String(255))
+    item_id: Mapped[str | None] = mapped_column(String(255))
+    model_version: Mapped[int] = mapped_column(Integer)
+    experiment_id: Mapped[int | None] = mapped_column(Integer)
+    arm: Mapped[str | None] = mapped_column(String(16))
+    fallback: Mapped[str | None] = mapped_column(String(16))
+    items: Mapped[list[str]] = mapped_column(JSONType)
+
+
+class EventRecommendation(Base):
+    """The ``recommendation_id`` an event named when it was recorded (the event itself stays
+    in ``interactions`` unchanged)."""
+
+    __tablename__ = "event_recommendations"
+
+    interaction_id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=False)
+    recommendation_id: Mapped[str] = mapped_column(String(32), index=True)
+
+
+class Attribution(Base):
+    """Which impression an event is credited to: the one it named, else the latest impression
+    that showed its item to its user within the attribution window. Derived: rebuilt from
+    ``impressions``, ``interactions`` and ``event_recommendations`` by
+    :func:`recsys.online.attribution.attribute`."""
+
+    __tablename__ = "attributions"
+
+    interaction_id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=False)
+    impression_id: Mapped[str] = mapped_column(String(32), index=True)
+    rank: Mapped[int] = mapped_column(Integer)
+    event_type: Mapped[str] = mapped_column(String(32))
+    occurred_at: Mapped[int] = mapped_column(BigInteger, index=True)
+    named: Mapped[bool] = mapped_column(Boolean)
+
+
 # Core-level handles for bulk statements (the ORM classes type ``__table__`` loosely).
 users_table = cast(Table, User.__table__)
 items_table = cast(Table, Item.__table__)
@@ -286,3 +337,6 @@ locks_table = cast(Table, Lock.__table__)
 api_keys_table = cast(Table, ApiKey.__table__)
 source_watermarks_table = cast(Table, SourceWatermark.__table__)
 catalogue_state_table = cast(Table, CatalogueState.__table__)
+impressions_table = cast(Table, Impression.__table__)
+event_recommendations_table = cast(Table, EventRecommendation.__table__)
+attributions_table = cast(Table, Attribution.__table__)

@@ -30,6 +30,10 @@ TABLES = {
     "locks",
     "api_keys",
     "source_watermarks",
+    "catalogue_state",
+    "impressions",
+    "event_recommendations",
+    "attributions",
 }
 
 

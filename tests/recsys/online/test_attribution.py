@@ -1,0 +1,115 @@
+"""Attribution of events to impressions, and the online metrics read from it (SQLite and
+PostgreSQL)."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from recsys.db.events import Event, record_events
+from recsys.online.attribution import attribute
+from recsys.online.impressions import Impression, write_impressions
+from recsys.online.metrics import compare, online_metrics, proportion
+
+WINDOW = 10.0  # seconds
+
+IMPRESSIONS = [
+    Impression("1" * 32, "recommend", 1, ("a", "b", "c"), user_id="u1", shown_at=1_000),
+    Impression("2" * 32, "recommend", 1, ("b", "d"), user_id="u1", shown_at=5_000),
+    Impression(
+        "3" * 32, "recommend_session", 2, ("e", "a"), session_id="s9", fallback="popular",
+        shown_at=2_000,
+    ),
+    Impression("4" * 32, "recommend", 2, ("c",), user_id="u2", shown_at=1_000),
+]  # fmt: skip
+EVENTS = [
+    Event("u1", "b", "click", occurred_at_ms=6_000),  # the later list that showed b: #2
+    Event("u1", "c", "click", occurred_at_ms=3_000),  # #1, rank 3
+    Event("u1", "a", "click", occurred_at_ms=6_001, recommendation_id="1" * 32),  # named
+    Event("u1", "e", "click", occurred_at_ms=6_000),  # never shown to u1
+    Event("s9", "a", "purchase", occurred_at_ms=2_500),  # the session's list, rank 2
+    Event("u2", "c", "click", occurred_at_ms=11_001),  # outside the window
+    Event("u1", "b", "click", occurred_at_ms=500),  # before any list
+    Event("u2", "a", "click", occurred_at_ms=1_100, recommendation_id="4" * 32),  # not in #4
+]
+
+
+def _attributions(engine: sa.Engine) -> set[tuple[str, str, str, int, bool]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT u.external_id, i.external_id, a.impression_id, a.rank, a.named "
+                "FROM attributions a JOIN interactions e ON e.id = a.interaction_id "
+                "JOIN users u ON u.id = e.user_id JOIN items i ON i.id = e.item_id"
+            )
+        ).all()
+    return {(u, i, rid[0], int(rank), bool(named)) for u, i, rid, rank, named in rows}
+
+
+@pytest.fixture
+def logged(engine: sa.Engine) -> sa.Engine:
+    write_impressions(engine, IMPRESSIONS)
+    record_events(engine, EVENTS)
+    with engine.begin() as conn:  # shown, never used: in the catalogue all the same
+        conn.execute(sa.text("INSERT INTO items (external_id) VALUES ('d')"))
+    return engine
+
+
+def test_events_are_credited_to_the_list_they_name_or_the_latest_that_showed_them(
+    logged: sa.Engine,
+) -> None:
+    result = attribute(logged, window_seconds=WINDOW)
+    assert (result.events, result.attributed, result.named) == (8, 4, 1)
+    assert _attributions(logged) == {
+        ("u1", "b", "2", 1, False),
+        ("u1", "c", "1", 3, False),
+        ("u1", "a", "1", 1, True),
+        ("s9", "a", "3", 2, False),
+    }
+    # Derived, so recomputable: the same again, and a shorter window applies to the past.
+    attribute(logged, window_seconds=WINDOW)
+    assert len(_attributions(logged)) == 4
+    attribute(logged, window_seconds=1.5)
+    assert _attributions(logged) == {
+        ("u1", "b", "2", 1, False),
+        ("u1", "a", "1", 1, True),
+        ("s9", "a", "3", 2, False),
+    }  # c came 2 s after its list
+    with logged.connect() as conn:  # events stay events
+        assert conn.execute(sa.text("SELECT count(*) FROM interactions")).scalar_one() == 8
+
+
+def test_online_metrics_per_version_with_intervals(logged: sa.Engine) -> None:
+    attribute(logged, window_seconds=WINDOW)
+    groups = {
+        g.model_version: g
+        for g in online_metrics(logged, click_events=["click"], conversion_events=["purchase"])
+    }
+    one, two = groups[1], groups[2]
+    assert (one.impressions, two.impressions) == (2, 2)
+    assert one.ctr.value == 1.0 and one.mrr.value == 1.0 and one.conversion.value == 0.0
+    assert one.coverage.value == pytest.approx(4 / 5)  # a, b, c, d of a, b, c, d, e
+    assert two.ctr.value == 0.0 and two.conversion.value == 0.5
+    assert two.fallback_share.value == 0.5 and one.fallback_share.value == 0.0
+    for estimate in (one.ctr, two.conversion, two.fallback_share):
+        assert estimate.low is not None and estimate.high is not None
+        assert 0.0 <= estimate.low <= estimate.value <= estimate.high <= 1.0  # type: ignore[operator]
+    report = one.report()
+    assert set(report) >= {"ctr@10", "conversion@10", "mrr", "coverage", "fallback_share"}
+    at_two = online_metrics(logged, click_events=["click"], conversion_events=["purchase"], k=2)
+    assert {g.model_version: g.ctr.value for g in at_two}[1] == 1.0  # a (rank 1), b (rank 1)
+    at_one = online_metrics(
+        logged, click_events=["click"], conversion_events=["purchase"], since_ms=4_000
+    )
+    assert [(g.model_version, g.impressions) for g in at_one] == [(1, 1)]
+
+
+def test_intervals_and_the_two_arm_comparison() -> None:
+    none = proportion(0, 10)
+    assert none.value == 0.0 and none.low == 0.0 and none.high == pytest.approx(0.2775, abs=1e-4)
+    better = compare("ctr", 100, 1000, 150, 1000)
+    assert better.diff == pytest.approx(0.05)
+    assert better.ci_low is not None and better.ci_low > 0 and better.p_value < 0.01  # type: ignore[operator]
+    same = compare("ctr", 100, 1000, 100, 1000)
+    assert same.diff == 0 and same.p_value == pytest.approx(1.0)
+    assert compare("ctr", 0, 0, 1, 10).p_value is None
