@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import pickle
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -16,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from recsys.sources.config import SourceError, load_sources, parse_source
+from recsys.sources.reader import transient
 from recsys.sources.sync import check_source, sync_source
 
 from .conftest import PURCHASES_STORED, Shop, fill, page_views, write_sources
@@ -79,6 +82,39 @@ def test_check_unreachable_database_is_one_line_without_the_password(
     message = str(caught.value)
     assert message.startswith("source customers: cannot connect to ")
     assert "\n" not in message and "hunter2" not in message
+
+
+def test_only_connection_trouble_is_transient(shop_db: Shop, tmp_path: Path) -> None:
+    """A refused connection may pass (retried by the sync flow); a config or schema error not."""
+    unreachable = parse_source(
+        "customers",
+        {"url": _unreachable_url(shop_db.backend, tmp_path), "table": "customers",
+         "users": {"id": "id"}},
+    )  # fmt: skip
+    body = {"url": shop_db.url, "table": "page_views",
+            "events": {"user": "customer_id", "item": "sku", "time": "viewed_at"}}  # fmt: skip
+    no_column = parse_source("views", body | {"events": body["events"] | {"item": "product"}})
+    no_table = parse_source("views", body | {"table": "no_such_table"})
+    bad_query = parse_source("views", {k: v for k, v in body.items() if k != "table"}
+                             | {"query": "SELEKT 1"})  # fmt: skip
+    for source, expected in [
+        (unreachable, shop_db.backend != "sqlite"),  # SQLite: the file's folder is missing
+        (no_column, False),
+        (no_table, False),
+        (bad_query, False),
+    ]:
+        with pytest.raises(SourceError) as caught:
+            check_source(source)
+        assert caught.value.transient is expected, caught.value
+        copied = pickle.loads(pickle.dumps(caught.value))  # how results cross processes
+        assert (str(copied), copied.transient) == (str(caught.value), expected)
+
+
+def test_transient_sqlite_errors_are_locks_only() -> None:
+    locked = sa.exc.OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
+    missing = sa.exc.OperationalError("SELECT", {}, sqlite3.OperationalError("no such table: x"))
+    assert transient(locked) and not transient(missing)
+    assert not transient(sa.exc.ProgrammingError("SELECT", {}, Exception("syntax error")))
 
 
 def test_sync_loads_every_source_and_twice_adds_nothing(
