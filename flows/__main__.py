@@ -18,6 +18,7 @@ from flows.common import print_result
 ENTRY_POINTS = {
     "retrain": ("flows.retrain", "run_once"),
     "batch": ("flows.batch", "run_once"),
+    "sync": ("flows.sync", "run_once"),
     "schedule": ("flows.deploy", "schedule"),
 }
 

@@ -1,7 +1,8 @@
-"""The scheduled retrain: a Prefect deployment of ``retrain_flow`` on a cron, one run at a time.
+"""The scheduled flows: a Prefect deployment of ``retrain_flow`` on a cron and, beside it, one
+of ``sync_flow`` on its own cron when there are database sources; each one run at a time.
 
-``recsys schedule`` (``python -m flows schedule '{...}'``) creates it and serves its runs;
-``apply_only`` just registers it.
+``recsys schedule`` (``python -m flows schedule '{...}'``) creates them and serves their runs
+from one process; ``apply_only`` just registers them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from prefect.types.entrypoint import EntrypointType
 
 from flows.common import start_prefect_api
 from flows.retrain import retrain_flow
-from recsys.config import DEFAULT_MODELS
+from flows.sync import chosen_sources, sync_flow
+from recsys.config import DEFAULT_MODELS, get_settings
 from recsys.errors import RecsysError
 from recsys.models import spec
 
@@ -27,8 +29,12 @@ DEFAULT_CRON = "0 3 * * *"
 DEFAULT_TIMEZONE = "UTC"
 SPLITS = ("loo", "temporal")
 TAGS = ["recsys", "retrain", "scheduled"]
-# At most one retrain at a time; a run due while one is active (or a backlog of runs missed
-# while nothing was serving) is cancelled rather than queued behind it.
+DEFAULT_SYNC_NAME = "frequent"
+DEFAULT_SYNC_CRON = "*/5 * * * *"
+SYNC_OFF = "off"
+SYNC_TAGS = ["recsys", "sources", "scheduled"]
+# At most one run of each deployment at a time; a run due while one is active (or a backlog
+# of runs missed while nothing was serving) is cancelled rather than queued behind it.
 CONCURRENCY = ConcurrencyLimitConfig(
     limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
 )
@@ -67,6 +73,43 @@ def retrain_deployment(
     return deployment
 
 
+def sync_deployment(
+    *,
+    name: str = DEFAULT_SYNC_NAME,
+    cron: str = DEFAULT_SYNC_CRON,
+    names: list[str] | None = None,
+    timezone: str = DEFAULT_TIMEZONE,
+) -> RunnerDeployment:
+    """The sync deployment: the sources ``names`` (default: all) on ``cron``."""
+    sources = chosen_sources(get_settings().sources_file, names)  # a bad file fails now
+    deployment = sync_flow.to_deployment(
+        name=name,
+        schedule=Cron(cron, timezone=timezone),
+        concurrency_limit=CONCURRENCY,
+        parameters={"names": names or None},
+        description=(
+            f"Read the new rows of {', '.join(s.name for s in sources)} into the store; "
+            "a source another sync is reading is skipped."
+        ),
+        tags=SYNC_TAGS,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    if not isinstance(deployment, RunnerDeployment):
+        deployment.close()
+        raise RecsysError("sync_deployment is synchronous: call it outside an event loop")
+    return deployment
+
+
+def sync_cron_for(sync_cron: str | None) -> str | None:
+    """The sync's cron: ``None`` means every 5 minutes if the sources file exists, else off;
+    ``"off"`` (or empty) is off; any other value is the cron (and the file must exist)."""
+    if sync_cron is None:
+        return DEFAULT_SYNC_CRON if get_settings().sources_file.exists() else None
+    if sync_cron.strip().lower() in ("", SYNC_OFF):
+        return None
+    return sync_cron
+
+
 def schedule(
     *,
     name: str = DEFAULT_NAME,
@@ -75,17 +118,31 @@ def schedule(
     models: list[str] | None = None,
     split: str = "loo",
     margin: float = 0.0,
+    sync_cron: str | None = None,
+    sync_name: str = DEFAULT_SYNC_NAME,
+    sync_sources: list[str] | None = None,
     apply_only: bool = False,
 ) -> dict[str, Any]:
-    """Create the retrain deployment and serve its runs until interrupted; with
-    ``apply_only``, register it and return what was registered (``recsys schedule``)."""
+    """Create the retrain deployment and, on ``sync_cron`` (see :func:`sync_cron_for`), the
+    sync deployment, and serve their runs until interrupted; with ``apply_only``, register
+    them and return what was registered (``recsys schedule``)."""
     deployment = retrain_deployment(
         name=name, cron=cron, models=models, split=split, margin=margin, timezone=timezone
     )
+    chosen_cron = sync_cron_for(sync_cron)
+    sync = None
+    if chosen_cron is not None:
+        sync = sync_deployment(
+            name=sync_name, cron=chosen_cron, names=sync_sources, timezone=timezone
+        )
     start_prefect_api()  # a temporary server when PREFECT_API_URL is unset, one at a time
     if not apply_only:
-        serve(deployment)  # registers it, then runs its scheduled runs until interrupted
-        return {"name": f"{retrain_flow.name}/{deployment.name}", "served": True}
+        serve(deployment, *([sync] if sync else []))  # registers, then runs until interrupted
+        return {
+            "name": f"{retrain_flow.name}/{deployment.name}",
+            "sync": None if sync is None else f"{sync_flow.name}/{sync.name}",
+            "served": True,
+        }
     if get_current_settings().api.url is None:
         print(
             "warning: PREFECT_API_URL is not set, so the deployment goes to a temporary server"
@@ -93,6 +150,15 @@ def schedule(
             file=sys.stderr,
         )
     deployment_id = deployment.apply()
+    registered = None
+    if sync is not None:
+        registered = {
+            "deployment_id": str(sync.apply()),
+            "name": f"{sync_flow.name}/{sync.name}",
+            "schedule": chosen_cron,
+            "concurrency_limit": CONCURRENCY.limit,
+            "parameters": sync.parameters,
+        }
     return {
         "deployment_id": str(deployment_id),
         "name": f"{retrain_flow.name}/{deployment.name}",
@@ -100,4 +166,5 @@ def schedule(
         "timezone": timezone,
         "concurrency_limit": CONCURRENCY.limit,
         "parameters": deployment.parameters,
+        "sync": registered,
     }

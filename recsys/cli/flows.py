@@ -1,5 +1,5 @@
 """``recsys retrain``, ``batch`` and ``schedule``: the Prefect flows, run in a child process
-(see :mod:`recsys.cli.runner`)."""
+(see :mod:`recsys.cli.runner`); ``recsys sources sync --flow`` is in :mod:`recsys.cli.sources`."""
 
 from __future__ import annotations
 
@@ -83,12 +83,25 @@ def batch(
 def schedule(
     cron: Annotated[str, typer.Option(help="Cron schedule of the retrain (UTC).")] = "0 3 * * *",
     models: ModelsOption = DEFAULT_MODELS_TEXT,
+    sync_cron: Annotated[
+        str | None,
+        typer.Option(
+            help="Cron schedule of the sources sync (UTC); 'off' for none. "
+            "Default: */5 * * * * when RECSYS_SOURCES_FILE exists, else off."
+        ),
+    ] = None,
     apply_only: Annotated[
-        bool, typer.Option("--apply-only", help="Register the deployment and exit.")
+        bool, typer.Option("--apply-only", help="Register the deployments and exit.")
     ] = False,
 ) -> None:
-    """Create the scheduled retrain deployment and, unless --apply-only, serve its runs."""
-    parameters = {"cron": cron, "models": model_list(models), "apply_only": apply_only}
+    """Create the scheduled retrain deployment and the sources sync deployment and, unless
+    --apply-only, serve their runs."""
+    parameters = {
+        "cron": cron,
+        "models": model_list(models),
+        "sync_cron": sync_cron,
+        "apply_only": apply_only,
+    }
     if apply_only:
         emit(run_flow("schedule", parameters), True)
         return

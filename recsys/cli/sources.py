@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from recsys.cli.output import JsonOption, emit, engine_of, print_mapping, user_errors
+from recsys.cli.runner import run_flow
 from recsys.config import get_settings
 
 sources_app = typer.Typer(
@@ -42,11 +43,26 @@ def check(name: NameArgument = None, as_json: JsonOption = False) -> None:
 
 @sources_app.command("sync")
 @user_errors
-def sync(name: NameArgument = None, as_json: JsonOption = False) -> None:
-    """Read each source's rows past its watermark into the store, then move the watermark."""
+def sync(
+    name: NameArgument = None,
+    as_flow: Annotated[
+        bool,
+        typer.Option(
+            "--flow", help="Run it as the Prefect sync flow (retries, a report artifact)."
+        ),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Read each source's rows past its watermark into the store, then move the watermark.
+
+    A source that another sync is reading is skipped (status `skipped`, naming that sync).
+    """
     from recsys.sources.config import load_sources
     from recsys.sources.sync import select_sources, sync_source
 
+    if as_flow:
+        _emit(run_flow("sync", {"names": [name] if name else None})["sources"], as_json)
+        return
     settings = get_settings()
     chosen = select_sources(load_sources(settings.sources_file), name)
     store = engine_of(settings)

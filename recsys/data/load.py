@@ -177,8 +177,12 @@ def _upsert_catalogue(
             changed += _upsert_rows(conn, table, part, key, names)
     known = stored.index.union(pd.Index(described[key].astype(str)))
     bare = pd.Index(events[key].unique()).difference(known)
+    insert_fn: Any = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     for chunk in _chunks([{"external_id": i} for i in bare], 10_000):
-        conn.execute(insert(table).values(chunk))
+        # Another load may add the same new id meanwhile: theirs stands, ours does nothing.
+        conn.execute(
+            insert_fn(table).values(chunk).on_conflict_do_nothing(index_elements=["external_id"])
+        )
     if described.empty and bare.empty:
         return stored, changed
     return _stored_ids(conn, table), changed

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from recsys.db.schema import locks_table
@@ -47,6 +47,22 @@ def acquire(engine: Engine, name: str, *, holder: str, ttl: timedelta) -> None:
             row = conn.execute(select(locks_table).where(locks_table.c.name == name)).first()
             who = f"{row.holder} since {row.acquired_at:%Y-%m-%d %H:%M:%S} UTC" if row else "?"
             raise LockHeldError(f"{name} is already running: held by {who}") from None
+
+
+def renew(engine: Engine, name: str, *, holder: str, ttl: timedelta) -> None:
+    """Move the expiry of ``holder``'s lock to ``ttl`` from now, so a long job keeps it.
+
+    A lock that ran out and was taken by another holder (or released) is lost: LockHeldError.
+    """
+    with engine.begin() as conn:
+        renewed = conn.execute(
+            update(locks_table)
+            .where(locks_table.c.name == name)
+            .where(locks_table.c.holder == holder)
+            .values(expires_at=datetime.now(UTC) + ttl)
+        ).rowcount
+    if not renewed:
+        raise LockHeldError(f"{name}: {holder} no longer holds the lock (it expired)")
 
 
 def release(engine: Engine, name: str, *, holder: str) -> None:

@@ -35,7 +35,15 @@ class SourceConfigError(RecsysError):
 
 
 class SourceError(RecsysError):
-    """A source failed against its database: unreachable, a missing column, a bad query."""
+    """A source failed against its database: unreachable, a missing column, a bad query.
+
+    ``transient`` is true when the driver reported what may pass on its own (a refused or
+    dropped connection, a busy database), so trying again later may succeed.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 def hide_password(url: str) -> str:

@@ -13,7 +13,14 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    InterfaceError,
+    NoSuchModuleError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.pool import NullPool
 
 from recsys.sources.config import SourceConfig, SourceError
@@ -52,7 +59,8 @@ def connect(source: SourceConfig, engine: Engine) -> Connection:
         return engine.connect()
     except DBAPIError as exc:
         raise SourceError(
-            f"source {source.name}: cannot connect to {source.shown_url}: {_reason(exc)}"
+            f"source {source.name}: cannot connect to {source.shown_url}: {_reason(exc)}",
+            transient=transient(exc),
         ) from None
 
 
@@ -104,7 +112,9 @@ def read_chunks(
         try:
             fetched = result.fetchmany(size)
         except SQLAlchemyError as exc:
-            raise SourceError(f"source {source.name}: reading failed: {_reason(exc)}") from None
+            raise SourceError(
+                f"source {source.name}: reading failed: {_reason(exc)}", transient=transient(exc)
+            ) from None
         if not fetched:
             break
         pending.extend(tuple(r) for r in fetched)
@@ -138,7 +148,34 @@ def _run(source: SourceConfig, conn: Connection, stmt: sa.Select[Any]) -> sa.Cur
     try:
         return conn.execute(stmt)
     except SQLAlchemyError as exc:
-        raise SourceError(f"source {source.name}: the query failed: {_reason(exc)}") from None
+        raise SourceError(
+            f"source {source.name}: the query failed: {_reason(exc)}", transient=transient(exc)
+        ) from None
+
+
+# Refused logins and unknown databases come as OperationalError too, but do not pass on their
+# own: PostgreSQL's SQLSTATE classes 28 and 3D, MySQL's access-denied and unknown-database codes.
+_LASTING_SQLSTATE = ("28", "3D")
+_LASTING_MYSQL = {1044, 1045, 1049}
+
+
+def transient(exc: Exception) -> bool:
+    """Whether a driver error may pass on its own: a dropped or refused connection, a busy or
+    locked database. A bad query, a missing table or a refused login is not (SQLite reports
+    those as OperationalError too, so there only "locked" and "busy" count)."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return False
+    orig = exc.orig
+    if type(orig).__module__.startswith("sqlite3"):
+        text = str(orig).lower()
+        return "locked" in text or "busy" in text
+    sqlstate = getattr(orig, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate.startswith(_LASTING_SQLSTATE):
+        return False
+    code = orig.args[0] if orig is not None and orig.args else None
+    return not (isinstance(code, int) and code in _LASTING_MYSQL)
 
 
 def _reason(exc: Exception) -> str:

@@ -4,24 +4,35 @@ A sync reads the rows past the source's watermark (less its look-back) in chunks
 is mapped and loaded like a file import (one transaction, stored rows skipped), and only then
 does the watermark move, in a transaction of its own. A crash between the two makes the next
 sync re-read that chunk, whose rows are then counted as already stored.
+
+One sync of a source runs at a time, wherever it was started (the CLI, a flow, another
+machine): it holds the lock ``source:NAME`` in the store (:mod:`recsys.db.locks`), renewed
+after every chunk, and a sync started meanwhile returns at once as ``skipped``, naming the
+holder. Different sources sync concurrently.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from recsys.data.ingest import append_rejects, rejects_path
 from recsys.data.load import load_batch
 from recsys.data.readers import id_text
+from recsys.db import locks
 from recsys.db.catalogue import withdraw_absent
 from recsys.db.migrate import require_current
 from recsys.db.schema import items_table, users_table
@@ -40,6 +51,10 @@ logger = logging.getLogger(__name__)
 
 # Called with the chunk's number after its rows are committed, before the watermark moves.
 AfterLoad = Callable[[int], None]
+# A sync that makes no progress (no chunk stored) for this long loses its lock: a sync that
+# died holds its source up to this long.
+LOCK_TTL = timedelta(minutes=15)
+LOCK_NAME_LENGTH = 64  # the locks table's name column
 
 
 @dataclass(frozen=True)
@@ -95,11 +110,15 @@ class SyncResult:
     seconds: float
     import_ids: list[int] = field(default_factory=list)
     items_withdrawn: int = 0
+    status: str = "synced"  # or "skipped": another sync of the source was running
+    reason: str | None = None  # why it was skipped
 
     def report(self) -> dict[str, Any]:
         return {
             "source": self.name,
             "kind": self.kind,
+            "status": self.status,
+            **({"reason": self.reason} if self.reason else {}),
             "rows_read": self.rows_read,
             "rows_inserted": self.rows_inserted,
             "rows_already_stored": self.rows_already_stored,
@@ -162,6 +181,15 @@ def check_source(
     )
 
 
+def lock_name(name: str) -> str:
+    """The lock one sync of source ``name`` holds: ``source:NAME`` (a long name is hashed)."""
+    full = f"source:{name}"
+    if len(full) <= LOCK_NAME_LENGTH:
+        return full
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    return f"{full[: LOCK_NAME_LENGTH - len(digest) - 1]}~{digest}"
+
+
 def sync_source(
     store: Engine,
     source: SourceConfig,
@@ -169,10 +197,43 @@ def sync_source(
     *,
     env: dict[str, str] | None = None,
     after_load: AfterLoad | None = None,
+    holder: str | None = None,
 ) -> SyncResult:
-    """Read the source's new rows into the store; the watermark moves after each chunk."""
+    """Read the source's new rows into the store; the watermark moves after each chunk.
+
+    Under the source's lock, held as ``holder`` (default: this process and machine); if
+    another sync holds it, nothing is read and the result is ``skipped`` with the holder.
+    """
     require_current(store)
     started = time.perf_counter()
+    name = lock_name(source.name)
+    holder = (holder or f"sync process {os.getpid()} on {socket.gethostname()}")[:255]
+    try:
+        locks.acquire(store, name, holder=holder, ttl=LOCK_TTL)
+    except locks.LockHeldError as exc:
+        return _skipped(store, source, str(exc), time.perf_counter() - started)
+
+    def renew() -> None:
+        locks.renew(store, name, holder=holder, ttl=LOCK_TTL)
+
+    try:
+        return _sync_locked(store, source, rejects_dir, env, after_load, renew, started)
+    finally:
+        try:
+            locks.release(store, name, holder=holder)
+        except SQLAlchemyError as exc:  # the store is gone: the lock runs out by itself
+            logger.warning("source %s: lock not released (%s); it expires", source.name, exc)
+
+
+def _sync_locked(
+    store: Engine,
+    source: SourceConfig,
+    rejects_dir: Path,
+    env: dict[str, str] | None,
+    after_load: AfterLoad | None,
+    renew: Callable[[], None],
+    started: float,
+) -> SyncResult:
     before = None
     if source.watermark is not None:
         before = read_watermark(store, source.name, source.watermark)
@@ -215,6 +276,7 @@ def sync_source(
                 if source.watermark is not None:
                     watermark = later(watermark, chunk.last_watermark)
                     write_watermark(store, source.name, source.watermark, watermark)
+                renew()
                 logger.info(
                     "source %s: chunk %d stored, watermark %s", source.name, number, watermark
                 )
@@ -262,6 +324,29 @@ def _withdraw(store: Engine, source: SourceConfig, present: set[str] | None, rea
             "source %s: %d items no longer returned, now unavailable", source.name, len(gone)
         )
     return len(gone)
+
+
+def _skipped(store: Engine, source: SourceConfig, reason: str, seconds: float) -> SyncResult:
+    stored = None
+    if source.watermark is not None:
+        value = read_watermark(store, source.name, source.watermark)
+        stored = None if value is None else encode(value)[0]
+    return SyncResult(
+        name=source.name,
+        kind=source.kind,
+        rows_read=0,
+        rows_inserted=0,
+        rows_already_stored=0,
+        rows_rejected=0,
+        rejects_by_reason={},
+        rejects_file=None,
+        watermark_before=stored,
+        watermark=stored,
+        chunks=0,
+        seconds=seconds,
+        status="skipped",
+        reason=reason,
+    )
 
 
 def _count(engine: Engine, table: Any) -> int:

@@ -1,4 +1,5 @@
-"""The scheduled retrain deployment on a temporary Prefect server: its settings and a real run."""
+"""The scheduled deployments (retrain, sources sync) on a temporary Prefect server: their
+settings and a real run of each."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+import sqlalchemy as sa
 from prefect import get_client
 from prefect.client.schemas.objects import ConcurrencyLimitStrategy, FlowRun
 from prefect.client.schemas.schedules import CronSchedule
@@ -17,10 +19,13 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.runner import Runner
 
 import flows.deploy as deploy_module
-from flows.deploy import retrain_deployment, schedule
+from flows.deploy import retrain_deployment, schedule, sync_deployment
 from recsys import registry
 from recsys.db.engine import create_engine
 from recsys.errors import RecsysError
+from recsys.sources.config import SourceConfigError
+
+from ..recsys.sources.conftest import fill, write_sources
 
 RUN_TIMEOUT = 300.0
 
@@ -167,3 +172,112 @@ def test_recsys_schedule_registers_then_serves_the_deployment(flow_home: dict[st
     finally:
         serving.terminate()
         serving.wait(timeout=30)
+
+
+@pytest.fixture
+def sources_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The shop on SQLite as RECSYS_SOURCES_FILE."""
+    url = f"sqlite:///{tmp_path / 'shop.db'}"
+    shop = sa.create_engine(url)
+    fill(shop)
+    shop.dispose()
+    path = write_sources(tmp_path / "recsys.toml", url)
+    monkeypatch.setenv("RECSYS_SOURCES_FILE", str(path))
+    return path
+
+
+def test_sync_deployment_registers_its_cron_limit_and_parameters_and_runs_a_sync(
+    flow_home: dict[str, str], sources_file: Path
+) -> None:
+    deployment = sync_deployment(name="test-sync", cron="*/5 * * * *")
+    deployment_id = deployment.apply()
+    stored = read_deployment(deployment_id)
+    assert stored.name == "test-sync" and stored.entrypoint == "flows.sync.sync_flow"
+    (schedule,) = stored.schedules
+    assert isinstance(schedule.schedule, CronSchedule) and schedule.active
+    assert schedule.schedule.cron == "*/5 * * * *" and schedule.schedule.timezone == "UTC"
+    assert stored.global_concurrency_limit is not None
+    assert stored.global_concurrency_limit.limit == 1
+    assert stored.concurrency_options is not None
+    assert stored.concurrency_options.collision_strategy == ConcurrencyLimitStrategy.CANCEL_NEW
+    assert stored.parameters == {"names": None}
+    assert "purchases, views, products, customers" in stored.description
+
+    flow_run = asyncio.run(trigger_and_serve_once(deployment))
+    assert flow_run.deployment_id == deployment_id
+    assert flow_run.state is not None and flow_run.state.is_completed(), flow_run.state
+    engine = create_engine(os.environ["RECSYS_DATABASE_URL"])
+    with engine.connect() as conn:
+        marks = dict(conn.execute(sa.text("SELECT name, value FROM source_watermarks")).all())
+    engine.dispose()
+    assert marks["purchases"] == "8" and set(marks) == {"purchases", "views"}
+
+
+def test_schedule_serves_the_sync_beside_the_retrain_when_there_are_sources(
+    monkeypatch: pytest.MonkeyPatch, sources_file: Path
+) -> None:
+    served: list[RunnerDeployment] = []
+    monkeypatch.setattr(deploy_module, "serve", lambda *d: served.extend(d))
+    result = schedule(cron="0 5 * * *", models=["ease"])
+    retrain, sync = served
+    assert result["sync"] == "sync-sources/frequent"
+    assert retrain.name == "nightly" and sync.name == "frequent"
+    assert sync.concurrency_limit == 1 and sync.parameters == {"names": None}
+    assert sync.schedules is not None
+    cron = sync.schedules[0].schedule
+    assert isinstance(cron, CronSchedule) and cron.cron == "*/5 * * * *"
+
+    served.clear()
+    schedule(cron="0 5 * * *", models=["ease"], sync_cron="0 * * * *", sync_sources=["views"])
+    assert served[1].parameters == {"names": ["views"]}
+    assert served[1].schedules is not None and served[1].schedules[0].schedule.cron == "0 * * * *"
+    served.clear()
+    assert schedule(cron="0 5 * * *", models=["ease"], sync_cron="off")["sync"] is None
+    assert [d.name for d in served] == ["nightly"]
+    with pytest.raises(SourceConfigError, match="no source named 'clicks'"):
+        schedule(models=["ease"], sync_sources=["clicks"])
+
+
+def test_schedule_leaves_the_sync_out_without_a_sources_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("RECSYS_SOURCES_FILE", str(tmp_path / "none.toml"))
+    served: list[RunnerDeployment] = []
+    monkeypatch.setattr(deploy_module, "serve", lambda *d: served.extend(d))
+    assert schedule(models=["ease"])["sync"] is None
+    assert [d.name for d in served] == ["nightly"]
+    with pytest.raises(SourceConfigError, match="no sources file at"):
+        schedule(models=["ease"], sync_cron="*/5 * * * *")  # asked for: the file must exist
+
+
+def test_schedule_apply_only_registers_the_sync_too(
+    flow_home: dict[str, str], sources_file: Path
+) -> None:
+    printed = schedule(apply_only=True, name="test-both", models=["ease"], sync_name="test-s")
+    sync = printed["sync"]
+    assert sync["name"] == "sync-sources/test-s" and sync["schedule"] == "*/5 * * * *"
+    assert sync["concurrency_limit"] == 1 and sync["parameters"] == {"names": None}
+    stored = read_deployment(UUID(sync["deployment_id"]))
+    assert stored.schedules[0].schedule.cron == "*/5 * * * *"
+
+
+def test_recsys_schedule_sync_cron_option(flow_home: dict[str, str], sources_file: Path) -> None:
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    recsys = str(Path(sys.executable).with_name("recsys"))
+    applied = subprocess.run(
+        [recsys, "schedule", "--models", "ease", "--sync-cron", "*/10 * * * *", "--apply-only"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert applied.returncode == 0, applied.stderr
+    registered = json.loads(applied.stdout.strip().splitlines()[-1])
+    assert registered["sync"]["schedule"] == "*/10 * * * *"
+    stored = read_deployment(UUID(registered["sync"]["deployment_id"]))
+    assert stored.entrypoint == "flows.sync.sync_flow"

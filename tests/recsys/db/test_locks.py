@@ -59,3 +59,15 @@ def test_held_does_not_nest_across_threads(engine: Engine) -> None:
         thread.start()
         thread.join()
     assert len(errors) == 1 and "held by main" in str(errors[0])
+
+
+def test_renew_keeps_a_lock_its_holder_still_has_and_refuses_a_lost_one(engine: Engine) -> None:
+    locks.acquire(engine, "job", holder="slow", ttl=timedelta(seconds=-1))
+    locks.renew(engine, "job", holder="slow", ttl=TTL)  # ran out, but nobody took it
+    with pytest.raises(locks.LockHeldError):
+        locks.acquire(engine, "job", holder="other", ttl=TTL)
+    locks.release(engine, "job", holder="slow")
+    locks.acquire(engine, "job", holder="other", ttl=TTL)
+    with pytest.raises(locks.LockHeldError, match="job: slow no longer holds the lock"):
+        locks.renew(engine, "job", holder="slow", ttl=TTL)
+    assert holders(engine) == ["other"]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import pickle
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,8 +18,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from recsys.sources.config import SourceError, load_sources, parse_source
-from recsys.sources.sync import check_source, sync_source
+from recsys.db.schema import locks_table
+from recsys.sources.config import SourceConfig, SourceError, load_sources, parse_source
+from recsys.sources.reader import transient
+from recsys.sources.sync import check_source, lock_name, sync_source
 
 from .conftest import PURCHASES_STORED, Shop, fill, page_views, write_sources
 
@@ -28,6 +33,16 @@ def _count(engine: sa.Engine, sql: str) -> int:
 
 def _interactions(engine: sa.Engine, event_type: str) -> int:
     return _count(engine, f"SELECT count(*) FROM interactions WHERE event_type = '{event_type}'")
+
+
+def _outlive_dead_holder(store: sa.Engine, source: SourceConfig, rejects: Path) -> None:
+    """A killed sync leaves its lock: a rerun is skipped until the lock runs out, then runs."""
+    early = sync_source(store, source, rejects)
+    assert early.status == "skipped" and early.rows_read == 0
+    assert early.reason is not None and "sync process" in early.reason
+    with store.begin() as conn:
+        expired = datetime.now(UTC) - timedelta(seconds=1)
+        conn.execute(sa.update(locks_table).values(expires_at=expired))
 
 
 def test_check_reports_columns_and_a_mapped_sample(shop_db: Shop, store: sa.Engine) -> None:
@@ -79,6 +94,39 @@ def test_check_unreachable_database_is_one_line_without_the_password(
     message = str(caught.value)
     assert message.startswith("source customers: cannot connect to ")
     assert "\n" not in message and "hunter2" not in message
+
+
+def test_only_connection_trouble_is_transient(shop_db: Shop, tmp_path: Path) -> None:
+    """A refused connection may pass (retried by the sync flow); a config or schema error not."""
+    unreachable = parse_source(
+        "customers",
+        {"url": _unreachable_url(shop_db.backend, tmp_path), "table": "customers",
+         "users": {"id": "id"}},
+    )  # fmt: skip
+    body = {"url": shop_db.url, "table": "page_views",
+            "events": {"user": "customer_id", "item": "sku", "time": "viewed_at"}}  # fmt: skip
+    no_column = parse_source("views", body | {"events": body["events"] | {"item": "product"}})
+    no_table = parse_source("views", body | {"table": "no_such_table"})
+    bad_query = parse_source("views", {k: v for k, v in body.items() if k != "table"}
+                             | {"query": "SELEKT 1"})  # fmt: skip
+    for source, expected in [
+        (unreachable, shop_db.backend != "sqlite"),  # SQLite: the file's folder is missing
+        (no_column, False),
+        (no_table, False),
+        (bad_query, False),
+    ]:
+        with pytest.raises(SourceError) as caught:
+            check_source(source)
+        assert caught.value.transient is expected, caught.value
+        copied = pickle.loads(pickle.dumps(caught.value))  # how results cross processes
+        assert (str(copied), copied.transient) == (str(caught.value), expected)
+
+
+def test_transient_sqlite_errors_are_locks_only() -> None:
+    locked = sa.exc.OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
+    missing = sa.exc.OperationalError("SELECT", {}, sqlite3.OperationalError("no such table: x"))
+    assert transient(locked) and not transient(missing)
+    assert not transient(sa.exc.ProgrammingError("SELECT", {}, Exception("syntax error")))
 
 
 def test_sync_loads_every_source_and_twice_adds_nothing(
@@ -200,6 +248,7 @@ def test_sync_killed_between_load_and_watermark_loses_and_duplicates_nothing(
     assert 1 <= stored < 8 and beyond > 0
 
     purchases = load_sources(shop_db.sources_file)["purchases"]
+    _outlive_dead_holder(store, purchases, tmp_path)
     rerun = sync_source(store, purchases, tmp_path)
     assert rerun.rows_read == 8 - stored
     assert rerun.rows_already_stored == beyond
@@ -275,7 +324,69 @@ def test_sync_killed_hard_midway_then_rerun_stores_every_row_once(
     assert child.returncode == -signal.SIGKILL, "the sync ended before it could be killed"
     assert 0 < _interactions(store, "view") < 30_010
 
+    _outlive_dead_holder(store, load_sources(sources_file)["views"], tmp_path)
     rerun = sync_source(store, load_sources(sources_file)["views"], tmp_path)
     assert rerun.rows_inserted + rerun.rows_already_stored == rerun.rows_read
     assert _interactions(store, "view") == 30_010
     assert sync_source(store, load_sources(sources_file)["views"], tmp_path).rows_inserted == 0
+
+
+def test_one_sync_per_source_at_a_time_and_sources_side_by_side(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """While a sync of purchases is between chunks, a second one is skipped at once (naming
+    the first), a sync of views runs; nothing is stored twice and the lock is then free."""
+    url = f"sqlite:///{tmp_path / 'shop.db'}"
+    shop = sa.create_engine(url)
+    fill(shop)
+    shop.dispose()
+    sources = load_sources(write_sources(tmp_path / "recsys.toml", url))
+    paused, go_on = threading.Event(), threading.Event()
+
+    def pause(chunk: int) -> None:  # chunk 2 is stored, the watermark still at chunk 1's end
+        if chunk == 2:
+            paused.set()
+            assert go_on.wait(60)
+
+    results = {}
+
+    def first() -> None:
+        results["first"] = sync_source(
+            engine, sources["purchases"], tmp_path, after_load=pause, holder="the first sync"
+        )
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert paused.wait(60)
+        second = sync_source(engine, sources["purchases"], tmp_path)
+        views = sync_source(engine, sources["views"], tmp_path)
+    finally:
+        go_on.set()
+        thread.join(60)
+    assert second.status == "skipped" and second.rows_read == 0
+    assert second.reason is not None
+    assert second.reason.startswith("source:purchases is already running: held by the first sync")
+    assert second.report()["status"] == "skipped" and "reason" in second.report()
+    assert second.watermark == second.watermark_before == "2"  # the first chunk's end
+    assert views.status == "synced" and views.rows_inserted == 10
+    assert results["first"].status == "synced" and "reason" not in results["first"].report()
+    assert results["first"].rows_inserted == PURCHASES_STORED
+    assert _interactions(engine, "purchase") == PURCHASES_STORED
+    assert _count(engine, "SELECT count(*) FROM locks") == 0
+    again = sync_source(engine, sources["purchases"], tmp_path)
+    assert (again.status, again.rows_read) == ("synced", 0)
+
+
+def test_a_failed_sync_frees_its_lock(store: sa.Engine, tmp_path: Path) -> None:
+    body = {"url": f"sqlite:///{tmp_path / 'none.db'}", "table": "page_views",
+            "events": {"user": "customer_id", "item": "sku", "time": "viewed_at"}}  # fmt: skip
+    with pytest.raises(SourceError):
+        sync_source(store, parse_source("views", body), tmp_path)
+    assert _count(store, "SELECT count(*) FROM locks") == 0
+
+
+def test_lock_names_fit_the_locks_table() -> None:
+    assert lock_name("purchases") == "source:purchases"
+    long_a, long_b = "a" * 127 + "x", "a" * 127 + "y"
+    assert len(lock_name(long_a)) == 64 and lock_name(long_a) != lock_name(long_b)
