@@ -74,13 +74,19 @@ def readme_commands(text: str) -> list[Command]:
     section = ""
     block = -1
     inside = False
+    other = False  # inside a block of another language (TOML, JSON): not commands
     pending = ""
     for line in text.splitlines():
+        if other:
+            other = line.strip() != "```"
+            continue
         if not inside:
             if line.startswith("#"):
                 section = line.lstrip("#").strip()
             elif line.strip() == "```bash":
                 inside, block, pending = True, block + 1, ""
+            elif line.startswith("```"):
+                other = True
             elif line.startswith("**") and PRODUCTION_HEADING in line:
                 section = PRODUCTION_HEADING
             continue
@@ -392,15 +398,69 @@ def test_readme_walkthrough_on_the_embedded_database(walk: Walk) -> None:
     assert model["ready"] is True
 
 
+def production_sources_file() -> str:
+    """The TOML block of the README's production part: the shop's source file."""
+    text = README.read_text()
+    start = text.index("```toml", text.index(f"**{PRODUCTION_HEADING}**"))
+    return text[start + len("```toml\n") : text.index("\n```", start)]
+
+
+SHOP_TABLES = """
+CREATE TABLE orders (id integer PRIMARY KEY, customer_id integer, ordered_at timestamp);
+CREATE TABLE order_items (id integer PRIMARY KEY, order_id integer, sku text, quantity integer);
+CREATE TABLE products (sku text PRIMARY KEY, name text, category text, price numeric(10, 2),
+                       in_stock boolean);
+INSERT INTO products VALUES ('sku-1', 'Runner', 'shoes|sport', 89.90, true),
+                            ('sku-2', 'Walker', 'shoes', 59.00, false),
+                            ('sku-3', 'Sock', 'socks', 4.50, true);
+INSERT INTO orders VALUES (1, 7, '2026-01-05 10:00'), (2, 8, '2026-01-06 11:00');
+INSERT INTO order_items VALUES (1, 1, 'sku-1', 1), (2, 1, 'sku-3', 3), (3, 2, 'sku-2', 1);
+"""
+
+
 @pytest.mark.slow
 def test_readme_production_block_on_postgresql_with_a_prefect_server(
-    walk: Walk, fresh_postgres_url: str
+    walk: Walk, fresh_postgres_url: str, tmp_path: Path
 ) -> None:
+    """The production block against PostgreSQL, its source file reading a shop schema kept
+    in the same database (the README's shop host and role become this server's)."""
+    import sqlalchemy as sa
+
+    shop = sa.create_engine(fresh_postgres_url)
+    with shop.begin() as conn:
+        for statement in SHOP_TABLES.split(";"):
+            if statement.strip():
+                conn.execute(sa.text(statement))
+    shop.dispose()
+    database = sa.engine.make_url(fresh_postgres_url)
+    sources = tmp_path / "sources.toml"
+    sources.write_text(
+        production_sources_file().replace(
+            "recsys_reader:${SHOP_DB_PASSWORD}@shop-db/shop",
+            f"{database.username}:${{SHOP_DB_PASSWORD}}@{database.host}:{database.port}"
+            f"/{database.database}",
+        )
+    )
     walk.substitutions["postgresql://recsys@db/recsys"] = fresh_postgres_url
+    walk.substitutions["/etc/recsys/sources.toml"] = str(sources)
     walk.services_need_a_model = False  # a new database: no champion to serve yet
-    _run_blocks(walk, _blocks(production=True))
+    outputs = _run_blocks(walk, _blocks(production=True))
     assert walk.ran == _expected(production=True)
+    checked = next(v for k, v in outputs.items() if k.startswith("recsys sources check"))
+    assert "purchases" in checked and "products" in checked
+    store = sa.create_engine(fresh_postgres_url)
+    with store.connect() as conn:
+        purchases = conn.execute(
+            sa.text("SELECT count(*) FROM interactions WHERE event_type = 'purchase'")
+        ).scalar_one()
+        unavailable = (
+            conn.execute(sa.text("SELECT external_id FROM items WHERE NOT available"))
+            .scalars()
+            .all()
+        )
+    store.dispose()
+    assert purchases == 3 and unavailable == ["sku-2"]
     api = walk.env["PREFECT_API_URL"]
     deployments = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
     schedules = [s["schedule"].get("cron") for d in deployments for s in d.get("schedules", [])]
-    assert "0 3 * * *" in schedules, deployments
+    assert "0 3 * * *" in schedules and "*/5 * * * *" in schedules, deployments
