@@ -113,6 +113,7 @@ class Ranking:
     user_id: str | None = None
     known_user: bool | None = None
     recommendation_id: str | None = None  # set by the service: the impression's id
+    arm: str | None = None  # set by the service while an experiment runs
 
     @property
     def item_ids(self) -> list[str]:

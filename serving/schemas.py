@@ -230,6 +230,7 @@ class RecommendedItem(BaseModel):
 class Recommendations(BaseModel):
     recommendation_id: str
     model_version: int
+    arm: str | None = None  # champion or challenger while an experiment runs
     model_family: str
     fallback: str | None
     backfilled: int
@@ -255,6 +256,7 @@ class SimilarItems(BaseModel):
     recommendation_id: str
     item_id: str
     model_version: int
+    arm: str | None = None
     model_family: str
     backfilled: int
     items: list[SimilarItem]
@@ -266,6 +268,7 @@ class SimilarItems(BaseModel):
         assert ranking.recommendation_id is not None  # every served list has one
         return cls(
             recommendation_id=ranking.recommendation_id,
+            arm=ranking.arm,
             item_id=item_id,
             model_version=ranking.model_version,
             model_family=ranking.model_family,
@@ -317,6 +320,10 @@ class ModelInfo(BaseModel):
     loaded_at: float | None
     load_seconds: float | None
     last_reload_error: str | None
+    experiment_id: int | None = None
+    challenger_version: int | None = None
+    challenger_share: float | None = None
+    experiment_error: str | None = None
 
 
 class ReloadOutcome(BaseModel):

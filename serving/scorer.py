@@ -32,6 +32,7 @@ from recsys.db.events import Event, Recorded, missing_items, record_events
 from recsys.db.queries import user_histories, user_history
 from recsys.errors import RecsysError
 from recsys.ids import event_type_problem, id_problem
+from recsys.online.experiments import CHALLENGER_ARM, Experiment, running_experiment
 from recsys.online.impressions import Impression, new_recommendation_id
 from recsys.ranking import Filters, ItemScores, Ranking
 from serving.impressions import ImpressionLog
@@ -125,6 +126,27 @@ def prepare(
     return model
 
 
+@dataclass(frozen=True)
+class Arms:
+    """A running experiment and its challenger, ready to answer its share of users."""
+
+    experiment: Experiment
+    challenger: LoadedModel
+
+
+def _route(
+    champion: LoadedModel, arms: Arms | None, who: str | None
+) -> tuple[LoadedModel, str | None, int | None]:
+    """The model that answers ``who`` (a user or session id), its arm and experiment."""
+    if arms is None:
+        return champion, None, None
+    arm = arms.experiment.arm(who)
+    if arm is None:
+        return champion, None, None
+    model = arms.challenger if arm == CHALLENGER_ARM else champion
+    return model, arm, arms.experiment.id
+
+
 class Scorer:
     """Answers prediction requests with the current model; swaps models atomically.
 
@@ -154,6 +176,9 @@ class Scorer:
         self.future_tolerance_ms = future_tolerance_ms
         self.create_unknown_items = create_unknown_items
         self.impressions = impressions
+        self._arms: Arms | None = None
+        self.experiment_error: str | None = None
+        self._experiment_failed: tuple[int, float] | None = None
 
     @property
     def ready(self) -> bool:
@@ -204,9 +229,55 @@ class Scorer:
             )
             return {"changed": True, "version": target, "previous": current}
 
+    def refresh_experiment(self) -> dict[str, Any]:
+        """Follow the experiment table: load the running experiment's challenger beside the
+        champion and route its share of users to it; drop it when the experiment stops.
+
+        A challenger that fails to load leaves all traffic on the champion; the reason is
+        kept in ``experiment_error`` (shown by ``/model``) and the load is retried after
+        ``retry_seconds``. The swap is one reference assignment: no request is dropped.
+        """
+        try:
+            running = running_experiment(self.engine)
+        except SQLAlchemyError as exc:
+            return {"changed": False, "error": public_message(exc)}
+        current = self._arms
+        if running is None:
+            self._arms = None
+            self.experiment_error = None
+            return {"changed": current is not None, "experiment": None}
+        if current is not None and current.experiment.id == running.id:
+            return {"changed": False, "experiment": running.id}
+        failed = self._experiment_failed
+        recently = failed is not None and time.monotonic() - failed[1] < self.retry_seconds
+        if failed is not None and failed[0] == running.id and recently:
+            return {"changed": False, "experiment": None, "error": self.experiment_error}
+        try:
+            challenger = load_model(self.engine, running.challenger_version, threads=self.threads)
+        except Exception as exc:
+            self._arms = None
+            self._experiment_failed = (running.id, time.monotonic())
+            self.experiment_error = (
+                f"experiment #{running.id}: v{running.challenger_version} could not be loaded "
+                f"({public_message(exc)}); all traffic stays on the champion"
+            )
+            logger.error("%s: %s: %s", self.experiment_error, type(exc).__name__, exc)
+            return {"changed": False, "experiment": None, "error": self.experiment_error}
+        self._arms = Arms(running, challenger)
+        self.experiment_error = None
+        self._experiment_failed = None
+        logger.info(
+            "experiment #%d: v%d answers %.0f%% of users",
+            running.id,
+            running.challenger_version,
+            running.share * 100,
+        )
+        return {"changed": True, "experiment": running.id}
+
     def refresh_catalogue(self) -> bool:
         """Read the catalogue again if it changed since the served one was read (a sync or an
-        import moved its revision); True when it was swapped in.
+        import moved its revision); True when it was swapped in (the champion's, and the
+        challenger's while an experiment runs).
 
         Availability, titles, prices and genres thus reach responses and filters within one
         poll, without a new model. A failed read leaves the current catalogue serving.
@@ -215,9 +286,15 @@ class Scorer:
         if model is None:
             return False
         try:
-            if catalogue_revision(self.engine) == model.catalogue.revision:
+            revision = catalogue_revision(self.engine)
+            arms = self._arms
+            stale_arms = arms is not None and arms.challenger.catalogue.revision != revision
+            if revision == model.catalogue.revision and not stale_arms:
                 return False
             fresh = Catalogue.load(self.engine, model.artifact.item_ids)
+            challenger = None
+            if arms is not None:
+                challenger = Catalogue.load(self.engine, arms.challenger.artifact.item_ids)
         except SQLAlchemyError as exc:
             logger.warning("could not read the catalogue again: %s", type(exc).__name__)
             return False
@@ -225,6 +302,9 @@ class Scorer:
             if self._model is not model:  # a new version came meanwhile, with its own
                 return False
             self._model = dataclasses.replace(model, catalogue=fresh)
+            if arms is not None and challenger is not None and self._arms is arms:
+                updated = dataclasses.replace(arms.challenger, catalogue=challenger)
+                self._arms = Arms(arms.experiment, updated)
         logger.info(
             "catalogue revision %d: %d items unavailable", fresh.revision, len(fresh.unavailable)
         )
@@ -286,9 +366,12 @@ class Scorer:
         """Answer several ``recommend`` requests together: one history query, one graph run.
 
         Each answer is what :meth:`recommend` returns for that query alone, or the
-        :class:`RequestError` it would raise; all answers come from the same model version.
+        :class:`RequestError` it would raise. Without an experiment all answers come from the
+        same model version; with one, each user's arm picks the model, and each arm's
+        queries share one graph run.
         """
-        model = self.model
+        champion = self.model
+        arms = self._arms
         answers: list[Answer | None] = []
         valid: list[int] = []
         for n, query in enumerate(queries):
@@ -314,9 +397,25 @@ class Scorer:
                 )
                 for n in valid
             ]
-            rankings = ranking.recommend_many(model.artifact, requests, catalogue=model.catalogue)
-            for n, ranked in zip(valid, rankings, strict=True):
-                answers[n] = self._shown("recommend", ranked, user_id=queries[n].user_id)
+            routes = [_route(champion, arms, queries[n].user_id) for n in valid]
+            by_model: dict[int, list[int]] = {}  # one graph run per model
+            for i, route in enumerate(routes):
+                by_model.setdefault(id(route[0]), []).append(i)
+            for rows in by_model.values():
+                model = routes[rows[0]][0]
+                rankings = ranking.recommend_many(
+                    model.artifact, [requests[i] for i in rows], catalogue=model.catalogue
+                )
+                for i, ranked in zip(rows, rankings, strict=True):
+                    n = valid[i]
+                    _, arm, experiment = routes[i]
+                    answers[n] = self._shown(
+                        "recommend",
+                        ranked,
+                        user_id=queries[n].user_id,
+                        arm=arm,
+                        experiment_id=experiment,
+                    )
         return cast(list[Answer], answers)  # each query has its answer by now
 
     def _histories(
@@ -351,7 +450,7 @@ class Scorer:
         session_id: str | None = None,
         user_id: str | None = None,
     ) -> Ranking:
-        model = self.model
+        model, arm, experiment = _route(self.model, self._arms, user_id or session_id)
         _check_k(k)
         _check_list("item_ids", item_ids)
         ranked = ranking.recommend(
@@ -362,7 +461,14 @@ class Scorer:
             explain=explain,
             catalogue=model.catalogue,
         )
-        return self._shown("recommend_session", ranked, session_id=session_id, user_id=user_id)
+        return self._shown(
+            "recommend_session",
+            ranked,
+            session_id=session_id,
+            user_id=user_id,
+            arm=arm,
+            experiment_id=experiment,
+        )
 
     def similar_items(
         self,
@@ -375,7 +481,7 @@ class Scorer:
     ) -> Ranking:
         """The ``k`` items nearest ``item_id`` by cosine of the item representations; the
         ranking's scores are those similarities."""
-        model = self.model
+        model, arm, experiment = _route(self.model, self._arms, user_id or session_id)
         _check_k(k)
         artifact = model.artifact
         unit = artifact.unit_vectors
@@ -396,7 +502,13 @@ class Scorer:
             catalogue=model.catalogue,
         )
         return self._shown(
-            "similar_items", ranked, item_id=item_id, user_id=user_id, session_id=session_id
+            "similar_items",
+            ranked,
+            item_id=item_id,
+            user_id=user_id,
+            session_id=session_id,
+            arm=arm,
+            experiment_id=experiment,
         )
 
     def _shown(
@@ -407,8 +519,10 @@ class Scorer:
         user_id: str | None = None,
         session_id: str | None = None,
         item_id: str | None = None,
+        arm: str | None = None,
+        experiment_id: int | None = None,
     ) -> Ranking:
-        """The ranking with its ``recommendation_id``, queued for the impression log."""
+        """The ranking with its ``recommendation_id`` and arm, queued for the impression log."""
         rid = new_recommendation_id()
         log = self.impressions
         if log is not None:
@@ -422,9 +536,11 @@ class Scorer:
                     session_id=session_id,
                     item_id=item_id,
                     fallback=ranked.fallback,
+                    arm=arm,
+                    experiment_id=experiment_id,
                 )
             )
-        return dataclasses.replace(ranked, recommendation_id=rid)
+        return dataclasses.replace(ranked, recommendation_id=rid, arm=arm)
 
     def score(self, user_id: str, item_ids: Sequence[str]) -> ItemScores:
         model = self.model
@@ -480,6 +596,12 @@ class Scorer:
             "loaded_at": None if model is None else model.loaded_at,
             "load_seconds": None if model is None else round(model.load_seconds, 3),
             "last_reload_error": self.last_reload_error,
+            "experiment_id": None if self._arms is None else self._arms.experiment.id,
+            "challenger_version": (
+                None if self._arms is None else self._arms.experiment.challenger_version
+            ),
+            "challenger_share": None if self._arms is None else self._arms.experiment.share,
+            "experiment_error": self.experiment_error,
         }
 
 

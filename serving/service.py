@@ -161,6 +161,7 @@ class RecsysService:
         if settings.model_source == "bento":
             self._serve_packaged()
         self._report(self.scorer.reload())
+        self.scorer.refresh_experiment()  # a restart keeps every user in their arm
         if settings.model_source == "auto" and not self.scorer.ready:
             # No loadable champion here (say, a fresh machine): serve what the bento carries.
             self._serve_packaged()
@@ -192,6 +193,7 @@ class RecsysService:
     def _poll(self) -> None:
         while not self._stop.wait(self.poll_seconds):
             self._report(self.scorer.reload())
+            self.scorer.refresh_experiment()
             self.scorer.refresh_catalogue()
 
     def _report(self, outcome: dict[str, Any]) -> None:

@@ -4,7 +4,8 @@ Every command prints a human table by default and one JSON object as its last li
 ``--json``. User errors exit non-zero with a one-line reason and no traceback. One module
 per command group: :mod:`.data` (schema, imports, generation, stats), :mod:`.models`
 (training, evaluation, the registry, recommendations), :mod:`.sources` (application
-databases as sources), :mod:`.online` (online metrics), :mod:`.flows` (retrain, batch,
+databases as sources), :mod:`.online` (online metrics), :mod:`.experiments`
+(champion against challenger), :mod:`.flows` (retrain, batch,
 schedule), :mod:`.serving` (the service, bentos, API keys) and :mod:`.demo`; what they share
 is in :mod:`.output`, and every child process starts in :mod:`.runner`.
 """
@@ -16,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from recsys.cli import data, demo, flows, models, online, serving, sources
+from recsys.cli import data, demo, experiments, flows, models, online, serving, sources
 
 app = typer.Typer(
     help="recsys: deep-learning recommendations from SQL to a served ONNX model.",
@@ -36,7 +37,7 @@ def _main(
     )
 
 
-for group in (data, sources, models, online, flows, serving, demo):
+for group in (data, sources, models, online, experiments, flows, serving, demo):
     group.register(app)
 
 

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
     true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -324,6 +325,39 @@ class Attribution(Base):
     named: Mapped[bool] = mapped_column(Boolean)
 
 
+class Experiment(Base):
+    """A champion-versus-challenger experiment: ``share`` of the users (by a stable hash of
+    their id, or of the session id, with ``salt``) are answered by ``challenger_version``.
+    At most one is ``running`` (a partial unique index says so); stopping records the
+    decision (``promote`` or ``keep``), who made it, why, and the numbers it rested on."""
+
+    __tablename__ = "experiments"
+    __table_args__ = (
+        Index(
+            "uq_experiments_one_running",
+            "status",
+            unique=True,
+            sqlite_where=text("status = 'running'"),
+            postgresql_where=text("status = 'running'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    champion_version: Mapped[int] = mapped_column(Integer)
+    challenger_version: Mapped[int] = mapped_column(Integer)
+    share: Mapped[float] = mapped_column(Float)
+    salt: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_by: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    decision: Mapped[str | None] = mapped_column(String(16))
+    decided_by: Mapped[str | None] = mapped_column(String(255))
+    decision_reason: Mapped[str | None] = mapped_column(Text)
+    results: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+
+
 # Core-level handles for bulk statements (the ORM classes type ``__table__`` loosely).
 users_table = cast(Table, User.__table__)
 items_table = cast(Table, Item.__table__)
@@ -340,3 +374,4 @@ catalogue_state_table = cast(Table, CatalogueState.__table__)
 impressions_table = cast(Table, Impression.__table__)
 event_recommendations_table = cast(Table, EventRecommendation.__table__)
 attributions_table = cast(Table, Attribution.__table__)
+experiments_table = cast(Table, Experiment.__table__)

@@ -405,3 +405,99 @@ def test_http_a_source_sync_takes_an_item_out_of_every_list_within_a_poll(
     sync(f"UPDATE products SET stock = 1 WHERE sku = '{gone}'")
     wait_for(lambda found: gone in [i["item_id"] for i in found["user"]])
     shop.dispose()
+
+
+def test_http_lists_carry_a_recommendation_id_that_events_may_name(served: Served) -> None:
+    import sqlalchemy as sa
+
+    shown = served.post("recommend", {"user_id": "u11", "k": 3}).json()
+    rid = shown["recommendation_id"]
+    assert len(rid) == 32 and shown["arm"] is None
+    session = served.post("recommend_session", {"item_ids": ["i1"], "session_id": "v-1"}).json()
+    similar = served.post("similar_items", {"item_id": "i2", "user_id": "u11"}).json()
+    assert len({rid, session["recommendation_id"], similar["recommendation_id"]}) == 3
+    event = {"user_id": "u11", "item_id": shown["items"][0]["item_id"], "event_type": "click"}
+    recorded = served.post("events", {"events": [event | {"recommendation_id": rid}]}, key="events")
+    assert recorded.status_code == 200, recorded.text
+    bad = served.post("events", {"events": [event | {"recommendation_id": "x"}]}, key="events")
+    assert bad.status_code == 400 and bad.json()["field"].endswith("recommendation_id")
+    deadline = time.monotonic() + 10  # the log writes within a second
+    with served.home.engine.connect() as conn:
+        while time.monotonic() < deadline:
+            found = conn.execute(
+                sa.text("SELECT endpoint, user_id FROM impressions WHERE id = :id"), {"id": rid}
+            ).all()
+            if found:
+                break
+            time.sleep(0.2)
+        linked = conn.execute(
+            sa.text("SELECT count(*) FROM event_recommendations WHERE recommendation_id = :id"),
+            {"id": rid},
+        ).scalar_one()
+    assert found == [("recommend", "u11")] and linked == 1
+
+
+def test_http_an_experiment_starts_and_stops_without_a_failed_request(served: Served) -> None:
+    from recsys.online.experiments import get_experiment, start_experiment
+    from recsys.online.outcomes import experiment_status, stop_experiment
+
+    home = served.home
+    challenger = home.register("pop")
+    auth = {"Authorization": f"Bearer {served.keys['read']}"}
+    failures: list[str] = []
+    seen: list[tuple[float, str, str | None]] = []
+    stop = threading.Event()
+
+    def client(first: int) -> None:
+        n = first
+        with httpx.Client(timeout=30, headers=auth) as http:
+            while not stop.is_set():
+                user = f"u{n % 40 + 1}"
+                n += 1
+                try:
+                    response = http.post(f"{served.base}/recommend", json={"user_id": user})
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+                    continue
+                if response.status_code != 200:
+                    failures.append(f"{response.status_code}: {response.text}")
+                else:
+                    seen.append((time.monotonic(), user, response.json()["arm"]))
+
+    threads = [threading.Thread(target=client, args=(n * 10,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    experiment = start_experiment(home.engine, challenger, 0.5, actor="tests", reason="http")
+    started = time.monotonic()
+    deadline = started + POLL_SECONDS + 30
+    while time.monotonic() < deadline and not any(a == "challenger" for _, _, a in seen):
+        time.sleep(0.05)
+    time.sleep(max(1.0, started + POLL_SECONDS + 7 - time.monotonic()))
+    settled = [(u, a) for t, u, a in seen if t > started + POLL_SECONDS + 5]
+    model = served.post("model", {}).json()
+    status = experiment_status(
+        home.engine,
+        get_experiment(home.engine, experiment.id),
+        click_events=["click"],
+        conversion_events=["purchase"],
+        window_seconds=60,
+    )
+    stop_experiment(home.engine, "keep", actor="tests", reason="done", status=status)
+    stopped = time.monotonic()
+    deadline = stopped + POLL_SECONDS + 30
+    while time.monotonic() < deadline and not any(
+        t > stopped + POLL_SECONDS + 1 and a is None for t, _, a in seen
+    ):
+        time.sleep(0.05)
+    time.sleep(max(0.5, stopped + POLL_SECONDS + 7 - time.monotonic()))
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert failures == []
+    assert model["experiment_id"] == experiment.id and model["challenger_version"] == challenger
+    assert settled and all(a == experiment.arm(u) for u, a in settled)  # each user, one arm
+    assert {a for _, a in settled} == {"champion", "challenger"}
+    after = [a for t, _, a in seen if t > stopped + POLL_SECONDS + 5]
+    assert after and set(after) == {None}
