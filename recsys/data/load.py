@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 SQLITE_BULK_CACHE_KIB = 512 * 1024
 # Rows per write of COPY text, and how COPY's text format spells NULL.
-COPY_ROWS = 100_000
+COPY_ROWS = 10_000
 NULL = "\\N"
 
 
@@ -224,10 +224,11 @@ def _event_ids(conn: Connection, table: Table, keys: pd.Series) -> pd.Series:
 
     What :func:`_upsert_catalogue` does when no attributes come with the events, but looking
     up only these ids: reading every stored id per chunk cost more than the chunk's COPY.
-    New ids are inserted in sorted order, as there.
+    New ids get their keys in the same order as there: as first seen when the table is
+    empty, else sorted (``pd.Index.difference`` sorts only against a non-empty index).
     """
-    wanted = pd.Index(keys.unique())
-    if wanted.empty:
+    wanted: list[str] = keys.unique().tolist()
+    if not wanted:
         return pd.Series(np.empty(0, dtype=np.int64), index=pd.Index([], dtype=object))
     postgres = conn.dialect.name == "postgresql"
     name = table.name
@@ -250,10 +251,12 @@ def _event_ids(conn: Connection, table: Table, keys: pd.Series) -> pd.Series:
             cursor.execute(find, (json.dumps(ids, ensure_ascii=False),))
             return list(cursor.fetchall())
 
-        pairs = found(wanted.tolist())
-        missing = wanted.difference(pd.Index([e for e, _ in pairs], dtype=object))
-        if not missing.empty:
-            fresh = missing.tolist()
+        pairs = found(wanted)
+        known = {e for e, _ in pairs}
+        fresh = [e for e in wanted if e not in known]
+        if fresh and (pairs or _any_row(cursor, name)):
+            fresh.sort()
+        if fresh:
             if postgres:
                 cursor.execute(
                     f"INSERT INTO {name} (external_id)"
@@ -271,8 +274,13 @@ def _event_ids(conn: Connection, table: Table, keys: pd.Series) -> pd.Series:
         cursor.close()
     return pd.Series(
         np.fromiter((pk for _, pk in pairs), dtype=np.int64, count=len(pairs)),
-        index=pd.Index([e for e, _ in pairs], dtype=object),
+        index=pd.Index([e for e, _ in pairs], dtype=keys.dtype),
     )
+
+
+def _any_row(cursor: Any, table: str) -> bool:
+    cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {table})")
+    return bool(cursor.fetchone()[0])
 
 
 def _lookup(ids: pd.Series, keys: pd.Series) -> np.ndarray:

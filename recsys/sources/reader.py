@@ -105,7 +105,7 @@ def read_chunks(
 
 def _batches(
     source: SourceConfig, conn: Connection, result: sa.CursorResult[Any], size: int
-) -> Iterator[list[tuple[Any, ...]]]:
+) -> Iterator[Sequence[tuple[Any, ...]]]:
     """The result's rows, ``size`` at a time, as the driver's tuples, until a batch is empty.
 
     The first batch comes through SQLAlchemy, which hands back the row it read ahead (a
@@ -116,7 +116,7 @@ def _batches(
     errors = (SQLAlchemyError, conn.dialect.loaded_dbapi.Error)
     try:
         try:
-            fetched: list[Any] = list(result.fetchmany(size))
+            fetched: Sequence[Any] = result.fetchmany(size)
             while fetched:
                 if type(fetched[0]) is not tuple:
                     fetched = [tuple(r) for r in fetched]
