@@ -83,9 +83,7 @@ def test_mapping_a_column_of_naive_times_at_once_matches_row_by_row(zone: str) -
         datetime(1, 1, 1),
         None,
     ]
-    clean = [
-        at for at in times if at is None or (1900 < at.year < 2200 and not _shifted(at, zone))
-    ]
+    clean = [at for at in times if at is None or (1900 < at.year < 2200 and not _shifted(at, zone))]
     at_once = time_texts(pd.Series(clean, dtype=object), ZoneInfo(zone))
     assert isinstance(at_once.dtype, pd.DatetimeTZDtype)
     source = _source(time_zone=zone)
