@@ -489,17 +489,24 @@ def _holds_unstorable(value: Any) -> bool:
 def parse_times(
     times: pd.Series, unit: str = "auto"
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
-    """Epoch milliseconds for each raw timestamp and a mask of those that did not parse."""
+    """Epoch milliseconds for each raw timestamp and a mask of those that did not parse.
+
+    Times may also come parsed, as a timezone-aware datetime column (NaT: did not parse).
+    """
+    if unit not in ("auto", "s", "ms"):
+        raise DataFileError(f"unknown time unit {unit!r}: use s, ms or auto")
+    if isinstance(times.dtype, pd.DatetimeTZDtype):
+        missing = times.isna().to_numpy()
+        stamps = times.dt.tz_convert(UTC).astype("datetime64[ms, UTC]").astype("int64")
+        return np.where(missing, 0, stamps.to_numpy()).astype(np.int64), missing
     text = times.astype(object).where(times.notna(), "").astype(str).str.strip()
     numeric = pd.to_numeric(text.where(text != "", None), errors="coerce").to_numpy(float)
     millis = np.zeros(len(text), dtype=np.int64)
     is_number = np.isfinite(numeric)
     if unit == "auto":
         scale = np.where(np.abs(numeric) >= SECONDS_LIMIT, 1.0, 1000.0)
-    elif unit in ("s", "ms"):
-        scale = np.full(len(text), 1000.0 if unit == "s" else 1.0)
     else:
-        raise DataFileError(f"unknown time unit {unit!r}: use s, ms or auto")
+        scale = np.full(len(text), 1000.0 if unit == "s" else 1.0)
     # Out-of-int64 numbers are impossible anyway; clip so the cast stays defined.
     millis[is_number] = np.clip(numeric[is_number] * scale[is_number], -(2**62), 2**62).astype(
         np.int64

@@ -170,7 +170,7 @@ class SourceConfig(_Closed):
     query: str | None = None
     watermark: str | None = None
     lookback: Annotated[float, Field(ge=0)] = 0
-    chunk_rows: Annotated[int, Field(ge=1)] = 50_000
+    chunk_rows: Annotated[int, Field(ge=1)] = 100_000
     sample_rows: Annotated[int, Field(ge=1)] = 1_000
     events: EventColumns | None = None
     items: ItemColumns | None = None

@@ -9,9 +9,10 @@ this read as its line, and the row's mapped columns as JSON as its raw text.
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, time
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
-from typing import Any
+from typing import Any, overload
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -20,7 +21,7 @@ import pandas as pd
 from recsys.data.frames import ImportBatch, empty_items, empty_users
 from recsys.data.readers import build_catalogue, build_events
 from recsys.db.schema import items_table, users_table
-from recsys.sources.config import ItemColumns, SourceConfig, UserColumns
+from recsys.sources.config import EventColumns, ItemColumns, SourceConfig, UserColumns
 from recsys.sources.reader import Chunk
 
 KIND = "source"
@@ -30,35 +31,12 @@ _FALSE = frozenset({"0", "f", "false", "n", "no", "off"})
 
 def map_chunk(source: SourceConfig, chunk: Chunk) -> ImportBatch:
     """The batch one chunk of rows becomes (nothing is written)."""
-    frame = pd.DataFrame(chunk.rows, columns=list(chunk.columns), dtype=object)
-    lines = np.arange(chunk.first_row, chunk.first_row + len(frame), dtype=np.int64)
     used = list(dict.fromkeys(source.mapping.used().values()))
-    raw = [
-        json.dumps(dict(zip(used, row, strict=True)), default=str)
-        for row in frame[used].itertuples(index=False, name=None)
-    ]
+    raw = RawRows(chunk, used)
+    lines = np.arange(chunk.first_row, chunk.first_row + len(chunk.rows), dtype=np.int64)
     if source.events is not None:
-        spec = source.events
-        events, rejects = build_events(
-            file=source.name,
-            users=frame[spec.user],
-            items=frame[spec.item],
-            times=time_texts(frame[spec.time], ZoneInfo(spec.time_zone)),
-            values=frame[spec.value] if spec.value else None,
-            event_types=frame[spec.event_type_column]
-            if spec.event_type_column
-            else spec.event_type,
-            lines=lines,
-            raw=raw,
-            time_unit=spec.time_unit,
-        )
-        return ImportBatch(
-            kind=KIND,
-            source=source.name,
-            interactions=events,
-            rejects=rejects,
-            rows_read=len(frame),
-        )
+        return _events_batch(source, source.events, chunk, lines, raw)
+    frame = pd.DataFrame(chunk.rows, columns=list(chunk.columns), dtype=object)
     if source.items is not None:
         items, rejects = build_catalogue(
             item_frame(frame, source.items, source.name),
@@ -89,13 +67,106 @@ def map_chunk(source: SourceConfig, chunk: Chunk) -> ImportBatch:
     )
 
 
+class RawRows(Sequence[str]):
+    """Each row's mapped columns as JSON, a reject's raw text, made only for the rows asked.
+
+    Building it for every row cost more than the rest of the mapping; a chunk has few rejects.
+    """
+
+    def __init__(self, chunk: Chunk, names: list[str]) -> None:
+        self._rows = chunk.rows
+        self._names = names
+        self._at = [chunk.columns.index(n) for n in names]
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        row = self._rows[index]
+        return json.dumps(
+            dict(zip(self._names, (row[at] for at in self._at), strict=True)), default=str
+        )
+
+
+def _events_batch(
+    source: SourceConfig, spec: EventColumns, chunk: Chunk, lines: np.ndarray, raw: RawRows
+) -> ImportBatch:
+    """Events from the mapped columns only, each taken straight from the rows' tuples."""
+    by_position = list(zip(*chunk.rows, strict=True))
+
+    def column(name: str) -> pd.Series:
+        # The first column of that name (a query may repeat one).
+        found = by_position[chunk.columns.index(name)] if by_position else ()
+        return pd.Series(found, dtype=object)
+
+    events, rejects = build_events(
+        file=source.name,
+        users=column(spec.user),
+        items=column(spec.item),
+        times=time_texts(column(spec.time), ZoneInfo(spec.time_zone)),
+        values=column(spec.value) if spec.value else None,
+        event_types=column(spec.event_type_column) if spec.event_type_column else spec.event_type,
+        lines=lines,
+        raw=raw,
+        time_unit=spec.time_unit,
+    )
+    return ImportBatch(
+        kind=KIND,
+        source=source.name,
+        interactions=events,
+        rejects=rejects,
+        rows_read=len(chunk.rows),
+    )
+
+
 def time_texts(values: pd.Series, zone: ZoneInfo) -> pd.Series:
-    """Times as text :func:`build_events` reads: ISO 8601 with an offset, or epoch numbers.
+    """Times as :func:`build_events` reads them: ISO 8601 text with an offset, epoch numbers,
+    or (for a column of times without an offset, the usual ``TIMESTAMP``) UTC datetimes.
 
     A time without an offset (a ``DATETIME`` column, or ISO text from SQLite) is read in
-    ``zone``; anything else is left as text for the builder to judge.
+    ``zone``; anything else is left as text for the builder to judge. A column holding only
+    naive datetimes (and NULLs) is converted at once, unless a time falls in a daylight-saving
+    fold or gap of ``zone``: those, like every other column, go row by row.
     """
+    kinds = set(map(type, values))
+    if kinds <= _NUMBERS:
+        return values  # epoch numbers, as the builder reads them
+    if kinds <= {datetime, type(None)}:
+        stamps = _naive_times(values, zone)
+        if stamps is not None:
+            return stamps
     return pd.Series([_time_text(v, zone) for v in values], dtype=object)
+
+
+_NUMBERS = frozenset({int, float, Decimal, type(None)})
+
+
+# Times outside these go row by row: near year 1 or 9999 a zone's offset leaves the range
+# of the text path's parser, which then rejects the row for another reason.
+_ORDINARY = (pd.Timestamp("1900-01-01"), pd.Timestamp("2200-01-01"))
+
+
+def _naive_times(values: pd.Series, zone: ZoneInfo) -> pd.Series | None:
+    """Naive datetimes read in ``zone`` as UTC; None when any is aware, ambiguous in ``zone``
+    or far from now."""
+    try:
+        stamps = pd.to_datetime(values)
+        if stamps.dt.tz is not None:
+            return None
+        if not _ORDINARY[0] <= stamps.min() <= stamps.max() <= _ORDINARY[1]:
+            return None  # (an all-NULL column too: NaT compares false)
+        localized = stamps.dt.tz_localize(zone, ambiguous="raise", nonexistent="raise")
+    except (ValueError, TypeError, OverflowError):
+        return None
+    return localized.dt.tz_convert(UTC)
 
 
 def _time_text(value: Any, zone: ZoneInfo) -> Any:

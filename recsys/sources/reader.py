@@ -90,7 +90,71 @@ def read_chunks(
     source: SourceConfig, conn: Connection, low: Any, *, limit: int | None = None
 ) -> Iterator[Chunk]:
     """Rows past ``low`` (all when None) in watermark order, ``chunk_rows`` at a time."""
-    engine = conn.engine
+    stmt = read_statement(source, conn.engine, low, limit=limit)
+    size = min(source.chunk_rows, limit) if limit else source.chunk_rows
+    result = _run(source, conn.execution_options(stream_results=True, yield_per=size), stmt)
+    columns = tuple(result.keys())
+    at = columns.index(source.watermark) if source.watermark is not None else None
+    pending: list[tuple[Any, ...]] = []
+    first = 1
+    for fetched in _batches(source, conn, result, size):
+        pending.extend(fetched)
+        if len(fetched) < size:
+            break
+        cut = len(pending) if at is None else _last_group_start(pending, at)
+        if cut == 0:
+            continue
+        yield Chunk(columns, pending[:cut], first, pending[cut - 1][at] if at is not None else None)
+        first += cut
+        pending = pending[cut:]
+    if pending:
+        yield Chunk(columns, pending, first, pending[-1][at] if at is not None else None)
+
+
+def _batches(
+    source: SourceConfig, conn: Connection, result: sa.CursorResult[Any], size: int
+) -> Iterator[Sequence[tuple[Any, ...]]]:
+    """The result's rows, ``size`` at a time, as the driver's tuples, until a batch is empty.
+
+    The first batch comes through SQLAlchemy, which hands back the row it read ahead (a
+    server-side cursor's first row, read for the column names) with the others; the rest
+    come from the DB-API cursor itself, since a Row object per row cost as much as the
+    driver's fetch. The statement has no typed columns, so SQLAlchemy would convert nothing.
+    """
+    errors = (SQLAlchemyError, conn.dialect.loaded_dbapi.Error)
+    try:
+        try:
+            fetched: Sequence[Any] = result.fetchmany(size)
+            while fetched:
+                if type(fetched[0]) is not tuple:
+                    fetched = [tuple(r) for r in fetched]
+                yield fetched
+                cursor = result.cursor
+                if cursor is None or len(fetched) < size:
+                    return
+                fetched = cursor.fetchmany(size)
+        except errors as exc:
+            wrapped = (
+                exc
+                if isinstance(exc, SQLAlchemyError)
+                else DBAPIError.instance(None, None, exc, conn.dialect.loaded_dbapi.Error)
+            )
+            raise SourceError(
+                f"source {source.name}: reading failed: {_reason(exc)}",
+                transient=transient(wrapped),
+            ) from None
+    finally:
+        result.close()
+
+
+def read_statement(
+    source: SourceConfig, engine: Engine, low: Any, *, limit: int | None = None
+) -> sa.Select[Any]:
+    """The SELECT :func:`read_chunks` runs: ``watermark > :low ORDER BY watermark``.
+
+    The watermark column should be indexed in the source: the index then serves both the
+    filter and the order, and a sync reads only the new rows.
+    """
     stmt = _select_all(source, engine)
     if source.watermark is not None:
         column: sa.ColumnElement[Any] = sa.literal_column(
@@ -102,32 +166,7 @@ def read_chunks(
         stmt = stmt.order_by(column)
     if limit is not None:
         stmt = stmt.limit(limit)
-    size = min(source.chunk_rows, limit) if limit else source.chunk_rows
-    result = _run(source, conn.execution_options(stream_results=True, yield_per=size), stmt)
-    columns = tuple(result.keys())
-    at = columns.index(source.watermark) if source.watermark is not None else None
-    pending: list[tuple[Any, ...]] = []
-    first = 1
-    while True:
-        try:
-            fetched = result.fetchmany(size)
-        except SQLAlchemyError as exc:
-            raise SourceError(
-                f"source {source.name}: reading failed: {_reason(exc)}", transient=transient(exc)
-            ) from None
-        if not fetched:
-            break
-        pending.extend(tuple(r) for r in fetched)
-        if len(fetched) < size:
-            break
-        cut = len(pending) if at is None else _last_group_start(pending, at)
-        if cut == 0:
-            continue
-        yield Chunk(columns, pending[:cut], first, pending[cut - 1][at] if at is not None else None)
-        first += cut
-        pending = pending[cut:]
-    if pending:
-        yield Chunk(columns, pending, first, pending[-1][at] if at is not None else None)
+    return stmt
 
 
 def _select_all(source: SourceConfig, engine: Engine) -> sa.Select[Any]:

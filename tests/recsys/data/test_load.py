@@ -128,3 +128,42 @@ def test_load_batch_bulk_path_handles_many_rows(engine: Engine) -> None:
     result = load_batch(engine, ImportBatch(kind="t", source="t", interactions=frame))
     assert result.rows_inserted == n
     assert stats(engine)["interactions"] == n
+
+
+def test_load_batch_writes_awkward_text_and_numbers_exactly(engine: Engine) -> None:
+    """COPY's text format: backslashes and quotes in types, exact floats, non-ASCII ids."""
+    awkward = [
+        ("ü-1", "i\\1", "a\\b", 0.1 + 0.2, 1_000),
+        ('u"2', "i 2", "view", 1e300, 2_000),
+        ("u3", "i😀", "view", float("inf"), 3_000),
+        ("u4", "i4", "v'w", -0.0, 4_000),
+        ("u5", "i5", "view", np.nan, -5),
+    ]
+    result = load_batch(engine, ImportBatch(kind="t", source="t", interactions=_events(awkward)))
+    assert result.rows_inserted == 5
+    c = interactions_table.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                users_table.c.external_id,
+                items_table.c.external_id,
+                c.event_type,
+                c.value,
+                c.occurred_at,
+            )
+            .join(users_table, users_table.c.id == c.user_id)
+            .join(items_table, items_table.c.id == c.item_id)
+            .order_by(c.occurred_at)
+        ).all()
+    expected = [(u, i, t, None if np.isnan(v) else v, at) for u, i, t, v, at in awkward]
+    assert sorted(rows, key=lambda r: r[4]) == sorted(expected, key=lambda r: r[4])
+
+
+def test_load_batch_creates_only_the_missing_ids_in_sorted_order(engine: Engine) -> None:
+    load_batch(engine, ImportBatch(kind="t", source="t", interactions=_events(EVENTS[:1])))
+    later = [("u9", "i1", "view", np.nan, 7), ("u0", "i1", "view", np.nan, 8), EVENTS[0]]
+    result = load_batch(engine, ImportBatch(kind="t", source="t", interactions=_events(later)))
+    assert (result.rows_inserted, result.users_total, result.items_total) == (2, 3, 1)
+    with engine.connect() as conn:
+        users = conn.execute(select(users_table.c.external_id).order_by(users_table.c.id)).all()
+    assert [u for (u,) in users] == ["u1", "u0", "u9"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import pickle
 import signal
 import socket
@@ -12,13 +13,16 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from recsys.db.schema import locks_table
+from recsys.sources import sync as sync_module
 from recsys.sources.config import SourceConfig, SourceError, load_sources, parse_source
 from recsys.sources.reader import transient
 from recsys.sources.sync import check_source, lock_name, sync_source
@@ -390,3 +394,59 @@ def test_lock_names_fit_the_locks_table() -> None:
     assert lock_name("purchases") == "source:purchases"
     long_a, long_b = "a" * 127 + "x", "a" * 127 + "y"
     assert len(lock_name(long_a)) == 64 and lock_name(long_a) != lock_name(long_b)
+
+
+def _clicks(tmp_path: Path, rows: int, chunk_rows: int) -> SourceConfig:
+    url = f"sqlite:///{tmp_path / 'clicks.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE clicks (uid TEXT, sku TEXT, at INTEGER)"))
+        conn.execute(
+            sa.text("INSERT INTO clicks VALUES (:u, 'a', :t)"),
+            [{"u": f"u{i}", "t": 1_700_000_000 + i} for i in range(rows)],
+        )
+    engine.dispose()
+    events = {"user": "uid", "item": "sku", "time": "at"}
+    body = {"url": url, "table": "clicks", "watermark": "at", "chunk_rows": chunk_rows}
+    return parse_source("clicks", body | {"events": events})
+
+
+def test_sync_a_read_failing_midway_keeps_the_chunks_before_it(
+    store: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next chunk is read while one loads; a read error still comes after the loads."""
+    source = _clicks(tmp_path, 10, 3)
+    real = sync_module.read_chunks
+
+    def failing(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        for number, chunk in enumerate(real(*args, **kwargs), start=1):
+            if number == 3:
+                raise SourceError("source clicks: reading failed: gone")
+            yield chunk
+
+    monkeypatch.setattr(sync_module, "read_chunks", failing)
+    with pytest.raises(SourceError, match="gone"):
+        sync_source(store, source, tmp_path / "rejects")
+    # Chunks end before the last row fetched (it may share its watermark with the next ones):
+    # rows 0-1, then 2-4.
+    assert _interactions(store, "interaction") == 5
+    with store.connect() as conn:
+        stored = conn.execute(sa.text("SELECT value FROM source_watermarks")).scalar_one()
+    assert stored == str(1_700_000_004)
+    assert not [t for t in threading.enumerate() if t.name.startswith("recsys-source")]
+
+
+def test_sync_stopped_by_its_caller_stops_reading_ahead(store: sa.Engine, tmp_path: Path) -> None:
+    source = _clicks(tmp_path, 10, 2)
+
+    def stop(number: int) -> None:
+        if number == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sync_source(store, source, tmp_path / "rejects", after_load=stop)
+    assert not [t for t in threading.enumerate() if t.name.startswith("recsys-source")]
+    assert gc.isenabled()
+    rerun = sync_source(store, source, tmp_path / "rejects")
+    # Chunk 1 (row 0) moved the watermark; chunk 2 (rows 1-2) was stored, its move stopped.
+    assert (rerun.rows_read, rerun.rows_already_stored, rerun.rows_inserted) == (9, 2, 7)
