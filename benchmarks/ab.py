@@ -9,6 +9,12 @@ scripts' own result files in either checkout are restored after each run.
 
     .venv/bin/python benchmarks/ab.py --a ../recsys-before --b . \
         --home benchmarks/.homes/amazon-toys
+
+The two sides may also be one checkout run with different settings, e.g. the cost of the
+impression log (``--a-env`` applies to A's runs only; ``--out`` names the result files):
+
+    .venv/bin/python benchmarks/ab.py --a . --b . --a-env RECSYS_IMPRESSION_BUFFER=0 \
+        --no-batch --concurrency 8 --out ab-impressions --home benchmarks/.homes/amazon-toys
 """
 
 from __future__ import annotations
@@ -35,14 +41,20 @@ def _git(checkout: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
-def _run(checkout: Path, script: str, args: list[str], outputs: tuple[str, ...]) -> Any:
+def _run(
+    checkout: Path,
+    script: str,
+    args: list[str],
+    outputs: tuple[str, ...],
+    extra_env: dict[str, str] | None = None,
+) -> Any:
     """Run ``benchmarks/<script>`` of ``checkout`` on its own code; its JSON result.
 
     The result files it overwrites in that checkout are put back as they were.
     """
     results = checkout / "benchmarks" / "results"
     saved = {name: (results / name).read_bytes() for name in outputs if (results / name).exists()}
-    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    env = {**os.environ, "PYTHONPATH": str(checkout), **(extra_env or {})}
     try:
         subprocess.run(
             [sys.executable, f"benchmarks/{script}", *args],
@@ -61,7 +73,9 @@ def _run(checkout: Path, script: str, args: list[str], outputs: tuple[str, ...])
                 path.unlink()
 
 
-def serve_round(checkout: Path, home: Path, args: argparse.Namespace) -> dict[str, float]:
+def serve_round(
+    checkout: Path, home: Path, args: argparse.Namespace, env: dict[str, str]
+) -> dict[str, float]:
     data = _run(
         checkout,
         "serve.py",
@@ -79,6 +93,7 @@ def serve_round(checkout: Path, home: Path, args: argparse.Namespace) -> dict[st
             "1",
         ],
         SERVE_FILES,
+        env,
     )
     out: dict[str, float] = {}
     for point in data["points"]:
@@ -89,12 +104,15 @@ def serve_round(checkout: Path, home: Path, args: argparse.Namespace) -> dict[st
     return out
 
 
-def batch_round(checkout: Path, home: Path, args: argparse.Namespace) -> dict[str, float]:
+def batch_round(
+    checkout: Path, home: Path, args: argparse.Namespace, env: dict[str, str]
+) -> dict[str, float]:
     data = _run(
         checkout,
         "batch.py",
         ["--home", str(home), "--batch-sizes", str(args.batch_size)],
         BATCH_FILES,
+        env,
     )
     (row,) = data["rows"]
     return {
@@ -112,7 +130,16 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,8")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per serve point")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--no-batch", action="store_true", help="serving only")
+    parser.add_argument(
+        "--a-env", action="append", default=[], metavar="KEY=VALUE", help="A's environment"
+    )
+    parser.add_argument(
+        "--b-env", action="append", default=[], metavar="KEY=VALUE", help="B's environment"
+    )
+    parser.add_argument("--out", default="ab", help="result files' name (default ab)")
     args = parser.parse_args()
+    envs = {"A": _pairs(parser, args.a_env), "B": _pairs(parser, args.b_env)}
     checkouts = {"A": args.a.resolve(), "B": args.b.resolve()}
     home = args.home.resolve()
     if not (home / "recsys.db").exists():
@@ -121,10 +148,9 @@ def main() -> None:
     started = time.time()
     for n in range(args.rounds):
         for side in ("A", "B") if n % 2 == 0 else ("B", "A"):
-            merged = {
-                **serve_round(checkouts[side], home, args),
-                **batch_round(checkouts[side], home, args),
-            }
+            merged = serve_round(checkouts[side], home, args, envs[side])
+            if not args.no_batch:
+                merged |= batch_round(checkouts[side], home, args, envs[side])
             rounds[side].append(merged)
             print(f"round {n + 1} {side}: {merged}", flush=True)
     rows = []
@@ -142,21 +168,38 @@ def main() -> None:
         "commits": commits,
         "home": home.name,
         "config": {k: str(v) for k, v in vars(args).items() if k not in ("a", "b", "home")},
+        "environments": envs,
         "seconds": round(time.time() - started),
         "rounds": rounds,
         "rows": rows,
     }
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "ab.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS_DIR / "ab.md").write_text(
+    (RESULTS_DIR / f"{args.out}.json").write_text(json.dumps(result, indent=1) + "\n")
+    settings = "".join(
+        f"; {side} with `{' '.join(f'{k}={v}' for k, v in env.items())}`"
+        for side, env in envs.items()
+        if env
+    )
+    (RESULTS_DIR / f"{args.out}.md").write_text(
         "# A/B: serving and batch benchmarks of two commits\n\n"
-        f"A = `{commits['A']}`, B = `{commits['B']}`; median of {args.rounds} interleaved "
+        f"A = `{commits['A']}`, B = `{commits['B']}`{settings}; median of {args.rounds} "
+        "interleaved "
         f"runs each (serve: {args.duration:g} s per point, concurrency {args.concurrency}; "
         f"batch size {args.batch_size}) on the home `{home.name}`.\n\n"
         + markdown_table(headers, rows)
         + f"\n\nMachine: {result['machine']['machine']}, {result['machine']['cpu_count']} cores,"
         f" {result['machine']['date']}.\nCommand: `{result['machine']['command']}`\n"
     )
+
+
+def _pairs(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"expected KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from flows.common import (
     transient_database_error,
 )
 from recsys import registry
+from recsys.config import Settings
 from recsys.data.extract import Snapshot, SnapshotDescriptor, extract
 from recsys.data.splits import Protocol, Split, split
 from recsys.data.validation import QualityReport, quality_report
@@ -51,6 +52,7 @@ from recsys.retrain import (
     LOCK_NAME,
     RetrainSummary,
     Step,
+    add_online,
     begin,
     check_data,
     check_exports,
@@ -74,6 +76,17 @@ LOCK_TTL = timedelta(hours=12)
 )
 def begin_task(engine: Engine, run_id: str | None) -> RetrainSummary:
     return begin(engine, run_id)
+
+
+@task(name="online-metrics", cache_policy=NO_CACHE)
+def online_task(engine: Engine, summary: RetrainSummary, settings: Settings) -> RetrainSummary:
+    return add_online(
+        engine,
+        summary,
+        click_events=settings.click_events.split(","),
+        conversion_events=settings.conversion_events.split(","),
+        window_seconds=settings.attribution_window_seconds,
+    )
 
 
 @task(
@@ -245,7 +258,7 @@ def retrain_flow(
     run_id = current_run_id()
     protocol: Protocol = split  # type: ignore[assignment]
     with locks.held(engine, LOCK_NAME, holder=f"flow run {run_id or os.getpid()}", ttl=LOCK_TTL):
-        summary = begin_task(engine, run_id)
+        summary = online_task(engine, begin_task(engine, run_id), settings)
         snapshot = extract_task(engine)
         quality = quality_report_task(snapshot)
         step = check_data_task(engine, summary, snapshot.descriptor, quality, force)

@@ -9,6 +9,7 @@ run ends there); nothing here knows about Prefect.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -31,6 +32,8 @@ LOCK_NAME = "retrain"
 REPORTS_FOLDER = "reports"
 REPORT_FILE = "retrain-report.md"  # a copy of the report in each candidate's artifact folder
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class RetrainSummary:
@@ -48,6 +51,7 @@ class RetrainSummary:
     report_path: str | None = None
     bento: str | None = None
     service_reload: dict[str, Any] | None = None
+    online: list[dict[str, Any]] = field(default_factory=list)  # the last 7 days, served
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -89,6 +93,31 @@ def begin(engine: Engine, flow_run_id: str | None) -> RetrainSummary:
     """A retrain's summary before any work: ``failed`` until decided, and the champion now."""
     champion = registry.alias_version(engine, registry.CHAMPION)
     return RetrainSummary("failed", "", champion_before=champion, flow_run_id=flow_run_id)
+
+
+def add_online(
+    engine: Engine,
+    summary: RetrainSummary,
+    *,
+    click_events: Sequence[str],
+    conversion_events: Sequence[str],
+    window_seconds: float,
+) -> RetrainSummary:
+    """The summary with how the served versions did online over the last 7 days (none when
+    nothing was served or logged; a failure to measure never fails the retrain)."""
+    from recsys.online.metrics import recent_online_metrics, summary_row
+
+    try:
+        groups = recent_online_metrics(
+            engine,
+            click_events=click_events,
+            conversion_events=conversion_events,
+            window_seconds=window_seconds,
+        )
+    except Exception as exc:  # the report says so; the retrain goes on
+        logger.warning("online metrics unavailable: %s", exc)
+        return summary
+    return replace(summary, online=[summary_row(g) for g in groups])
 
 
 def check_data(
@@ -249,6 +278,12 @@ def render_report(
         lines += [
             f"- v{row['version']} {row['model']}: `{row['artifact']}`" for row in summary.candidates
         ]
+        lines.append("")
+    if summary.online:
+        keys = list(summary.online[0])
+        lines += ["## Online metrics of the served versions (last 7 days, 95% intervals)", ""]
+        lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        lines += ["| " + " | ".join(_cell(row[k]) for k in keys) + " |" for row in summary.online]
         lines.append("")
     if summary.bento or summary.service_reload:
         lines += ["## Published", ""]

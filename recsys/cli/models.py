@@ -207,6 +207,7 @@ def models_show(
     ]
     data = record.to_dict()
     data["alias_moves"] = moves
+    data["online_last_7_days"] = _online_rows(engine, number)
     if as_json:
         emit(data, True)
         return
@@ -217,6 +218,8 @@ def models_show(
             if k not in ("train_config", "alias_moves")
         }
     )
+    for row in data["online_last_7_days"]:
+        typer.echo("online (7 days): " + ", ".join(f"{k} {v}" for k, v in row.items()))
     for move in moves:
         typer.echo(
             f"{move['occurred_at']} {move['alias']} {move['action']}: "
@@ -374,3 +377,18 @@ def recommend(
         typer.echo(
             f"{row['rank']:>4}  {row['item_id']:<12} {row['score']:>10.4f}  {row['title'] or ''}"
         )
+
+
+def _online_rows(engine: Any, version: int) -> list[dict[str, Any]]:
+    """How ``version`` did online in the last 7 days, per arm (empty if never served)."""
+    from recsys.config import get_settings
+    from recsys.online.metrics import recent_online_metrics, summary_row
+
+    settings = get_settings()
+    groups = recent_online_metrics(
+        engine,
+        click_events=settings.click_events.split(","),
+        conversion_events=settings.conversion_events.split(","),
+        window_seconds=settings.attribution_window_seconds,
+    )
+    return [summary_row(g) for g in groups if g.model_version == version]

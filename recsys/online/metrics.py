@@ -181,6 +181,57 @@ def online_metrics(
     return out
 
 
+def recent_online_metrics(
+    engine: Engine,
+    *,
+    click_events: Sequence[str],
+    conversion_events: Sequence[str],
+    window_seconds: float,
+    days: float = 7.0,
+    k: int = 10,
+    now_ms: int | None = None,
+) -> list[ArmMetrics]:
+    """The online metrics of the last ``days``, attribution rebuilt for that range first."""
+    from recsys.online.attribution import attribute
+    from recsys.online.impressions import now_ms as clock
+
+    since = (clock() if now_ms is None else now_ms) - int(days * 86_400_000)
+    attribute(engine, window_seconds=window_seconds, since_ms=since)
+    return online_metrics(
+        engine,
+        click_events=click_events,
+        conversion_events=conversion_events,
+        since_ms=since,
+        k=k,
+    )
+
+
+def summary_row(metrics: ArmMetrics) -> dict[str, Any]:
+    """One line of a report: the version, arm, impressions and each metric with its interval."""
+    row: dict[str, Any] = {
+        "version": metrics.model_version,
+        "arm": metrics.arm or "-",
+        "impressions": metrics.impressions,
+    }
+    for name, estimate in (
+        (f"ctr@{metrics.k}", metrics.ctr),
+        (f"conversion@{metrics.k}", metrics.conversion),
+        ("mrr", metrics.mrr),
+        ("coverage", metrics.coverage),
+        ("fallback share", metrics.fallback_share),
+    ):
+        row[name] = _interval_text(estimate)
+    return row
+
+
+def _interval_text(estimate: Estimate) -> str:
+    if estimate.value is None:
+        return "-"
+    if estimate.low is None or estimate.high is None:
+        return f"{estimate.value:.4f}"
+    return f"{estimate.value:.4f} [{estimate.low:.4f}, {estimate.high:.4f}]"
+
+
 def _impressions(
     engine: Engine, since_ms: int, until_ms: int | None, experiment_id: int | None
 ) -> pd.DataFrame:

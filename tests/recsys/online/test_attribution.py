@@ -113,3 +113,40 @@ def test_intervals_and_the_two_arm_comparison() -> None:
     same = compare("ctr", 100, 1000, 100, 1000)
     assert same.diff == 0 and same.p_value == pytest.approx(1.0)
     assert compare("ctr", 0, 0, 1, 10).p_value is None
+
+
+def test_recent_metrics_feed_the_retrain_report(logged: sa.Engine) -> None:
+    from recsys.online.metrics import recent_online_metrics, summary_row
+    from recsys.retrain import RetrainSummary, add_online, render_report
+
+    groups = recent_online_metrics(
+        logged,
+        click_events=["click"],
+        conversion_events=["purchase"],
+        window_seconds=WINDOW,
+        days=1,
+        now_ms=20_000,
+    )
+    rows = [summary_row(g) for g in groups]
+    assert [(r["version"], r["impressions"]) for r in rows] == [(1, 2), (2, 2)]
+    assert rows[0]["ctr@10"].startswith("1.0000 [")
+    report = render_report(RetrainSummary("kept", "no better", online=rows), None, None)
+    assert "## Online metrics of the served versions (last 7 days, 95% intervals)" in report
+    assert "| version | arm | impressions | ctr@10 |" in report
+    # Today's last 7 days hold none of these 1970 impressions: nothing to show.
+    kept = add_online(
+        logged,
+        RetrainSummary("kept", "no better"),
+        click_events=["click"],
+        conversion_events=["purchase"],
+        window_seconds=WINDOW,
+    )
+    assert kept.online == [] and "## Online" not in render_report(kept, None, None)
+    broken = sa.create_engine("sqlite:////nonexistent/folder/db.sqlite")
+    same = RetrainSummary("kept", "no better")
+    assert (
+        add_online(
+            broken, same, click_events=["click"], conversion_events=["purchase"], window_seconds=1
+        )
+        is same
+    )  # measuring failed: the retrain goes on without it
