@@ -34,6 +34,7 @@ TABLES = {
     "impressions",
     "event_recommendations",
     "attributions",
+    "drift_triggers",
 }
 
 
