@@ -182,11 +182,11 @@ class Settings(BaseSettings):
         ),
     )
     drift_baseline_seconds: float = Field(
-        default=604_800.0,
+        default=86_400.0,
         gt=0,
         json_schema_extra=_doc(
             "the window just before the recent one whose click-through is the baseline",
-            "`604800`",
+            "`86400`",
         ),
     )
     drift_min_samples: int = Field(
