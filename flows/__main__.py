@@ -19,6 +19,7 @@ ENTRY_POINTS = {
     "retrain": ("flows.retrain", "run_once"),
     "batch": ("flows.batch", "run_once"),
     "sync": ("flows.sync", "run_once"),
+    "monitor": ("flows.monitor", "run_once"),
     "schedule": ("flows.deploy", "schedule"),
 }
 

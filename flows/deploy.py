@@ -1,5 +1,7 @@
 """The scheduled flows: a Prefect deployment of ``retrain_flow`` on a cron and, beside it, one
-of ``sync_flow`` on its own cron when there are database sources; each one run at a time.
+of ``sync_flow`` on its own cron when there are database sources and one of the drift monitor
+(``monitor_flow``, which starts that retrain deployment when the traffic drifts) on another;
+each one run at a time.
 
 ``recsys schedule`` (``python -m flows schedule '{...}'``) creates them and serves their runs
 from one process; ``apply_only`` just registers them.
@@ -18,6 +20,7 @@ from prefect.settings import get_current_settings
 from prefect.types.entrypoint import EntrypointType
 
 from flows.common import start_prefect_api
+from flows.monitor import monitor_flow
 from flows.retrain import retrain_flow
 from flows.sync import chosen_sources, sync_flow
 from recsys.config import DEFAULT_MODELS, get_settings
@@ -33,6 +36,9 @@ DEFAULT_SYNC_NAME = "frequent"
 DEFAULT_SYNC_CRON = "*/5 * * * *"
 SYNC_OFF = "off"
 SYNC_TAGS = ["recsys", "sources", "scheduled"]
+DEFAULT_MONITOR_NAME = "drift"
+DEFAULT_MONITOR_CRON = "*/15 * * * *"
+MONITOR_TAGS = ["recsys", "drift", "scheduled"]
 # At most one run of each deployment at a time; a run due while one is active (or a backlog
 # of runs missed while nothing was serving) is cancelled rather than queued behind it.
 CONCURRENCY = ConcurrencyLimitConfig(
@@ -100,6 +106,33 @@ def sync_deployment(
     return deployment
 
 
+def monitor_deployment(
+    *,
+    name: str = DEFAULT_MONITOR_NAME,
+    cron: str = DEFAULT_MONITOR_CRON,
+    retrain: str = DEFAULT_NAME,
+    timezone: str = DEFAULT_TIMEZONE,
+) -> RunnerDeployment:
+    """The drift monitor on ``cron``, starting the retrain deployment named ``retrain``."""
+    target = f"{retrain_flow.name}/{retrain}"
+    deployment = monitor_flow.to_deployment(
+        name=name,
+        schedule=Cron(cron, timezone=timezone),
+        concurrency_limit=CONCURRENCY,
+        parameters={"retrain_deployment": target},
+        description=(
+            "Compare the recent traffic with the champion's training data and start "
+            f"{target} when a drift signal trips, at most once per cool-down."
+        ),
+        tags=MONITOR_TAGS,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    if not isinstance(deployment, RunnerDeployment):
+        deployment.close()
+        raise RecsysError("monitor_deployment is synchronous: call it outside an event loop")
+    return deployment
+
+
 def sync_cron_for(sync_cron: str | None) -> str | None:
     """The sync's cron: ``None`` means every 5 minutes if the sources file exists, else off;
     ``"off"`` (or empty) is off; any other value is the cron (and the file must exist)."""
@@ -121,11 +154,14 @@ def schedule(
     sync_cron: str | None = None,
     sync_name: str = DEFAULT_SYNC_NAME,
     sync_sources: list[str] | None = None,
+    monitor_cron: str | None = DEFAULT_MONITOR_CRON,
+    monitor_name: str = DEFAULT_MONITOR_NAME,
     apply_only: bool = False,
 ) -> dict[str, Any]:
-    """Create the retrain deployment and, on ``sync_cron`` (see :func:`sync_cron_for`), the
-    sync deployment, and serve their runs until interrupted; with ``apply_only``, register
-    them and return what was registered (``recsys schedule``)."""
+    """Create the retrain deployment, on ``sync_cron`` (see :func:`sync_cron_for`) the sync
+    deployment and on ``monitor_cron`` (``"off"`` or None: none) the drift monitor, and serve
+    their runs until interrupted; with ``apply_only``, register them and return what was
+    registered (``recsys schedule``)."""
     deployment = retrain_deployment(
         name=name, cron=cron, models=models, split=split, margin=margin, timezone=timezone
     )
@@ -135,12 +171,19 @@ def schedule(
         sync = sync_deployment(
             name=sync_name, cron=chosen_cron, names=sync_sources, timezone=timezone
         )
+    watch = None
+    if monitor_cron is not None and monitor_cron.strip().lower() not in ("", SYNC_OFF):
+        watch = monitor_deployment(
+            name=monitor_name, cron=monitor_cron, retrain=name, timezone=timezone
+        )
     start_prefect_api()  # a temporary server when PREFECT_API_URL is unset, one at a time
     if not apply_only:
-        serve(deployment, *([sync] if sync else []))  # registers, then runs until interrupted
+        others = [d for d in (sync, watch) if d is not None]
+        serve(deployment, *others)  # registers, then runs until interrupted
         return {
             "name": f"{retrain_flow.name}/{deployment.name}",
             "sync": None if sync is None else f"{sync_flow.name}/{sync.name}",
+            "monitor": None if watch is None else f"{monitor_flow.name}/{watch.name}",
             "served": True,
         }
     if get_current_settings().api.url is None:
@@ -159,6 +202,15 @@ def schedule(
             "concurrency_limit": CONCURRENCY.limit,
             "parameters": sync.parameters,
         }
+    monitor = None
+    if watch is not None:
+        monitor = {
+            "deployment_id": str(watch.apply()),
+            "name": f"{monitor_flow.name}/{watch.name}",
+            "schedule": monitor_cron,
+            "concurrency_limit": CONCURRENCY.limit,
+            "parameters": watch.parameters,
+        }
     return {
         "deployment_id": str(deployment_id),
         "name": f"{retrain_flow.name}/{deployment.name}",
@@ -167,4 +219,5 @@ def schedule(
         "concurrency_limit": CONCURRENCY.limit,
         "parameters": deployment.parameters,
         "sync": registered,
+        "monitor": monitor,
     }

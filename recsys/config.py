@@ -173,6 +173,86 @@ class Settings(BaseSettings):
         ),
     )
 
+    drift_window_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        json_schema_extra=_doc(
+            "the recent traffic the drift monitor compares with the champion's training",
+            "`3600`",
+        ),
+    )
+    drift_baseline_seconds: float = Field(
+        default=86_400.0,
+        gt=0,
+        json_schema_extra=_doc(
+            "the window just before the recent one whose click-through is the baseline",
+            "`86400`",
+        ),
+    )
+    drift_min_samples: int = Field(
+        default=200,
+        ge=1,
+        json_schema_extra=_doc(
+            "fewest requests, events or impressions a drift signal needs before it can trip",
+            "`200`",
+        ),
+    )
+    drift_unknown_users: float = Field(
+        default=0.3,
+        ge=0,
+        le=1,
+        json_schema_extra=_doc(
+            "share of recent requests or events by users the champion was not trained on "
+            "that trips a retrain",
+            "`0.3`",
+        ),
+    )
+    drift_unknown_items: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        json_schema_extra=_doc(
+            "share of recent events on items the champion was not trained on that trips a retrain",
+            "`0.2`",
+        ),
+    )
+    drift_new_items: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        json_schema_extra=_doc(
+            "share of the available catalogue added since the champion's snapshot that trips "
+            "a retrain",
+            "`0.1`",
+        ),
+    )
+    drift_psi: float = Field(
+        default=0.2,
+        ge=0,
+        json_schema_extra=_doc(
+            "population stability index of recent events over items against the training "
+            "popularity that trips a retrain",
+            "`0.2`",
+        ),
+    )
+    drift_ctr_drop: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        json_schema_extra=_doc(
+            "relative fall of the champion's click-through from its baseline (significant at "
+            "95%) that trips a retrain",
+            "`0.2`",
+        ),
+    )
+    drift_cooldown_seconds: float = Field(
+        default=43_200.0,
+        ge=0,
+        json_schema_extra=_doc(
+            "least time between two retrains the drift monitor starts", "`43200`"
+        ),
+    )
+
     @field_validator("click_events", "conversion_events", mode="after")
     @classmethod
     def _event_types(cls, value: str) -> str:

@@ -1,4 +1,5 @@
-"""``recsys retrain``, ``batch`` and ``schedule``: the Prefect flows, run in a child process
+"""``recsys retrain``, ``batch`` and ``schedule`` (retrain, sources sync, drift monitor): the
+Prefect flows, run in a child process
 (see :mod:`recsys.cli.runner`); ``recsys sources sync --flow`` is in :mod:`recsys.cli.sources`."""
 
 from __future__ import annotations
@@ -90,16 +91,24 @@ def schedule(
             "Default: */5 * * * * when RECSYS_SOURCES_FILE exists, else off."
         ),
     ] = None,
+    monitor_cron: Annotated[
+        str,
+        typer.Option(
+            help="Cron schedule of the drift monitor (UTC), which starts the retrain when "
+            "the traffic drifts; 'off' for none."
+        ),
+    ] = "*/15 * * * *",
     apply_only: Annotated[
         bool, typer.Option("--apply-only", help="Register the deployments and exit.")
     ] = False,
 ) -> None:
-    """Create the scheduled retrain deployment and the sources sync deployment and, unless
-    --apply-only, serve their runs."""
+    """Create the scheduled retrain deployment, the sources sync deployment and the drift
+    monitor deployment and, unless --apply-only, serve their runs."""
     parameters = {
         "cron": cron,
         "models": model_list(models),
         "sync_cron": sync_cron,
+        "monitor_cron": monitor_cron,
         "apply_only": apply_only,
     }
     if apply_only:

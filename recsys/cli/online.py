@@ -1,4 +1,5 @@
-"""``recsys online report``: what the served recommendations did, per version and arm."""
+"""``recsys online report``: what the served recommendations did, per version and arm;
+``recsys online drift``: how far the recent traffic has moved from the champion's training."""
 
 from __future__ import annotations
 
@@ -76,6 +77,62 @@ def report(
             )
 
     emit(data, as_json, table)
+
+
+@online_app.command("drift")
+@user_errors
+def drift(
+    flow: Annotated[
+        bool,
+        typer.Option(
+            "--flow",
+            help="Run the drift monitor flow instead: it publishes the report and starts the "
+            "retrain deployment when a signal trips (once per cool-down).",
+        ),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Attribute the recent events, then print the drift signals of the champion."""
+    if flow:
+        from recsys.cli.runner import run_flow
+
+        emit(run_flow("monitor", {}), True)
+        return
+    from recsys.online.attribution import attribute
+    from recsys.online.drift import Thresholds, drift_signals, windows
+    from recsys.online.impressions import now_ms
+
+    settings = get_settings()
+    engine = current_engine()
+    now = now_ms()
+    _, baseline_since = windows(now, settings.drift_window_seconds, settings.drift_baseline_seconds)
+    attribute(
+        engine,
+        window_seconds=settings.attribution_window_seconds,
+        since_ms=baseline_since,
+        until_ms=now,
+    )
+    found = drift_signals(
+        engine,
+        window_seconds=settings.drift_window_seconds,
+        baseline_seconds=settings.drift_baseline_seconds,
+        thresholds=Thresholds.from_settings(settings),
+        click_events=settings.click_events.split(","),
+        conversion_events=settings.conversion_events.split(","),
+        now_ms=now,
+    )
+
+    def table() -> None:
+        typer.echo(
+            f"champion v{found.champion}, the last {settings.drift_window_seconds:g} s "
+            f"against its training (snapshot {found.snapshot_at or 'unknown'})"
+        )
+        for s in found.signals:
+            value = "-" if s.value is None else f"{s.value:.4f}"
+            mark = "TRIPPED" if s.tripped else "ok"
+            typer.echo(f"  {s.name:<24} {value:>8} > {s.threshold:<6g} {mark:<8} {s.detail}")
+
+    emit(found.report(), as_json, table)
 
 
 def _ci(estimate: dict[str, Any]) -> str:

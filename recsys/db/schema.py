@@ -358,6 +358,27 @@ class Experiment(Base):
     results: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
 
+class DriftTrigger(Base):
+    """A retrain the drift monitor started (or tried to): when, on which champion, the
+    signals that tripped, and the Prefect run. The cool-down reads it: a trigger not
+    ``failed`` within the cool-down holds back the next. ``status`` is ``claimed`` (the
+    cool-down is taken, the run not yet created), ``started`` (``retrain_run_id`` set) or
+    ``failed`` (the run could not be created: ``error``; it does not hold the cool-down)."""
+
+    __tablename__ = "drift_triggers"
+    __table_args__ = (Index(None, "triggered_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    triggered_at: Mapped[int] = mapped_column(BigInteger)
+    champion_version: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    signals: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
+    deployment: Mapped[str | None] = mapped_column(String(255))
+    monitor_run_id: Mapped[str | None] = mapped_column(String(64))
+    retrain_run_id: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
 # Core-level handles for bulk statements (the ORM classes type ``__table__`` loosely).
 users_table = cast(Table, User.__table__)
 items_table = cast(Table, Item.__table__)
@@ -375,3 +396,4 @@ impressions_table = cast(Table, Impression.__table__)
 event_recommendations_table = cast(Table, EventRecommendation.__table__)
 attributions_table = cast(Table, Attribution.__table__)
 experiments_table = cast(Table, Experiment.__table__)
+drift_triggers_table = cast(Table, DriftTrigger.__table__)

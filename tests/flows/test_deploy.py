@@ -114,7 +114,12 @@ def test_schedule_serves_the_deployment_unless_apply_only(
     served: list[RunnerDeployment] = []
     monkeypatch.setattr(deploy_module, "serve", lambda *d: served.extend(d))
     schedule(cron="0 5 * * *", models=["pop", "ease"])
-    (deployment,) = served
+    deployment, monitor = served
+    assert monitor.name == "drift" and monitor.concurrency_limit == 1
+    assert monitor.parameters == {"retrain_deployment": "retrain/nightly"}
+    assert monitor.schedules is not None
+    assert isinstance(monitor.schedules[0].schedule, CronSchedule)
+    assert monitor.schedules[0].schedule.cron == "*/15 * * * *"
     assert deployment.name == "nightly" and deployment.parameters["models"] == ["pop", "ease"]
     assert deployment.concurrency_limit == 1
     assert deployment.schedules is not None
@@ -219,7 +224,7 @@ def test_schedule_serves_the_sync_beside_the_retrain_when_there_are_sources(
     served: list[RunnerDeployment] = []
     monkeypatch.setattr(deploy_module, "serve", lambda *d: served.extend(d))
     result = schedule(cron="0 5 * * *", models=["ease"])
-    retrain, sync = served
+    retrain, sync, _monitor = served
     assert result["sync"] == "sync-sources/frequent"
     assert retrain.name == "nightly" and sync.name == "frequent"
     assert sync.concurrency_limit == 1 and sync.parameters == {"names": None}
@@ -233,7 +238,7 @@ def test_schedule_serves_the_sync_beside_the_retrain_when_there_are_sources(
     assert served[1].schedules is not None and served[1].schedules[0].schedule.cron == "0 * * * *"
     served.clear()
     assert schedule(cron="0 5 * * *", models=["ease"], sync_cron="off")["sync"] is None
-    assert [d.name for d in served] == ["nightly"]
+    assert [d.name for d in served] == ["nightly", "drift"]
     with pytest.raises(SourceConfigError, match="no source named 'clicks'"):
         schedule(models=["ease"], sync_sources=["clicks"])
 
@@ -245,7 +250,7 @@ def test_schedule_leaves_the_sync_out_without_a_sources_file(
     served: list[RunnerDeployment] = []
     monkeypatch.setattr(deploy_module, "serve", lambda *d: served.extend(d))
     assert schedule(models=["ease"])["sync"] is None
-    assert [d.name for d in served] == ["nightly"]
+    assert [d.name for d in served] == ["nightly", "drift"]
     with pytest.raises(SourceConfigError, match="no sources file at"):
         schedule(models=["ease"], sync_cron="*/5 * * * *")  # asked for: the file must exist
 
@@ -270,7 +275,10 @@ def test_recsys_schedule_sync_cron_option(flow_home: dict[str, str], sources_fil
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
     recsys = str(Path(sys.executable).with_name("recsys"))
     applied = subprocess.run(
-        [recsys, "schedule", "--models", "ease", "--sync-cron", "*/10 * * * *", "--apply-only"],
+        [
+            *(recsys, "schedule", "--models", "ease", "--sync-cron", "*/10 * * * *"),
+            *("--monitor-cron", "*/30 * * * *", "--apply-only"),
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -281,3 +289,38 @@ def test_recsys_schedule_sync_cron_option(flow_home: dict[str, str], sources_fil
     assert registered["sync"]["schedule"] == "*/10 * * * *"
     stored = read_deployment(UUID(registered["sync"]["deployment_id"]))
     assert stored.entrypoint == "flows.sync.sync_flow"
+    assert registered["monitor"]["schedule"] == "*/30 * * * *"
+    stored = read_deployment(UUID(registered["monitor"]["deployment_id"]))
+    assert stored.entrypoint == "flows.monitor.monitor_flow"
+
+
+def test_schedule_serves_the_drift_monitor_on_its_cron_or_not_at_all(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("RECSYS_SOURCES_FILE", str(tmp_path / "none.toml"))
+    served: list[RunnerDeployment] = []
+    monkeypatch.setattr(deploy_module, "serve", lambda *d: served.extend(d))
+    result = schedule(name="weekly", models=["ease"], monitor_cron="*/5 * * * *")
+    assert result["monitor"] == "drift-monitor/drift"
+    _, monitor = served
+    assert monitor.parameters == {"retrain_deployment": "retrain/weekly"}
+    assert monitor.schedules is not None
+    cron = monitor.schedules[0].schedule
+    assert isinstance(cron, CronSchedule) and cron.cron == "*/5 * * * *"
+    served.clear()
+    for off in ("off", "OFF", "", None):
+        assert schedule(models=["ease"], monitor_cron=off)["monitor"] is None
+    assert [d.name for d in served] == ["nightly"] * 4
+
+
+def test_schedule_apply_only_registers_the_monitor_with_its_limit(
+    flow_home: dict[str, str],
+) -> None:
+    printed = schedule(apply_only=True, name="test-mon", models=["ease"], sync_cron="off")
+    monitor = printed["monitor"]
+    assert monitor["name"] == "drift-monitor/drift" and monitor["schedule"] == "*/15 * * * *"
+    assert monitor["parameters"] == {"retrain_deployment": "retrain/test-mon"}
+    stored = read_deployment(UUID(monitor["deployment_id"]))
+    assert stored.global_concurrency_limit is not None
+    assert stored.global_concurrency_limit.limit == 1
+    assert {"recsys", "drift"} <= set(stored.tags)

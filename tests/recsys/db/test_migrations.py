@@ -34,6 +34,8 @@ TABLES = {
     "impressions",
     "event_recommendations",
     "attributions",
+    "drift_triggers",
+    "experiments",
 }
 
 
