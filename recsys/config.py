@@ -150,6 +150,14 @@ class Settings(BaseSettings):
             "`10000`",
         ),
     )
+    impression_flush_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        json_schema_extra=_doc(
+            "how often the service writes its buffered impressions (sooner when 500 wait)",
+            "`1`",
+        ),
+    )
     attribution_window_seconds: float = Field(
         default=86_400.0,
         gt=0,

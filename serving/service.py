@@ -136,6 +136,7 @@ class RecsysService:
             ImpressionLog(
                 engine,
                 capacity=settings.impression_buffer,
+                interval=settings.impression_flush_seconds,
                 on_drop=IMPRESSIONS_DROPPED.inc,
                 on_write=IMPRESSIONS_WRITTEN.inc,
             )

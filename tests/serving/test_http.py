@@ -501,3 +501,49 @@ def test_http_an_experiment_starts_and_stops_without_a_failed_request(served: Se
     assert {a for _, a in settled} == {"champion", "challenger"}
     after = [a for t, _, a in seen if t > stopped + POLL_SECONDS + 5]
     assert after and set(after) == {None}
+
+
+def test_http_impressions_survive_a_restart_of_the_service(served: Served, tmp_path: Path) -> None:
+    """What a service logged is in the database after it stops (a clean stop writes what is
+    still buffered), and a new service adds to it: nothing flushed is lost across restarts."""
+    import sqlalchemy as sa
+
+    home = served.home
+    # A long flush interval: only the shutdown can write these in time.
+    env = {
+        **home.env,
+        "BENTOML_HOME": str(tmp_path / "bentoml"),
+        "RECSYS_READ_AUTH": "open",
+        "RECSYS_IMPRESSION_FLUSH_SECONDS": "600",
+    }
+    marker = f"restart-{time.monotonic_ns()}"
+
+    def logged() -> int:
+        with home.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.text("SELECT count(*) FROM impressions WHERE session_id = :s"),
+                    {"s": marker},
+                ).scalar_one()
+            )
+
+    ids: list[str] = []
+    for run in range(2):
+        with bentoml_serve(
+            "serving.service:RecsysService", env, ROOT, tmp_path / f"run-{run}.log"
+        ) as base:
+            for n in range(5):
+                body = {"item_ids": [f"i{n + 1}"], "k": 3, "session_id": marker}
+                answer = httpx.post(f"{base}/recommend_session", json=body, timeout=30)
+                assert answer.status_code == 200, answer.text
+                ids.append(answer.json()["recommendation_id"])
+            time.sleep(1.0)
+            assert logged() == 5 * run  # still buffered: the flush is 10 minutes away
+        assert logged() == 5 * (run + 1)  # the stop wrote the rest; the first run's are kept
+    with home.engine.connect() as conn:
+        stored = set(
+            conn.execute(
+                sa.text("SELECT id FROM impressions WHERE session_id = :s"), {"s": marker}
+            ).scalars()
+        )
+    assert stored == set(ids)
