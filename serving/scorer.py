@@ -33,7 +33,7 @@ from recsys.db.queries import user_histories, user_history
 from recsys.errors import RecsysError
 from recsys.ids import event_type_problem, id_problem
 from recsys.online.experiments import CHALLENGER_ARM, Experiment, running_experiment
-from recsys.online.impressions import Impression, new_recommendation_id
+from recsys.online.impressions import Impression, new_recommendation_id, now_ms
 from recsys.ranking import Filters, ItemScores, Ranking
 from serving.impressions import ImpressionLog
 
@@ -532,6 +532,7 @@ class Scorer:
                     endpoint,
                     ranked.model_version,
                     tuple(item.item_id for item in ranked.items),
+                    now_ms(),
                     user_id=user_id,
                     session_id=session_id,
                     item_id=item_id,

@@ -21,7 +21,7 @@ from conftest import Home
 
 
 def _impression(n: int) -> Impression:
-    return Impression(f"{n:032x}", "recommend", 1, ("a", "b"), user_id=f"u{n}")
+    return Impression(f"{n:032x}", "recommend", 1, ("a", "b"), 1_000 + n, user_id=f"u{n}")
 
 
 class Recorder:
