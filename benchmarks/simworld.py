@@ -44,7 +44,7 @@ MS_PER_DAY = 86_400_000
 
 @dataclass(frozen=True)
 class WorldConfig:
-    num_users: int = 1000
+    num_users: int = 5000
     num_items: int = 300
     dim: int = 8
     taste: float = 1.5

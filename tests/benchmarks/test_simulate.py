@@ -93,7 +93,7 @@ def test_the_driver_names_each_answer_in_its_clicks_and_calls_the_hook_between_w
         if request.url.path == "/events":
             with lock:
                 posted.extend(body["events"])
-            return httpx.Response(200, json={"recorded": len(body["events"])})
+            return httpx.Response(200, json={"inserted": len(body["events"]), "duplicates": 0})
         with lock:
             in_flight[0] += 1
         rid = uuid.uuid4().hex
@@ -157,6 +157,7 @@ def test_power_and_the_user_level_test_agree_with_the_textbook() -> None:
             "r",
             ["i1"],
             ["i1"] if n % 5 == 0 else [],
+            0,
             0.0,
         )
         for n in range(400)
