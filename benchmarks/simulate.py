@@ -14,8 +14,8 @@ logs every answer as an impression; the numbers below are the library's own
 
 1. **A/B**: ``start_experiment`` with the popularity version as challenger at share 0.5,
    ``--requests`` requests, then ``experiment_status`` once (no peeking) and ``stop
-   --keep``. Target: challenger minus champion click-through at 10 is negative with
-   p < 0.05.
+   --keep``; ``--ab-seeds`` such experiments in turn, each from its own seed. Target, each
+   time: challenger minus champion click-through at 10 is negative with p < 0.05.
 2. **A/A**: ``--aa-seeds`` experiments in turn, each with the second EASE as challenger (a
    new experiment, so a new salt and a new split of the users) and the same number of
    requests from its own seed. Reported: the false-positive rate (the share of p < 0.05)
@@ -27,7 +27,7 @@ had at its size, and the same tests with users as the unit (the service's test c
 impressions as independent, but a user drawn twice is in the same arm twice).
 
     .venv/bin/python benchmarks/simulate.py            # about 4 minutes on 2 cores
-    .venv/bin/python benchmarks/simulate.py --quick    # a smoke run, about a minute
+    .venv/bin/python benchmarks/simulate.py --quick    # a smoke run, under a minute
 
 A full run writes results/simulate.json, results/simulate.md and results/simulate-ctr.png;
 ``--quick`` writes results/simulate-smoke.*. A measurement, not a test: the script exits 0
