@@ -126,6 +126,15 @@ class World:
         order = np.argsort(-scores, kind="stable")[:k]
         return [self.item_ids[n] for n in order.tolist()]
 
+    def browse(self, user_id: str, exclude: set[str], rng: np.random.Generator) -> str | None:
+        """One item the user picks outside any recommendation: a softmax draw by their
+        current utility among the items not in ``exclude`` (how the history was drawn)."""
+        scores = self.utility(self._user_index[user_id]) + rng.gumbel(size=self.config.num_items)
+        for item in exclude:
+            scores[self._item_index[item]] = -np.inf
+        best = int(np.argmax(scores))
+        return None if np.isneginf(scores[best]) else self.item_ids[best]
+
     # Drift ------------------------------------------------------------------------------
 
     def shift(self, fraction: float, seed: int) -> list[str]:
