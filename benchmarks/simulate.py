@@ -100,6 +100,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=10, help="list length requested and measured")
     parser.add_argument("--seed", type=int, default=0, help="the world's seed (requests: +1...)")
     parser.add_argument("--share", type=float, default=0.5, help="the challenger's share")
+    parser.add_argument(
+        "--drift",
+        action="store_true",
+        help="the drift scenario instead (benchmarks/simdrift.py): shift, monitor, retrain",
+    )
+    parser.add_argument("--shift-fraction", type=float, help="--drift: share of items moved")
+    parser.add_argument("--organic", type=int, help="--drift: organic events per window")
     args = parser.parse_args(argv)
     defaults = QUICK if args.quick else FULL
     for name, value in defaults.items():
@@ -127,8 +134,12 @@ class Home:
     offline: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def prepare_home(path: Path, world: World) -> Home:
-    """Import the world's histories; train, register EASE (champion), pop and EASE again."""
+ROLES = (("good", "ease"), ("worse", "pop"), ("good-again", "ease"))
+
+
+def prepare_home(path: Path, world: World, roles: Sequence[tuple[str, str]] = ROLES) -> Home:
+    """Import the world's histories; train and register each (role, model), by default EASE,
+    pop and EASE again; the first is promoted champion."""
     from recsys.experiment import train_and_evaluate
 
     path.mkdir(parents=True, exist_ok=True)
@@ -137,7 +148,7 @@ def prepare_home(path: Path, world: World) -> Home:
     home = Home(path, url, create_engine(url))
     loaded = ingest(home.engine, world.import_batch(int(time.time() * 1000)), path / "rejects")
     print(f"imported {loaded.rows_inserted:,} history events", flush=True)
-    for role, model in (("good", "ease"), ("worse", "pop"), ("good-again", "ease")):
+    for role, model in roles:
         started = time.perf_counter()
         outcome = train_and_evaluate(
             create_engine(url), model, "loo", train_overrides={"threads": 1, "progress": False}
@@ -154,7 +165,8 @@ def prepare_home(path: Path, world: World) -> Home:
             **{m: summary.get(m, {}).get("value") for m in ("ndcg@10", "hr@10")},
         }
         print(f"{role}: {model} v{record.version} {home.offline[role]}", flush=True)
-    registry.promote(home.engine, home.versions["good"], actor="simulator", reason="the good one")
+    first = home.versions[roles[0][0]]
+    registry.promote(home.engine, first, actor="simulator", reason="the good one")
     return home
 
 
@@ -763,6 +775,11 @@ def _nan(values: Sequence[float | None]) -> list[float]:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.drift:
+        from simdrift import run_drift
+
+        run_drift(args)
+        return
     started = time.perf_counter()
     info = machine_info(SOURCES)
     info["load_average"] = " ".join(f"{x:.2f}" for x in os.getloadavg())

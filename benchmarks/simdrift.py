@@ -1,0 +1,694 @@
+"""The drift scenario of benchmarks/simulate.py (``--drift``): the users' preferences move
+mid-run, the real drift monitor notices and starts the real retrain, and the new champion is
+measured as it takes over.
+
+The pieces are the ones a deployment runs, each in its own process:
+
+- a ``bentoml serve`` of the home (EASE champion, no experiment, ``RECSYS_POLL_SECONDS=1``);
+- a temporary ``prefect server start`` (a free port, ``PREFECT_HOME`` in the scratch folder);
+- ``python -m flows schedule`` serving the retrain deployment (``retrain/nightly``, EASE only,
+  its cron at 3 a.m. never due in a run; the sync and the monitor's own cron off);
+- the drift monitor, ``python -m flows monitor``, started again and again by a thread of this
+  script (about every ``monitor_every`` seconds) from the first window until it starts a
+  retrain.
+
+All of them read the drift settings from their environment, scaled to the run: the monitor's
+recent window is ``drift_window_s`` seconds, the click-through baseline the ``baseline_s``
+before it, ``RECSYS_DRIFT_MIN_SAMPLES`` is ``min_samples`` and the cool-down an hour (one
+retrain per run). Thresholds are the defaults.
+
+The driver sends windows of ``window`` recommend requests (users drawn at random, their
+clicks reported as in the experiments) at most one window per ``pace`` seconds. Each window
+also posts ``organic`` events: users drawn at random pick an item outside any recommendation,
+by a softmax of their *current* utility among the items they have not seen
+(``World.browse``, how the history itself was drawn), recorded with ``POST /events`` as
+``interaction``, the history's own event type. Without them the store would hold only the
+old history and clicks on the champion's own lists, and a retrain could not learn the new
+taste; they are not of a ``RECSYS_CLICK_EVENTS`` type, so they never count as clicks.
+
+Before window ``shift_at`` the world moves ``World.shift(fraction)``. Users' interest also
+wears out on its own (every click and organic pick removes an item they liked from what the
+service may show them), so each window also reports the world's expected CTR of the lists
+shown and of the oracle's lists (each user's best ``k`` unseen items under the current
+preferences): the champion's share of the oracle separates the shift from that wear.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from _common import REPO_ROOT, RESULTS_DIR, format_table, machine_info, write_results
+from serve import bentoml_serve, free_port
+from simworld import World, WorldConfig
+from sqlalchemy import func, select
+
+from recsys import registry
+from recsys.db.schema import model_versions_table
+from recsys.keys import EVENTS, READ, create_key
+from recsys.online.metrics import proportion
+
+ORGANIC = "interaction"  # the imported history's type: training data, never a click
+RETRAIN = "retrain/nightly"
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+SERVER_START_S = 180.0
+MONITOR_TIMEOUT_S = 240.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    window: int  # requests per window
+    pace: float  # least seconds per window
+    organic: int  # organic events per window (at most 1000: one POST)
+    shift_at: int  # the window before which the world shifts
+    fraction: float  # of the items whose latent vectors move
+    drift_window_s: float
+    baseline_s: float
+    min_samples: int
+    monitor_every: float
+    after: int  # windows driven once the new champion is served (or the retrain refused)
+    give_up: int  # windows after the shift with no retrain finished: stop
+    cooldown_s: float = 3600.0
+
+    def report(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+FULL = Plan(
+    window=100, pace=2.0, organic=2000, shift_at=35, fraction=0.7, drift_window_s=20.0,
+    baseline_s=40.0, min_samples=300, monitor_every=2.0, after=25, give_up=120,
+)  # fmt: skip
+QUICK = Plan(
+    window=100, pace=1.0, organic=1000, shift_at=32, fraction=0.7, drift_window_s=10.0,
+    baseline_s=20.0, min_samples=200, monitor_every=1.0, after=10, give_up=90,
+)  # fmt: skip
+
+
+def plan_for(args: Any) -> Plan:
+    plan = QUICK if args.quick else FULL
+    if args.shift_fraction is not None:
+        plan = _replace(plan, fraction=args.shift_fraction)
+    if args.organic is not None:
+        plan = _replace(plan, organic=args.organic)
+    return plan
+
+
+def _replace(plan: Plan, **changes: Any) -> Plan:
+    return Plan(**{**plan.report(), **changes})
+
+
+# The processes ------------------------------------------------------------------------------
+
+
+@contextmanager
+def process(
+    command: list[str], env: dict[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A child in its own session, its output in ``log``; stopped (TERM, then KILL) on exit."""
+    with log.open("wb") as out:
+        child = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            yield child
+        finally:
+            if child.poll() is None:
+                os.killpg(child.pid, 15)
+                try:
+                    child.wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(child.pid, 9)
+                    child.wait()
+
+
+def wait_until(check: Any, what: str, within: float, child: subprocess.Popen[bytes]) -> float:
+    started = time.monotonic()
+    while True:
+        try:
+            if check():
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        if child.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited with {child.returncode}")
+        if time.monotonic() - started > within:
+            raise RuntimeError(f"{what}: not within {within:.0f} s")
+        time.sleep(0.5)
+
+
+class Monitor(threading.Thread):
+    """``python -m flows monitor`` again and again until one run starts a retrain."""
+
+    def __init__(self, env: dict[str, str], every: float, origin: float) -> None:
+        super().__init__(name="drift-monitor", daemon=True)
+        self.env = env
+        self.every = every
+        self.origin = origin  # epoch seconds of the run's t = 0
+        self.checks: list[dict[str, Any]] = []
+        self.started_run: dict[str, Any] | None = None
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set() and self.started_run is None:
+            began = time.time()
+            done = subprocess.run(
+                [sys.executable, "-m", "flows", "monitor", "{}"],
+                cwd=REPO_ROOT, env=self.env, capture_output=True, text=True,
+                timeout=MONITOR_TIMEOUT_S,
+            )  # fmt: skip
+            lines = done.stdout.strip().splitlines()
+            try:
+                result: dict[str, Any] = json.loads(lines[-1]) if lines else {}
+            except json.JSONDecodeError:
+                result = {"error": lines[-1][:300]}
+            drift = result.get("drift") or {}
+            at = drift.get("now_ms", began * 1000) / 1000 - self.origin
+            check = {
+                "at_s": round(at, 2),
+                "took_s": round(time.time() - began, 1),
+                "action": result.get("action", "error"),
+                "tripped": result.get("tripped", []),
+                "reason": result.get("reason") or result.get("error") or done.stderr[-300:],
+                "signals": {
+                    s["name"]: {k: s.get(k) for k in ("value", "n", "tripped", "detail")}
+                    for s in drift.get("signals", [])
+                },
+                "retrain_run_id": result.get("retrain_run_id"),
+            }
+            self.checks.append(check)
+            print(
+                f"  monitor t={at:6.1f}s {check['action']}: tripped {check['tripped'] or '-'}",
+                flush=True,
+            )
+            if check["action"] == "started":
+                self.started_run = check
+                return
+            self.halt.wait(max(0.0, self.every - (time.time() - began)))
+
+
+# The run ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Window:
+    number: int
+    start_s: float
+    end_s: float
+    requests: int
+    clicked: int
+    expected: float
+    oracle: float
+    versions: dict[int, int]
+    organic: int
+    events: list[str]
+
+    def report(self) -> dict[str, Any]:
+        ctr = proportion(self.clicked, self.requests)
+        return {**self.__dict__, "ctr": ctr.report()}
+
+
+def run_drift(args: Any) -> None:
+    """The whole scenario; writes results/simulate-drift(-smoke).{json,md} and -ctr.png."""
+    from simulate import Driver, prepare_home
+
+    plan = plan_for(args)
+    started = time.perf_counter()
+    info = machine_info(
+        ("benchmarks/simdrift.py", "benchmarks/simworld.py", "recsys/online", "flows")
+    )
+    info["load_average"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    world = World(WorldConfig(seed=args.seed))
+    seen = {world.user_ids[u]: {world.item_ids[i] for i in h.tolist()} for u, h in
+            enumerate(world.histories())}  # fmt: skip
+    phases: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="recsys_bench_simdrift_") as scratch:
+        home = prepare_home(Path(scratch) / "home", world, roles=(("champion", "ease"),))
+        champion_before = home.versions["champion"]
+        phases["home (import, train EASE)"] = time.perf_counter() - started
+        secret, _ = create_key(home.engine, f"simulator-{os.getpid()}", [READ, EVENTS])
+        prefect_home = Path(scratch) / "prefect"
+        prefect_home.mkdir()
+        port = free_port()
+        api = f"http://127.0.0.1:{port}/api"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RECSYS_", "PREFECT_"))} | {
+            "RECSYS_HOME": str(home.path),
+            "RECSYS_DATABASE_URL": home.url,
+            "RECSYS_POLL_SECONDS": "1",
+            "RECSYS_TRAIN_WORKERS": "1",
+            "RECSYS_DRIFT_WINDOW_SECONDS": str(plan.drift_window_s),
+            "RECSYS_DRIFT_BASELINE_SECONDS": str(plan.baseline_s),
+            "RECSYS_DRIFT_MIN_SAMPLES": str(plan.min_samples),
+            "RECSYS_DRIFT_COOLDOWN_SECONDS": str(plan.cooldown_s),
+            "PREFECT_HOME": str(prefect_home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "false",
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            "PYTHONPATH": os.pathsep.join(
+                [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+            ),
+        }
+        server_env = dict(env)
+        client_env = env | {"PREFECT_API_URL": api}
+        logs = Path(scratch)
+        mark = time.perf_counter()
+        prefect = Path(sys.executable).with_name("prefect")
+        with (
+            process(
+                [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                server_env,
+                logs / "prefect.log",
+            ) as server,
+            bentoml_serve("serving.service:RecsysService", client_env, logs / "serve.log") as srv,
+        ):
+            wait_until(
+                lambda: httpx.get(f"{api}/health", timeout=5).status_code == 200,
+                "prefect server", SERVER_START_S, server,
+            )  # fmt: skip
+            phases["prefect server and service start"] = time.perf_counter() - mark
+            mark = time.perf_counter()
+            schedule = {"models": ["ease"], "sync_cron": "off", "monitor_cron": "off"}
+            with process(
+                [sys.executable, "-m", "flows", "schedule", json.dumps(schedule)],
+                client_env,
+                logs / "schedule.log",
+            ) as scheduler:
+                wait_until(
+                    lambda: httpx.get(f"{api}/deployments/name/{RETRAIN}", timeout=5).status_code
+                    == 200,
+                    "the retrain deployment", SERVER_START_S, scheduler,
+                )  # fmt: skip
+                phases["retrain deployment served"] = time.perf_counter() - mark
+                mark = time.perf_counter()
+                driver = Driver(
+                    srv.base, secret, world, k=args.k, threads=args.threads, window=plan.window
+                )
+                try:
+                    outcome = drive(plan, args, world, seen, driver, client_env, api, home)
+                finally:
+                    driver.close()
+                phases["driving"] = time.perf_counter() - mark
+                if scheduler.poll() is not None:
+                    print(f"warning: the scheduler exited with {scheduler.returncode}")
+        outcome["champion_before"] = champion_before
+        home.engine.dispose()
+    phases["total"] = time.perf_counter() - started
+    report(args, plan, info, world, home.offline, outcome, phases)
+
+
+def drive(
+    plan: Plan,
+    args: Any,
+    world: World,
+    seen: dict[str, set[str]],
+    driver: Any,
+    env: dict[str, str],
+    api: str,
+    home: Any,
+) -> dict[str, Any]:
+    """The windows, the shift, the monitor, the retrain, until the new champion has served
+    ``plan.after`` windows (or the retrain refused it, or ``plan.give_up`` windows passed)."""
+    origin = time.time()
+    monitor = Monitor(env, plan.monitor_every, origin)
+    monitor.start()
+    windows: list[Window] = []
+    marks: dict[str, float] = {}
+    retrain: dict[str, Any] = {}
+    moved: list[str] = []
+    new_champion: int | None = None
+    stop_after: int | None = None
+    n = 0
+    try:
+        while stop_after is None or n < stop_after:
+            begin = time.time() - origin
+            events: list[str] = []
+            if n == plan.shift_at:
+                moved = world.shift(plan.fraction, args.seed + 99)
+                marks["shift"] = begin
+                events.append(f"shift ({len(moved)} items moved)")
+            oracle_lists: dict[str, float] = {}
+            shown = driver.run(plan.window, args.seed + 1 + n)
+            for s in shown:
+                if s.user_id not in oracle_lists:
+                    best = world.best_items(s.user_id, args.k, sorted(seen[s.user_id]))
+                    oracle_lists[s.user_id] = world.expected_ctr(s.user_id, best)
+                seen[s.user_id].update(s.clicks)
+            organic = post_organic(driver, world, seen, plan.organic, [args.seed, 2, n])
+            end = time.time() - origin
+            versions = Counter(s.model_version for s in shown)
+            window = Window(
+                number=n, start_s=round(begin, 2), end_s=round(end, 2), requests=len(shown),
+                clicked=sum(1 for s in shown if s.clicks),
+                expected=float(np.mean([s.expected_ctr for s in shown])),
+                oracle=float(np.mean([oracle_lists[s.user_id] for s in shown])),
+                versions=dict(sorted(versions.items())), organic=organic, events=events,
+            )  # fmt: skip
+            windows.append(window)
+            # What happened since the last window: the monitor, the retrain, the service.
+            trip = monitor.started_run
+            if trip is not None and "trip" not in marks:
+                marks["trip"] = trip["at_s"]
+                events.append(f"monitor tripped ({', '.join(trip['tripped'])}): retrain started")
+            if trip is not None and not retrain.get("done"):
+                retrain = retrain_state(api, trip["retrain_run_id"], origin, retrain)
+                if retrain.get("start_s") is not None:
+                    marks["retrain start"] = retrain["start_s"]
+                if retrain.get("done"):
+                    marks["retrain done"] = retrain["end_s"]
+                    new_champion = registry.alias_version(home.engine, registry.CHAMPION)
+                    retrain |= gate_of_latest(home.engine)
+                    retrain["champion_after"] = new_champion
+                    events.append(f"retrain {retrain['state'].lower()}: {retrain['verdict']}")
+                    if not retrain["promoted"]:
+                        stop_after = n + 1 + plan.after
+            if (
+                new_champion is not None
+                and retrain.get("promoted")
+                and "served" not in marks
+                and versions.get(new_champion)
+            ):
+                marks["served"] = begin
+                events.append(f"new champion v{new_champion} served")
+                stop_after = n + plan.after
+            cell = f"{window.clicked}/{window.requests}"
+            print(
+                f"window {n:3d} t={begin:6.1f}s CTR {cell} expected {window.expected:.3f} "
+                f"oracle {window.oracle:.3f} versions {dict(versions)} {'; '.join(events)}",
+                flush=True,
+            )
+            n += 1
+            if stop_after is None and n >= plan.shift_at + plan.give_up:
+                print("giving up: no retrain finished in time", flush=True)
+                break
+            time.sleep(max(0.0, plan.pace - (time.time() - origin - begin)))
+    finally:
+        monitor.halt.set()
+        monitor.join(MONITOR_TIMEOUT_S)
+    return {
+        "windows": [w.report() for w in windows],
+        "marks": {k: round(v, 2) for k, v in marks.items()},
+        "checks": monitor.checks,
+        "retrain": retrain,
+        "moved_items": len(moved),
+        "new_champion": new_champion if retrain.get("promoted") else None,
+    }
+
+
+def post_organic(
+    driver: Any, world: World, seen: dict[str, set[str]], count: int, seed: list[int]
+) -> int:
+    """``count`` users (drawn at random) each pick one unseen item by their current taste."""
+    if count <= 0:
+        return 0
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, len(world.user_ids), count)
+    events = []
+    for u in users.tolist():
+        user_id = world.user_ids[u]
+        item = world.browse(user_id, seen[user_id], rng)
+        if item is None:
+            continue
+        seen[user_id].add(item)
+        events.append({"user_id": user_id, "item_id": item, "event_type": ORGANIC})
+    for start in range(0, len(events), 1000):
+        driver._post("/events", {"events": events[start : start + 1000]})
+    return len(events)
+
+
+def retrain_state(api: str, run_id: str, origin: float, known: dict[str, Any]) -> dict[str, Any]:
+    """The retrain flow run as the Prefect API has it (times in seconds of the run)."""
+    response = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10)
+    response.raise_for_status()
+    body = response.json()
+    state = (body.get("state") or {}).get("type", "UNKNOWN")
+    out = dict(known) | {"run_id": run_id, "state": state, "done": state in TERMINAL}
+    for key, field in (("start_s", "start_time"), ("end_s", "end_time")):
+        if body.get(field):
+            moment = _epoch(body[field])
+            out[key] = round(moment - origin, 2)
+    return out
+
+
+def _epoch(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def gate_of_latest(engine: Any) -> dict[str, Any]:
+    """The newest version and its gate decision (what the retrain registered and decided)."""
+    with engine.connect() as conn:
+        latest = conn.execute(select(func.max(model_versions_table.c.version))).scalar_one()
+    record = registry.get_version(engine, int(latest))
+    gate = record.gate or {}
+    promoted = bool(gate.get("promoted"))
+    verdict = f"v{latest} {'promoted' if promoted else 'not promoted'}: {gate.get('reason')}"
+    return {"version": int(latest), "promoted": promoted, "gate": gate, "verdict": verdict}
+
+
+# The report ---------------------------------------------------------------------------------
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _ci(clicked: int, n: int) -> str:
+    p = proportion(clicked, n)
+    if p.value is None:
+        return "-"
+    return f"{_pct(p.value)} [{_pct(p.low)}, {_pct(p.high)}]"
+
+
+def stretches(outcome: dict[str, Any], plan: Plan) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The windows before the shift, after it until the new champion, and under it."""
+    windows = outcome["windows"]
+    marks = outcome["marks"]
+    before = [w for w in windows if w["number"] < plan.shift_at]
+    served = marks.get("served")
+    after_shift = [
+        w
+        for w in windows
+        if w["number"] >= plan.shift_at and (served is None or w["start_s"] < served)
+    ]
+    under_new = [] if served is None else [w for w in windows if w["start_s"] >= served]
+    return [
+        ("before the shift", before),
+        ("after the shift, old champion", after_shift),
+        ("new champion", under_new),
+    ]
+
+
+def summary_rows(outcome: dict[str, Any], plan: Plan) -> list[list[str]]:
+    rows = []
+    for label, ws in stretches(outcome, plan):
+        n = sum(w["requests"] for w in ws)
+        clicked = sum(w["clicked"] for w in ws)
+        expected = sum(w["expected"] * w["requests"] for w in ws) / n if n else None
+        oracle = sum(w["oracle"] * w["requests"] for w in ws) / n if n else None
+        share = None if not oracle or expected is None else expected / oracle
+        rows.append(
+            [label, f"{len(ws)}", f"{n:,}", _ci(clicked, n), _pct(expected), _pct(oracle),
+             "-" if share is None else f"{share:.2f}"]
+        )  # fmt: skip
+    return rows
+
+
+def report(
+    args: Any,
+    plan: Plan,
+    info: dict[str, Any],
+    world: World,
+    offline: dict[str, Any],
+    outcome: dict[str, Any],
+    phases: dict[str, float],
+) -> None:
+    name = "simulate-drift-smoke" if args.quick else "simulate-drift"
+    marks = outcome["marks"]
+    window_rows = [
+        [
+            f"{w['number']}",
+            f"{w['start_s']:.1f}",
+            f"{w['requests']}",
+            _ci(w["clicked"], w["requests"]),
+            _pct(w["expected"]),
+            _pct(w["oracle"]),
+            ", ".join(f"v{v}" + (f" ({c})" if len(w["versions"]) > 1 else "")
+                      for v, c in w["versions"].items()),
+            "; ".join(w["events"]) or "-",
+        ]
+        for w in outcome["windows"]
+    ]  # fmt: skip
+    check_rows = [
+        [
+            f"{c['at_s']:.1f}",
+            f"{c['took_s']:.1f}",
+            c["action"],
+            ", ".join(c["tripped"]) or "-",
+            _signal(c, "ctr_drop"),
+            _signal(c, "popularity_psi"),
+        ]
+        for c in outcome["checks"]
+    ]
+    timing = []
+    for a, b in (("shift", "trip"), ("trip", "retrain start"), ("retrain start", "retrain done"),
+                 ("retrain done", "served"), ("shift", "served")):  # fmt: skip
+        gap = marks[b] - marks[a] if a in marks and b in marks else None
+        timing.append([f"{a} -> {b}", "-" if gap is None else f"{gap:.1f}"])
+    retrain = outcome["retrain"]
+    retrain_rows = [
+        ["flow run", f"{retrain.get('run_id', '-')} ({retrain.get('state', 'not started')})"],
+        ["champion before", f"v{outcome['champion_before']}"],
+        ["gate", str(retrain.get("verdict", "-"))],
+        ["champion after", f"v{retrain.get('champion_after', outcome['champion_before'])}"],
+    ]
+    phase_rows = [[phase, f"{seconds:.1f}"] for phase, seconds in phases.items()]
+    tables = [
+        (
+            f"Per window ({plan.window} requests each; t: seconds since the first)",
+            ["window", "t", "requests", "CTR@10 [95% CI]", "expected", "oracle", "served",
+             "events"],
+            window_rows,
+        ),
+        (
+            "Click-through by stretch (expected: the world's rate for the lists shown; oracle: "
+            "for each user's best unseen items)",
+            ["stretch", "windows", "requests", "CTR@10 [95% CI]", "expected", "oracle",
+             "expected / oracle"],
+            summary_rows(outcome, plan),
+        ),
+        (
+            "Drift monitor runs (python -m flows monitor; at: its clock, seconds since the first "
+            "window)",
+            ["at", "took s", "action", "tripped", "ctr_drop (n)", "popularity_psi (n)"],
+            check_rows,
+        ),
+        ("The retrain", ["", ""], retrain_rows),
+        ("From the shift to the new champion, seconds", ["interval", "seconds"], timing),
+        ("Runtime, seconds", ["phase", "seconds"], phase_rows),
+    ]  # fmt: skip
+    for heading, headers, rows in tables:
+        print(f"\n{heading}\n{format_table(headers, rows)}")
+    notes = [
+        f"One service on the EASE champion, no experiment; windows of {plan.window} requests "
+        f"(users drawn at random, {args.threads} client threads), at most one per {plan.pace:g} "
+        f"s, each followed by {plan.organic} organic events (users drawn at random pick an "
+        "unseen item by a softmax of their current utility, posted as `interaction` events, "
+        "the history's type, not a click type).",
+        f"Before window {plan.shift_at} the world permuted the latent vectors of "
+        f"{outcome['moved_items']} of {world.config.num_items} items "
+        f"(World.shift({plan.fraction:g})); popularity biases stay.",
+        "Drift settings of every process: RECSYS_DRIFT_WINDOW_SECONDS="
+        f"{plan.drift_window_s:g}, RECSYS_DRIFT_BASELINE_SECONDS={plan.baseline_s:g}, "
+        f"RECSYS_DRIFT_MIN_SAMPLES={plan.min_samples}, RECSYS_DRIFT_COOLDOWN_SECONDS="
+        f"{plan.cooldown_s:g}; thresholds the defaults (ctr_drop 0.2 and significant, "
+        "popularity_psi 0.2). The monitor is the real flow (`python -m flows monitor`) against "
+        "a temporary Prefect server; the retrain is the deployment `retrain/nightly` (EASE, "
+        "leave-one-out, margin 0) served by `python -m flows schedule`; the service picks the "
+        "new champion up at its next poll (RECSYS_POLL_SECONDS=1).",
+        "Interest wears out: clicks and organic picks are excluded from later lists, so the "
+        "oracle's rate moves too; expected / oracle is the champion's share of what was "
+        "possible, which the shift lowers and the retrain should restore.",
+    ]
+    payload = {
+        "args": {k: v for k, v in vars(args).items()},
+        "plan": plan.report(),
+        "world": world.config.report(),
+        "home": offline,
+        **outcome,
+        "stretches": [
+            {"stretch": row[0], "windows": int(row[1]), "ctr": row[3], "expected": row[4],
+             "oracle": row[5], "expected_over_oracle": row[6]}
+            for row in summary_rows(outcome, plan)
+        ],
+        "seconds": {k: round(v, 1) for k, v in phases.items()},
+    }  # fmt: skip
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    png = RESULTS_DIR / f"{name}-ctr.png"
+    plot(outcome, plan, png)
+    json_path, md_path = write_results(
+        name, "Drift end to end: preferences shift, the monitor retrains", info, payload,
+        tables, notes,
+    )  # fmt: skip
+    print(f"\nwrote {json_path}, {md_path}, {png}")
+
+
+def _signal(check: dict[str, Any], name: str) -> str:
+    s = check["signals"].get(name)
+    if not s or s.get("value") is None:
+        return "-" if not s else f"- ({s.get('n', 0):,})"
+    return f"{s['value']:.3f} ({s['n']:,})" + (" tripped" if s.get("tripped") else "")
+
+
+MARK_STYLE = {
+    "shift": ("C3", "-", "shift"),
+    "trip": ("C1", "--", "monitor tripped"),
+    "retrain start": ("C4", ":", "retrain started"),
+    "retrain done": ("C2", ":", "retrain finished"),
+    "served": ("C2", "-", "new champion served"),
+}
+
+
+def plot(outcome: dict[str, Any], plan: Plan, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    windows = outcome["windows"]
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(12, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]}
+    )
+    mid = [(w["start_s"] + w["end_s"]) / 2 for w in windows]
+    bands = [proportion(w["clicked"], w["requests"]) for w in windows]
+    top.plot(mid, [b.value for b in bands], "-o", ms=3, color="C0", label="observed CTR@10")
+    top.fill_between(mid, _nan([b.low for b in bands]), _nan([b.high for b in bands]),
+                     color="C0", alpha=0.15, lw=0)  # fmt: skip
+    top.plot(mid, [w["expected"] for w in windows], "--", color="C0", lw=1,
+             label="the world's expected CTR of the lists shown")  # fmt: skip
+    top.plot(mid, [w["oracle"] for w in windows], ":", color="grey", lw=1.2,
+             label="oracle (each user's best unseen items)")  # fmt: skip
+    for ax in (top, bottom):
+        for key, (colour, style, label) in MARK_STYLE.items():
+            if key in outcome["marks"]:
+                ax.axvline(outcome["marks"][key], color=colour, ls=style, lw=1.2,
+                           label=label if ax is top else None)  # fmt: skip
+        ax.grid(True, alpha=0.3)
+    top.set(ylabel="click-through at 10")
+    top.set_ylim(bottom=0)
+    top.legend(fontsize=7, loc="lower left", ncol=2)
+    top.set_title(
+        f"CTR per window of {plan.window} requests (95% band); World.shift({plan.fraction:g}) "
+        "mid-run, the drift monitor and the retrain deployment on a Prefect server",
+        fontsize=9,
+    )
+    checks = outcome["checks"]
+    for name, colour, threshold in (("ctr_drop", "C1", 0.2), ("popularity_psi", "C5", 0.2)):
+        points = [(c["at_s"], c["signals"].get(name, {}).get("value")) for c in checks]
+        xs = [x for x, v in points if v is not None]
+        ys = [v for _, v in points if v is not None]
+        bottom.plot(xs, ys, "-s", ms=3, color=colour, label=f"{name} (threshold {threshold})")
+    bottom.axhline(0.2, color="grey", ls="--", lw=0.8)
+    bottom.set(xlabel="seconds since the first window", ylabel="monitor signal")
+    bottom.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _nan(values: Sequence[float | None]) -> list[float]:
+    return [math.nan if v is None else v for v in values]
