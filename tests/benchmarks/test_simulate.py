@@ -17,6 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import _common
+import simdrift
 import simulate
 from simworld import World, WorldConfig
 
@@ -138,6 +139,72 @@ def test_the_driver_names_each_answer_in_its_clicks_and_calls_the_hook_between_w
     for event in posted[: sum(len(s.clicks) for s in shown)]:
         assert event["event_type"] == "click"
         assert event["item_id"] in by_id[event["recommendation_id"]].clicks
+
+
+def test_browse_picks_unseen_items_by_current_taste_and_follows_a_shift() -> None:
+    world = World(WorldConfig(num_users=50, num_items=30, seed=3))
+    rng = np.random.default_rng(0)
+    user = world.user_ids[0]
+    picks = [world.browse(user, set(), rng) for _ in range(400)]
+    utility = world.utility(0)
+    favourite = world.item_ids[int(np.argmax(utility))]
+    least = world.item_ids[int(np.argmin(utility))]
+    assert picks.count(favourite) > picks.count(least)
+    assert world.browse(user, {favourite}, rng) != favourite
+    assert world.browse(user, set(world.item_ids), rng) is None
+    # After a shift the softmax follows the new vectors.
+    world.shift(1.0, seed=1)
+    after = world.item_ids[int(np.argmax(world.utility(0)))]
+    assert [world.browse(user, set(), rng) for _ in range(400)].count(after) > 10
+
+
+def test_the_drift_report_splits_the_run_at_the_shift_and_the_new_champion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = simulate.parse_args(["--drift", "--quick", "--shift-fraction", "0.5"])
+    plan = simdrift.plan_for(args)
+    assert (
+        args.drift
+        and plan.fraction == 0.5
+        and plan == simdrift.QUICK.__class__(**{**simdrift.QUICK.report(), "fraction": 0.5})
+    )
+    windows = [
+        simdrift.Window(n, 2.0 * n, 2.0 * n + 1, 100, clicked, 0.1, 0.3, {v: 100}, 50, [])
+        for n, (clicked, v) in enumerate([(20, 1), (20, 1), (8, 1), (10, 1), (15, 2), (16, 2)])
+    ]
+    outcome = {
+        "windows": [w.report() for w in windows],
+        "marks": {"shift": 4.0, "trip": 5.5, "retrain start": 6.0, "retrain done": 7.5,
+                  "served": 8.0},
+        "checks": [
+            {"at_s": 5.5, "took_s": 5.0, "action": "started", "tripped": ["ctr_drop"],
+             "reason": "", "retrain_run_id": "r",
+             "signals": {"ctr_drop": {"value": 0.5, "n": 200, "tripped": True, "detail": ""}}},
+        ],
+        "retrain": {"run_id": "r", "state": "COMPLETED", "verdict": "v2 promoted",
+                    "champion_after": 2, "promoted": True},
+        "moved_items": 20,
+        "new_champion": 2,
+        "champion_before": 1,
+    }  # fmt: skip
+    plan = simdrift._replace(plan, shift_at=2)
+    rows = simdrift.summary_rows(outcome, plan)
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("before the shift", "2", "200"),
+        ("after the shift, old champion", "2", "200"),
+        ("new champion", "2", "200"),
+    ]
+    assert rows[0][3].startswith("20.0%") and rows[1][3].startswith("9.0%")
+    monkeypatch.setattr(_common, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(simdrift, "RESULTS_DIR", tmp_path)
+    world = World(SMALL)
+    simdrift.report(args, plan, {"machine": "test"}, world, {}, outcome, {"total": 1.0})
+    report = json.loads((tmp_path / "simulate-drift-smoke.json").read_text())
+    assert report["marks"]["served"] == 8.0 and report["stretches"][2]["windows"] == 2
+    text = (tmp_path / "simulate-drift-smoke.md").read_text()
+    assert "monitor tripped" not in text or "ctr_drop" in text
+    assert "| 0.500 (200) tripped |" in text and "| shift -> served | 4.0 |" in text
+    assert (tmp_path / "simulate-drift-smoke-ctr.png").stat().st_size > 0
 
 
 def test_power_and_the_user_level_test_agree_with_the_textbook() -> None:
