@@ -89,8 +89,8 @@ class Plan:
 
 
 FULL = Plan(
-    window=100, pace=2.0, organic=2000, shift_at=35, fraction=0.7, drift_window_s=20.0,
-    baseline_s=40.0, min_samples=300, monitor_every=2.0, after=25, give_up=120,
+    window=100, pace=2.0, organic=1000, shift_at=22, fraction=0.7, drift_window_s=20.0,
+    baseline_s=20.0, min_samples=300, monitor_every=2.0, after=25, give_up=120,
 )  # fmt: skip
 QUICK = Plan(
     window=100, pace=1.0, organic=1000, shift_at=32, fraction=0.7, drift_window_s=10.0,
