@@ -134,6 +134,7 @@ def test_retrain_steps_fail_skip_conclude_and_report(engine: Engine, tmp_path: P
         "report_path",
         "bento",
         "service_reload",
+        "online",
     }
     local = retrain.report_path(tmp_path, None)
     assert local == tmp_path / "reports" / "retrain-local.md"
