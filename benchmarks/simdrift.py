@@ -249,6 +249,7 @@ def run_drift(args: Any) -> None:
             "RECSYS_HOME": str(home.path),
             "RECSYS_DATABASE_URL": home.url,
             "RECSYS_POLL_SECONDS": "1",
+            "RECSYS_IMPRESSION_FLUSH_SECONDS": "1",  # impressions readable within a window
             "RECSYS_TRAIN_WORKERS": "1",
             "RECSYS_DRIFT_WINDOW_SECONDS": str(plan.drift_window_s),
             "RECSYS_DRIFT_BASELINE_SECONDS": str(plan.baseline_s),

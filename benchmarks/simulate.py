@@ -793,6 +793,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "RECSYS_HOME": str(home.path),
             "RECSYS_DATABASE_URL": home.url,
             "RECSYS_POLL_SECONDS": "1",
+            "RECSYS_IMPRESSION_FLUSH_SECONDS": "1",  # impressions readable within a window
             "PYTHONPATH": os.pathsep.join(
                 [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
             ),

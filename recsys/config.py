@@ -151,11 +151,12 @@ class Settings(BaseSettings):
         ),
     )
     impression_flush_seconds: float = Field(
-        default=1.0,
+        default=5.0,
         gt=0,
         json_schema_extra=_doc(
-            "how often the service writes its buffered impressions (sooner when 500 wait)",
-            "`1`",
+            "how often the service writes its buffered impressions (sooner when half the "
+            "buffer waits)",
+            "`5`",
         ),
     )
     attribution_window_seconds: float = Field(
