@@ -137,8 +137,7 @@ class RecsysService:
                 engine,
                 capacity=settings.impression_buffer,
                 interval=settings.impression_flush_seconds,
-                # Few, large writes: each commit makes every pooled SQLite connection drop
-                # its page cache, which the next history reads pay for.
+                # Few, large writes: measured to cost the requests least (benchmarks/README.md).
                 batch=max(1, settings.impression_buffer // 2),
                 on_drop=IMPRESSIONS_DROPPED.inc,
                 on_write=IMPRESSIONS_WRITTEN.inc,
