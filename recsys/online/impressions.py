@@ -17,8 +17,6 @@ from sqlalchemy.exc import DBAPIError
 
 from recsys.db.schema import impressions_table
 
-ENDPOINTS = ("recommend", "recommend_session", "similar_items")
-
 
 def new_recommendation_id() -> str:
     """A fresh id for one response (32 hex characters, unguessable)."""
