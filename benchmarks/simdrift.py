@@ -60,7 +60,7 @@ from sqlalchemy import func, select
 from recsys import registry
 from recsys.db.schema import model_versions_table
 from recsys.keys import EVENTS, READ, create_key
-from recsys.online.metrics import proportion
+from recsys.online.metrics import compare, proportion
 
 ORGANIC = "interaction"  # the imported history's type: training data, never a click
 RETRAIN = "retrain/nightly"
@@ -83,6 +83,9 @@ class Plan:
     after: int  # windows driven once the new champion is served (or the retrain refused)
     give_up: int  # windows after the shift with no retrain finished: stop
     cooldown_s: float = 3600.0
+    # The retrain's RECSYS_TRAIN_WINDOW_DAYS: the history spans the 60 days before the run,
+    # the run itself minutes, so a week keeps the live events and the newest history only.
+    train_window_days: float = 7.0
 
     def report(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -255,6 +258,7 @@ def run_drift(args: Any) -> None:
             "RECSYS_DRIFT_BASELINE_SECONDS": str(plan.baseline_s),
             "RECSYS_DRIFT_MIN_SAMPLES": str(plan.min_samples),
             "RECSYS_DRIFT_COOLDOWN_SECONDS": str(plan.cooldown_s),
+            "RECSYS_TRAIN_WINDOW_DAYS": str(plan.train_window_days),
             "PREFECT_HOME": str(prefect_home),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_UI_ENABLED": "false",
@@ -494,6 +498,27 @@ def stretches(outcome: dict[str, Any], plan: Plan) -> list[tuple[str, list[dict[
     ]
 
 
+def recovery(outcome: dict[str, Any], plan: Plan) -> dict[str, Any] | None:
+    """The new champion's click-through against the old one's after the shift (b - a)."""
+    (_, _), (_, old), (_, new) = stretches(outcome, plan)
+    if not old or not new:
+        return None
+    total = {label: (sum(w["clicked"] for w in ws), sum(w["requests"] for w in ws))
+             for label, ws in (("old", old), ("new", new))}  # fmt: skip
+    return compare("ctr@10", *total["old"], *total["new"]).report()
+
+
+def recovery_text(found: dict[str, Any] | None) -> str:
+    if found is None or found["diff"] is None:
+        return "-"
+    verdict = "recovered" if found["ci_low"] > 0 else "NOT recovered"
+    return (
+        f"{verdict}: {_pct(found['b'])} vs {_pct(found['a'])}, difference "
+        f"{found['diff'] * 100:+.1f} points, 95% CI [{found['ci_low'] * 100:+.1f}, "
+        f"{found['ci_high'] * 100:+.1f}], p={found['p_value']:.2g}"
+    )
+
+
 def summary_rows(outcome: dict[str, Any], plan: Plan) -> list[list[str]]:
     rows = []
     for label, ws in stretches(outcome, plan):
@@ -556,6 +581,7 @@ def report(
         ["champion before", f"v{outcome['champion_before']}"],
         ["gate", str(retrain.get("verdict", "-"))],
         ["champion after", f"v{retrain.get('champion_after', outcome['champion_before'])}"],
+        ["CTR@10, new champion vs old after the shift", recovery_text(recovery(outcome, plan))],
     ]
     phase_rows = [[phase, f"{seconds:.1f}"] for phase, seconds in phases.items()]
     tables = [
@@ -600,7 +626,10 @@ def report(
         "popularity_psi 0.2). The monitor is the real flow (`python -m flows monitor`) against "
         "a temporary Prefect server; the retrain is the deployment `retrain/nightly` (EASE, "
         "leave-one-out, margin 0) served by `python -m flows schedule`; the service picks the "
-        "new champion up at its next poll (RECSYS_POLL_SECONDS=1).",
+        "new champion up at its next poll (RECSYS_POLL_SECONDS=1). The retrain trains on the "
+        f"events of the last {plan.train_window_days:g} days (RECSYS_TRAIN_WINDOW_DAYS): the "
+        "history spans the 60 days before the run, so that is its newest eighth and every "
+        "event of the run; the users' whole histories still feed the served lists.",
         "Interest wears out: clicks and organic picks are excluded from later lists, so the "
         "oracle's rate moves too; expected / oracle is the champion's share of what was "
         "possible, which the shift lowers and the retrain should restore.",
@@ -616,6 +645,7 @@ def report(
              "oracle": row[5], "expected_over_oracle": row[6]}
             for row in summary_rows(outcome, plan)
         ],
+        "recovery": recovery(outcome, plan),
         "seconds": {k: round(v, 1) for k, v in phases.items()},
     }  # fmt: skip
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

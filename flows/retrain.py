@@ -39,7 +39,7 @@ from flows.common import (
 )
 from recsys import registry
 from recsys.config import Settings
-from recsys.data.extract import Snapshot, SnapshotDescriptor, extract
+from recsys.data.extract import Snapshot, SnapshotDescriptor, extract, window_start
 from recsys.data.splits import Protocol, Split, split
 from recsys.data.validation import QualityReport, quality_report
 from recsys.db import locks
@@ -96,8 +96,8 @@ def online_task(engine: Engine, summary: RetrainSummary, settings: Settings) -> 
     retry_condition_fn=transient_database_error,
     cache_policy=NO_CACHE,
 )
-def extract_task(engine: Engine) -> Snapshot:
-    return extract(engine)
+def extract_task(engine: Engine, window_days: float | None) -> Snapshot:
+    return extract(engine, after_ms=window_start(window_days))
 
 
 @task(name="quality_report", cache_policy=NO_CACHE)
@@ -251,15 +251,22 @@ def retrain_flow(
     build_bento: bool = False,
     service_url: str | None = None,
     budget_seconds: float | None = None,
+    window_days: float | None = None,
 ) -> dict[str, Any]:
-    """Retrain ``models`` on the current data and promote the best one if it beats the champion."""
+    """Retrain ``models`` on the current data and promote the best one if it beats the champion.
+
+    ``window_days`` (default: the ``train_window_days`` setting, else every event) trains on
+    the events of the last that many days only.
+    """
     names = model_names(models)  # unknown names fail before any work
     settings, engine = settings_and_engine()
+    window = settings.train_window_days if window_days is None else window_days
+    window_start(window)  # and so does a window that is not a positive number of days
     run_id = current_run_id()
     protocol: Protocol = split  # type: ignore[assignment]
     with locks.held(engine, LOCK_NAME, holder=f"flow run {run_id or os.getpid()}", ttl=LOCK_TTL):
         summary = online_task(engine, begin_task(engine, run_id), settings)
-        snapshot = extract_task(engine)
+        snapshot = extract_task(engine, window)
         quality = quality_report_task(snapshot)
         step = check_data_task(engine, summary, snapshot.descriptor, quality, force)
         if step.ends:

@@ -70,6 +70,15 @@ class Settings(BaseSettings):
         ge=1,
         json_schema_extra=_doc("PyTorch threads for training and evaluation", "all cores"),
     )
+    train_window_days: float | None = Field(
+        default=None,
+        gt=0,
+        json_schema_extra=_doc(
+            "train on the events of the last N days only (older events still make up the "
+            "users' histories when serving)",
+            "all events",
+        ),
+    )
     train_workers: int | None = Field(
         default=None,
         ge=1,

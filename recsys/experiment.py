@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from sqlalchemy import Engine
 
-from recsys.data.extract import Snapshot, extract
+from recsys.data.extract import Snapshot, extract, window_start
 from recsys.data.features import SideInfo
 from recsys.data.splits import Protocol, Split, split
 from recsys.data.validation import QualityReport, quality_report
@@ -92,14 +92,16 @@ def train_and_evaluate(
     train_overrides: dict[str, Any] | None = None,
     snapshot: Snapshot | None = None,
     data: Split | None = None,
+    window_days: float | None = None,
 ) -> Outcome:
     """Train model family ``name`` on ``engine``'s database and evaluate it on the test set.
 
-    Pass ``snapshot``/``data`` to reuse one extraction and split across several models.
+    Pass ``snapshot``/``data`` to reuse one extraction and split across several models;
+    ``window_days`` extracts only the events of the last that many days.
     """
     started = time.perf_counter()
     model_spec = spec(name)
-    snapshot = snapshot or extract(engine)
+    snapshot = snapshot or extract(engine, after_ms=window_start(window_days))
     quality = quality_report(snapshot)
     if not quality.ok:
         reasons = "; ".join(f.message for f in quality.errors)

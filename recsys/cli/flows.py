@@ -44,6 +44,14 @@ def retrain(
     budget_seconds: Annotated[
         float | None, typer.Option(help="Training time budget per model.")
     ] = None,
+    window_days: Annotated[
+        float | None,
+        typer.Option(
+            help="Train on the last N days of events only. Default: RECSYS_TRAIN_WINDOW_DAYS.",
+            min=0.0,
+            min_open=True,
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Run the Prefect retrain flow once and print its decision."""
@@ -56,6 +64,7 @@ def retrain(
             "force": force,
             "build_bento": build_bento,
             "budget_seconds": budget_seconds,
+            "window_days": window_days,
         },
     )
     if as_json:

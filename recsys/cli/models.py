@@ -49,6 +49,14 @@ def train_model(
         bool,
         typer.Option("--promote/--no-promote", help="Run the promotion gate after registering."),
     ] = True,
+    window_days: Annotated[
+        float | None,
+        typer.Option(
+            help="Train on the last N days of events only. Default: RECSYS_TRAIN_WINDOW_DAYS.",
+            min=0.0,
+            min_open=True,
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Train, evaluate on the test targets, export to ONNX, register, and gate vs the champion."""
@@ -75,6 +83,7 @@ def train_model(
         split_name,  # type: ignore[arg-type]
         model_config=model_config,
         train_overrides=overrides,
+        window_days=settings_now.train_window_days if window_days is None else window_days,
     )
     check_gate_metric(outcome, metric)
     registered = register_and_gate(

@@ -125,6 +125,23 @@ EventColumns = dict[str, npt.NDArray[Any]]
 _ID_BITS = 32
 
 
+MS_PER_DAY = 86_400_000
+
+
+def window_start(days: float | None, now_ms: int | None = None) -> int | None:
+    """``after_ms`` for a snapshot of the last ``days`` days (None: every event).
+
+    A training window lets a model follow tastes that move: the gate then compares the
+    candidate and the champion on the held-out events of that window.
+    """
+    if days is None:
+        return None
+    if days <= 0:
+        raise RecsysError(f"a training window must be positive, got {days} days")
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    return now - round(days * MS_PER_DAY)
+
+
 def extract(engine: Engine, *, after_ms: int | None = None, chunk_rows: int = 65_536) -> Snapshot:
     """Read every interaction (or only those after ``after_ms``) in one consistent snapshot.
 

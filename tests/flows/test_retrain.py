@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy.exc import OperationalError
 
@@ -23,9 +25,43 @@ def engine() -> Any:
 
 
 def test_retrain_tasks_run_as_plain_functions(flow_home: dict[str, str]) -> None:
-    snapshot = extract_task.fn(engine())
+    snapshot = extract_task.fn(engine(), None)
     assert len(snapshot) == 5000
     assert quality_report_task.fn(snapshot).ok
+
+
+def _days_ago(stamp_ms: int) -> float:
+    return (time.time() * 1000 - stamp_ms) / 86_400_000
+
+
+def test_a_training_window_extracts_only_the_recent_events(flow_home: dict[str, str]) -> None:
+    everything = extract_task.fn(engine(), None)
+    stamps = np.sort(everything.occurred_at)
+    middle = int(stamps[len(stamps) // 2])
+    recent = extract_task.fn(engine(), _days_ago(middle))
+    # The window starts a moment after ``middle`` was computed: the older half is out.
+    assert 0 < len(recent) < len(everything)
+    assert int(recent.occurred_at.min()) > middle - 60_000
+    assert len(recent) == int(np.count_nonzero(stamps > recent.descriptor.after_ms))
+    assert recent.num_items == everything.num_items  # the catalogue stays whole
+
+
+def test_the_retrain_flow_trains_on_the_window_the_setting_names(
+    flow_home: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stamps = np.sort(extract_task.fn(engine(), None).occurred_at)
+    days = _days_ago(int(stamps[len(stamps) // 4]))  # the newest three quarters
+    monkeypatch.setenv("RECSYS_TRAIN_WINDOW_DAYS", f"{days:.6f}")
+    result = retrain_flow(models=["pop"])  # kept: popularity cannot beat itself
+    assert result["status"] == "kept", result["reason"]
+    snapshot = result["snapshot"]
+    assert snapshot["after_ms"] is not None
+    assert 0.6 * len(stamps) < snapshot["num_interactions"] < 0.8 * len(stamps)
+    # The flow's parameter wins over the setting.
+    narrower = retrain_flow(models=["pop"], window_days=_days_ago(int(stamps[len(stamps) // 2])))
+    assert narrower["snapshot"]["num_interactions"] < snapshot["num_interactions"]
+    with pytest.raises(Exception, match="must be positive"):
+        retrain_flow(models=["pop"], window_days=-1.0)
 
 
 def test_retrain_flow_promotes_reports_and_then_skips_unchanged_data(
@@ -68,11 +104,11 @@ def test_retrain_flow_retries_a_transient_database_error(
     calls = {"n": 0}
     real_extract = retrain_module.extract
 
-    def flaky(url: str) -> Any:
+    def flaky(url: str, **options: Any) -> Any:
         calls["n"] += 1
         if calls["n"] == 1:
             raise OperationalError("SELECT ...", {}, Exception("database is locked"))
-        return real_extract(url)
+        return real_extract(url, **options)
 
     monkeypatch.setattr(retrain_module, "extract", flaky)
     monkeypatch.setattr(retrain_module.extract_task, "retry_delay_seconds", [0.1])
