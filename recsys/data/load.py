@@ -9,7 +9,6 @@ in the store is skipped, so re-imports add nothing.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 import time
@@ -25,6 +24,7 @@ from sqlalchemy import Connection, Engine, Table, and_, func, insert, or_, selec
 from sqlalchemy.dialects import postgresql, sqlite
 
 from recsys.data.frames import ImportBatch
+from recsys.data.store_ids import KnownIds, event_ids
 from recsys.db import catalogue
 from recsys.db.schema import imports_table, items_table, users_table
 
@@ -84,9 +84,20 @@ class LoadResult:
         }
 
 
-def load_batch(engine: Engine, batch: ImportBatch, rejects_path: str | None = None) -> LoadResult:
-    """Write ``batch`` in one transaction and record the run in ``imports``."""
+def load_batch(
+    engine: Engine,
+    batch: ImportBatch,
+    rejects_path: str | None = None,
+    *,
+    known: KnownIds | None = None,
+) -> LoadResult:
+    """Write ``batch`` in one transaction and record the run in ``imports``.
+
+    ``known`` (kept by the caller across loads into ``engine``) spares looking up the ids it
+    holds; the ids this load resolves join it once the transaction commits.
+    """
     started = time.perf_counter()
+    staged: dict[str, dict[str, int]] = {}
     with engine.begin() as conn:
         import_id = conn.execute(
             insert(imports_table)
@@ -105,12 +116,14 @@ def load_batch(engine: Engine, batch: ImportBatch, rejects_path: str | None = No
         ).scalar_one()
 
         events = batch.interactions
-        user_ids, _ = _catalogue_ids(conn, users_table, batch.users, "user_id", events)
-        item_ids, described = _catalogue_ids(conn, items_table, batch.items, "item_id", events)
+        user_pk, _ = _catalogue_keys(
+            conn, users_table, batch.users, "user_id", events, known, staged
+        )
+        item_pk, described = _catalogue_keys(
+            conn, items_table, batch.items, "item_id", events, known, staged
+        )
         if described:
             catalogue.bump(conn)  # titles, prices or availability changed
-        user_pk = _lookup(user_ids, events["user_id"])
-        item_pk = _lookup(item_ids, events["item_id"])
         inserted = _insert_interactions(conn, events, user_pk, item_pk, import_id)
 
         conn.execute(
@@ -120,6 +133,9 @@ def load_batch(engine: Engine, batch: ImportBatch, rejects_path: str | None = No
         )
         users_total = conn.execute(select(func.count()).select_from(users_table)).scalar_one()
         items_total = conn.execute(select(func.count()).select_from(items_table)).scalar_one()
+    if known is not None:
+        for table, pairs in staged.items():
+            known.add(table, pairs)
     seconds = time.perf_counter() - started
     logger.info("loaded %d of %d rows in %.2fs", inserted, len(events), seconds)
     return LoadResult(
@@ -240,80 +256,24 @@ def _clean_row(row: tuple[Any, ...], key: str, columns: list[str]) -> dict[str, 
     return out
 
 
-def _catalogue_ids(
-    conn: Connection, table: Table, frame: pd.DataFrame, key: str, events: pd.DataFrame
-) -> tuple[pd.Series, int]:
-    """External id -> primary key for the events' ids (and upsert ``frame``'s rows first),
-    and how many described rows were inserted or changed."""
+def _catalogue_keys(
+    conn: Connection,
+    table: Table,
+    frame: pd.DataFrame,
+    key: str,
+    events: pd.DataFrame,
+    known: KnownIds | None,
+    staged: dict[str, dict[str, int]],
+) -> tuple[np.ndarray, int]:
+    """The key of each event's id in ``events[key]`` (after upserting ``frame``'s rows), and
+    how many described rows were inserted or changed. Pairs resolved without a description
+    go to ``staged``, for ``known`` once the transaction commits."""
     if not frame.empty:
-        return _upsert_catalogue(conn, table, frame, key, events)
-    return _event_ids(conn, table, events[key]), 0
-
-
-def _event_ids(conn: Connection, table: Table, keys: pd.Series) -> pd.Series:
-    """The primary keys of ``keys`` (external ids), creating the ids the store lacks.
-
-    What :func:`_upsert_catalogue` does when no attributes come with the events, but looking
-    up only these ids: reading every stored id per chunk cost more than the chunk's COPY.
-    New ids get their keys in the same order as there: as first seen when the table is
-    empty, else sorted (``pd.Index.difference`` sorts only against a non-empty index).
-    """
-    wanted: list[str] = keys.unique().tolist()
-    if not wanted:
-        return pd.Series(np.empty(0, dtype=np.int64), index=pd.Index([], dtype=object))
-    postgres = conn.dialect.name == "postgresql"
-    name = table.name
-    raw = conn.connection.driver_connection
-    cursor: Any = raw.cursor()  # type: ignore[union-attr]
-    try:
-        if postgres:
-            find = (
-                f"SELECT t.external_id, t.id FROM json_array_elements_text(%s::json) AS k(e)"
-                f" JOIN {name} t ON t.external_id = k.e"
-            )
-        else:
-            find = (
-                f"SELECT external_id, id FROM {name}"
-                " WHERE external_id IN (SELECT value FROM json_each(?))"
-            )
-
-        def found(ids: list[str]) -> list[tuple[str, int]]:
-            # One JSON text for the ids: psycopg builds a text[] in Python, 30x slower.
-            cursor.execute(find, (json.dumps(ids, ensure_ascii=False),))
-            return list(cursor.fetchall())
-
-        pairs = found(wanted)
-        known = {e for e, _ in pairs}
-        fresh = [e for e in wanted if e not in known]
-        if fresh and (pairs or _any_row(cursor, name)):
-            fresh.sort()
-        if fresh:
-            if postgres:
-                # Another load may add the same new id meanwhile: theirs stands.
-                cursor.execute(
-                    f"INSERT INTO {name} (external_id)"
-                    " SELECT e FROM json_array_elements_text(%s::json) WITH ORDINALITY AS k(e, n)"
-                    " ORDER BY n ON CONFLICT (external_id) DO NOTHING",
-                    (json.dumps(fresh, ensure_ascii=False),),
-                )
-            else:
-                cursor.executemany(
-                    f"INSERT INTO {name} (external_id) VALUES (?)"
-                    " ON CONFLICT (external_id) DO NOTHING",
-                    ((e,) for e in fresh),
-                )
-            pairs += found(fresh)
-    finally:
-        cursor.close()
-    return pd.Series(
-        np.fromiter((pk for _, pk in pairs), dtype=np.int64, count=len(pairs)),
-        index=pd.Index([e for e, _ in pairs], dtype=keys.dtype),
-    )
-
-
-def _any_row(cursor: Any, table: str) -> bool:
-    cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {table})")
-    return bool(cursor.fetchone()[0])
+        ids, described = _upsert_catalogue(conn, table, frame, key, events)
+        return _lookup(ids, events[key]), described
+    known_pairs = None if known is None else known.of(table.name)
+    pk, staged[table.name] = event_ids(conn, table, events[key], known_pairs)
+    return pk, 0
 
 
 def _lookup(ids: pd.Series, keys: pd.Series) -> np.ndarray:

@@ -36,6 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from recsys.data.ingest import append_rejects, rejects_path
 from recsys.data.load import load_batch
 from recsys.data.readers import id_text
+from recsys.data.store_ids import KnownIds
 from recsys.db import locks
 from recsys.db.catalogue import withdraw_absent
 from recsys.db.migrate import require_current
@@ -251,6 +252,7 @@ def _sync_locked(
     report: Path | None = None
     import_ids: list[int] = []
     present: set[str] | None = set() if source.withdraws_absent else None
+    known_ids = KnownIds()  # the chunks share most of their users and items
     engine = source_engine(source, env)
     try:
         with connect(source, engine) as conn, _collector_paused():
@@ -264,7 +266,9 @@ def _sync_locked(
                     if rejects:
                         report = report or rejects_path(rejects_dir, f"source-{source.name}")
                         append_rejects(report, rejects)
-                    loaded = load_batch(store, batch, None if report is None else str(report))
+                    loaded = load_batch(
+                        store, batch, None if report is None else str(report), known=known_ids
+                    )
                     import_ids.append(loaded.import_id)
                     totals["read"] += len(chunk.rows)
                     totals["rejected"] += len(rejects)
