@@ -6,6 +6,9 @@ snapshot), fetching ids packed two to an integer. Either way rows arrive in boun
 Users and items are indexed ``1..n`` in primary-key order; index 0 is reserved for padding.
 The snapshot descriptor (counts, time range, content digest) becomes the lineage of every
 model trained on it.
+
+pyarrow is imported by the PostgreSQL reader only, so what trains on a snapshot (splits, the
+training loop, ``recsys.experiment``) loads without it.
 """
 
 from __future__ import annotations
@@ -22,12 +25,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from recsys.errors import RecsysError
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from sqlalchemy import Engine
     from sqlalchemy.engine import URL
 
@@ -305,6 +307,7 @@ def _sqlite_catalogue(
 
 def _read_postgres(url: URL, after_ms: int | None, chunk_rows: int) -> _Read:
     import adbc_driver_postgresql.dbapi as pg_dbapi
+    import pyarrow.compute as pc
 
     libpq_url = url.set(drivername="postgresql")
     connection = pg_dbapi.connect(libpq_url.render_as_string(hide_password=False))
@@ -351,6 +354,8 @@ def _arrow_catalogue(cursor: Any, table: str) -> tuple[Int64Array, npt.NDArray[n
 
 
 def _arrow_event_codes(column: pa.Array, codes: _EventCodes) -> npt.NDArray[np.int16]:
+    import pyarrow.compute as pc
+
     encoded = pc.dictionary_encode(column)
     names = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
     mapping = codes.encode(names) if len(names) else np.empty(0, np.int16)

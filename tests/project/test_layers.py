@@ -69,3 +69,16 @@ def test_default_models_are_readable_without_torch() -> None:
 def test_side_features_and_the_popularity_baseline_are_flags_of_the_model_class() -> None:
     assert {n for n, s in MODELS.items() if s.model.uses_side_features} == {"mlp"}
     assert {n for n, s in MODELS.items() if s.model.is_popularity_baseline} == {"pop"}
+
+
+def test_the_training_path_needs_no_pyarrow() -> None:
+    """pyarrow reads PostgreSQL snapshots only: training and evaluating a model on a snapshot
+    import without it (the GPU check's offline wheel folder has no room for it)."""
+    code = (
+        "import sys\nsys.modules['pyarrow'] = None  # any import of it fails\n"
+        "import recsys.experiment, recsys.training, recsys.evaluation, recsys.models"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
