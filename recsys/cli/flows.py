@@ -48,8 +48,6 @@ def retrain(
         float | None,
         typer.Option(
             help="Train on the last N days of events only. Default: RECSYS_TRAIN_WINDOW_DAYS.",
-            min=0.0,
-            min_open=True,
         ),
     ] = None,
     as_json: JsonOption = False,

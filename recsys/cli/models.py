@@ -54,8 +54,6 @@ def train_model(
         float | None,
         typer.Option(
             help="Train on the last N days of events only. Default: RECSYS_TRAIN_WINDOW_DAYS.",
-            min=0.0,
-            min_open=True,
         ),
     ] = None,
     as_json: JsonOption = False,

@@ -206,6 +206,7 @@ def test_cli_train_prints_metrics_json_with_epochs_and_time(recsys_env: dict[str
         ),
         (["--model", "sasrec", "--set", "max_len=long"], "bad value 'long' for max_len"),
         (["--model", "sasrec", "--split", "random"], "unknown split 'random'"),
+        (["--model", "pop", "--window-days", "0"], "a training window must be positive"),
     ],
 )
 def test_cli_train_bad_model_or_setting_is_one_line(
