@@ -136,12 +136,19 @@ def train_task(
     data: Split,
     threads: int,
     budget_seconds: float | None = None,
+    nproc: int = 1,
 ) -> Outcome:
     overrides: dict[str, Any] = {"threads": threads, "progress": False}
     if budget_seconds is not None:
         overrides["budget_seconds"] = budget_seconds
     return train_and_evaluate(
-        engine, name, protocol, snapshot=snapshot, data=data, train_overrides=overrides
+        engine,
+        name,
+        protocol,
+        snapshot=snapshot,
+        data=data,
+        train_overrides=overrides,
+        nproc=nproc,
     )
 
 
@@ -252,11 +259,13 @@ def retrain_flow(
     service_url: str | None = None,
     budget_seconds: float | None = None,
     window_days: float | None = None,
+    nproc: int = 1,
 ) -> dict[str, Any]:
     """Retrain ``models`` on the current data and promote the best one if it beats the champion.
 
     ``window_days`` (default: the ``train_window_days`` setting, else every event) trains on
-    the events of the last that many days only.
+    the events of the last that many days only. ``nproc`` trains each learned candidate in
+    that many processes (``torch.distributed``); registration happens once per candidate.
     """
     names = model_names(models)  # unknown names fail before any work
     settings, engine = settings_and_engine()
@@ -275,7 +284,9 @@ def retrain_flow(
         data = split_task(snapshot, protocol)
         threads = train_threads(len(names))
         futures = [
-            train_task.submit(engine, name, protocol, snapshot, data, threads, budget_seconds)
+            train_task.submit(
+                engine, name, protocol, snapshot, data, threads, budget_seconds, nproc
+            )
             for name in names
         ]
         outcomes = [future.result() for future in futures]  # a failed training fails the run

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from recsys.data.extract import Snapshot, extract, window_start
 from recsys.data.features import SideInfo
 from recsys.data.splits import Protocol, Split, split
 from recsys.data.validation import QualityReport, quality_report
+from recsys.distributed import train_parallel
 from recsys.errors import RecsysError
 from recsys.evaluation import EvalResult, evaluate
 from recsys.models import build_model, spec
@@ -93,11 +95,14 @@ def train_and_evaluate(
     snapshot: Snapshot | None = None,
     data: Split | None = None,
     window_days: float | None = None,
+    nproc: int = 1,
 ) -> Outcome:
     """Train model family ``name`` on ``engine``'s database and evaluate it on the test set.
 
     Pass ``snapshot``/``data`` to reuse one extraction and split across several models;
-    ``window_days`` extracts only the events of the last that many days.
+    ``window_days`` extracts only the events of the last that many days. ``nproc`` > 1
+    trains a learned model in that many processes (:mod:`recsys.distributed`); evaluation
+    and what follows happen once, here.
     """
     started = time.perf_counter()
     model_spec = spec(name)
@@ -114,9 +119,17 @@ def train_and_evaluate(
     side = side_features(engine, snapshot, data) if model_spec.model.uses_side_features else None
     model_config = model_config or model_spec.config()
     config = train_config_with(model_spec.train_defaults, train_overrides or {})
+    build = partial(
+        build_model, name, data.num_users, data.num_items, side=side, config=model_config
+    )
     torch.manual_seed(config.seed)  # the initial weights belong to the seeded run too
-    model = build_model(name, data.num_users, data.num_items, side=side, config=model_config)
-    result = train(model, data, config)
+    model = build()
+    if nproc > 1 and model.batch_kind != "fit":
+        state, result = train_parallel(build, data, config, nproc)
+        model.load_state_dict(state)
+        model.eval()
+    else:
+        result = train(model, data, config)
     test = evaluate_on_test(model, data)
     return Outcome(
         name=name,

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from recsys import distributed
 from recsys.config import get_settings
 from recsys.data.batches import pair_batches, row_batches, sequence_batches
 from recsys.data.splits import Split
@@ -133,9 +134,11 @@ def train(model: Recommender, split: Split, config: TrainConfig | None = None) -
     best_valid, best_epoch, seconds_to_best = -1.0, 0, 0.0
     history: list[EpochLog] = []
     stopped = "max_epochs"
+    rank, processes = distributed.world()
+    step = distributed.loss_function(model)  # DDP-wrapped in a process group of several
     bar = tqdm(
         total=config.max_epochs,
-        disable=not config.progress,
+        disable=not config.progress or rank > 0,
         unit="epoch",
         desc=type(model).__name__,
     )
@@ -143,9 +146,9 @@ def train(model: Recommender, split: Split, config: TrainConfig | None = None) -
         model.train()
         losses: list[float] = []
         out_of_time = False
-        for batch in _batches(model, split, config, rng):
+        for batch in distributed.shard(_batches(model, split, config, rng), rank, processes):
             optimizer.zero_grad(set_to_none=True)
-            loss = model.loss(batch)
+            loss = step(batch)
             if "weight" in batch:  # length-grouped batches: see sequence_batches
                 loss = loss * batch["weight"]
             if not torch.isfinite(loss):
@@ -155,10 +158,15 @@ def train(model: Recommender, split: Split, config: TrainConfig | None = None) -
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
             optimizer.step()
             losses.append(float(loss.detach()))
-            if config.budget_seconds and time.perf_counter() - started > config.budget_seconds:
+            if config.budget_seconds and distributed.any_rank(
+                time.perf_counter() - started > config.budget_seconds
+            ):
                 out_of_time = True
                 break
-        valid = validate(model, split, config.valid_metric)
+        # Rank 0 validates; every rank takes its score, so all stop at the same epoch.
+        valid = distributed.agreed_score(
+            validate(model, split, config.valid_metric) if rank == 0 else 0.0
+        )
         elapsed = time.perf_counter() - started
         history.append(EpochLog(epoch, float(np.mean(losses)) if losses else 0.0, valid, elapsed))
         if valid > best_valid:

@@ -50,6 +50,10 @@ def retrain(
             help="Train on the last N days of events only. Default: RECSYS_TRAIN_WINDOW_DAYS.",
         ),
     ] = None,
+    nproc: Annotated[
+        int,
+        typer.Option(help="Processes that train each learned candidate together.", min=1, max=64),
+    ] = 1,
     as_json: JsonOption = False,
 ) -> None:
     """Run the Prefect retrain flow once and print its decision."""
@@ -63,6 +67,7 @@ def retrain(
             "build_bento": build_bento,
             "budget_seconds": budget_seconds,
             "window_days": window_days,
+            "nproc": nproc,
         },
     )
     if as_json:

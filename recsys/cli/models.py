@@ -56,6 +56,15 @@ def train_model(
             help="Train on the last N days of events only. Default: RECSYS_TRAIN_WINDOW_DAYS.",
         ),
     ] = None,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            help="Processes that train the model together (torch.distributed; one GPU each "
+            "with device=cuda).",
+            min=1,
+            max=64,
+        ),
+    ] = 1,
     as_json: JsonOption = False,
 ) -> None:
     """Train, evaluate on the test targets, export to ONNX, register, and gate vs the champion."""
@@ -83,6 +92,7 @@ def train_model(
         model_config=model_config,
         train_overrides=overrides,
         window_days=settings_now.train_window_days if window_days is None else window_days,
+        nproc=nproc,
     )
     check_gate_metric(outcome, metric)
     registered = register_and_gate(

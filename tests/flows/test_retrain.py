@@ -193,3 +193,11 @@ def test_retrain_flow_promotion_builds_a_bento_and_reloads_the_running_service(
         assert result["service_reload"]["version"] == new
         # Served at once, though the service would not poll for an hour.
         assert httpx.post(f"{base}/model", headers=auth).json()["model_version"] == new
+
+
+def test_the_retrain_flow_trains_a_candidate_in_two_processes(flow_home: dict[str, str]) -> None:
+    result = retrain_flow(models=["gru4rec"], nproc=2, budget_seconds=20.0)
+    assert result["status"] in {"promoted", "kept"}, result["reason"]
+    (row,) = result["candidates"]
+    assert row["model"] == "gru4rec" and row["status"] == "ready"
+    assert len(registry.list_versions(engine())) == 1  # registered once
