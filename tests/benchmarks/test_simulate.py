@@ -168,8 +168,16 @@ def test_the_drift_report_splits_the_run_at_the_shift_and_the_new_champion(
         and plan.fraction == 0.5
         and plan == simdrift.QUICK.__class__(**{**simdrift.QUICK.report(), "fraction": 0.5})
     )
+
+    def window(n: int, clicked: int, version: int) -> simdrift.Window:
+        # The new champion's lists are worth 0.02 to 0.04 more than the old one's would be.
+        old, gains = (0.1, [0.0] * 100) if version == 1 else (0.07, [0.02, 0.04] * 50)
+        return simdrift.Window(
+            n, 2.0 * n, 2.0 * n + 1, 100, clicked, 0.1, 0.3, old, gains, {version: 100}, 50, []
+        )
+
     windows = [
-        simdrift.Window(n, 2.0 * n, 2.0 * n + 1, 100, clicked, 0.1, 0.3, {v: 100}, 50, [])
+        window(n, clicked, v)
         for n, (clicked, v) in enumerate([(20, 1), (20, 1), (8, 1), (10, 1), (15, 2), (16, 2)])
     ]
     outcome = {
@@ -201,9 +209,15 @@ def test_the_drift_report_splits_the_run_at_the_shift_and_the_new_champion(
     simdrift.report(args, plan, {"machine": "test"}, world, {}, outcome, {"total": 1.0})
     report = json.loads((tmp_path / "simulate-drift-smoke.json").read_text())
     assert report["marks"]["served"] == 8.0 and report["stretches"][2]["windows"] == 2
+    assert report["stretches"][2]["old_champion"] == "7.0%"
+    paired = report["recovery"]["paired"]
+    assert paired["requests"] == 200 and abs(paired["mean_gain"] - 0.03) < 1e-9
+    assert paired["ci_low"] > 0 and report["recovery"]["better"] is True
+    assert report["recovery"]["observed"]["b"] == 31 / 200
     text = (tmp_path / "simulate-drift-smoke.md").read_text()
     assert "monitor tripped" not in text or "ctr_drop" in text
     assert "| 0.500 (200) tripped |" in text and "| shift -> served | 4.0 |" in text
+    assert "better than the old champion: expected CTR of its lists 10.0% vs" in text
     assert (tmp_path / "simulate-drift-smoke-ctr.png").stat().st_size > 0
 
 
