@@ -5,6 +5,11 @@ Uses the same prepared home as benchmarks/serve.py (a SASRec champion on the Ama
 extract the histories, score in batches, exclude seen items, take the top-k, and replace the
 ``recommendations`` table in one transaction. Target: >= 5,000 users/s end to end.
 
+``--workers 1,2`` also scores on local Dask clusters of that many worker processes (one
+thread and one onnxruntime thread each), as the batch flow does with ``RECSYS_BATCH_WORKERS``:
+the users cut into 4 parts per worker, each part scored by ``flows.batch.score_part_task``'s
+function on a worker that loads the version once; the flow's Prefect bookkeeping is left out.
+
     .venv/bin/python benchmarks/batch.py --home ~/.cache/recsys-bench/serve-amazon-toys
 """
 
@@ -21,7 +26,7 @@ from _common import RESULTS_DIR, format_table, machine_info, markdown_table
 from serve import prepare_home
 
 from recsys import registry
-from recsys.batch import batch_recommend, score_all
+from recsys.batch import Scored, batch_recommend, prepare, score_all, store_batch
 from recsys.db.engine import create_engine
 
 TARGET_USERS_PER_SECOND = 5000
@@ -37,6 +42,7 @@ def main() -> None:
     parser.add_argument("--train-seconds", type=float, default=120.0)
     parser.add_argument("--synthetic", action="store_true", help="a small synthetic home")
     parser.add_argument("--dataset-path", type=Path, default=None)
+    parser.add_argument("--workers", default="", help="Dask worker counts, e.g. 1,2")
     args = parser.parse_args()
 
     url = f"sqlite:///{args.home / 'recsys.db'}"
@@ -68,6 +74,11 @@ def main() -> None:
         rows.append(row)
         print(format_table(list(row), [[str(v) for v in row.values()]]), flush=True)
 
+    dask_rows = [
+        dask_row(url, artifact, int(w), args.k, max(int(b) for b in args.batch_sizes.split(",")))
+        for w in args.workers.split(",")
+        if w.strip()
+    ]
     best = max(rows, key=lambda r: r["end_to_end_users_per_s"])
     passed = best["end_to_end_users_per_s"] >= TARGET_USERS_PER_SECOND
     verdict = (
@@ -76,7 +87,14 @@ def main() -> None:
     )
     print(verdict)
     info = machine_info(SOURCES)
-    out = {"machine": info, "home": prepared, "k": args.k, "rows": rows, "verdict": verdict}
+    out = {
+        "machine": info,
+        "home": prepared,
+        "k": args.k,
+        "rows": rows,
+        "dask": dask_rows,
+        "verdict": verdict,
+    }
     name = "batch-smoke" if args.synthetic else "batch"
     RESULTS_DIR.mkdir(exist_ok=True)
     (RESULTS_DIR / f"{name}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
@@ -93,12 +111,61 @@ def main() -> None:
                 "",
                 verdict,
                 "",
+                *(
+                    [
+                        "## On local Dask clusters (worker processes, one thread each)",
+                        "",
+                        markdown_table(
+                            list(dask_rows[0]),
+                            [[str(r[h]) for h in dask_rows[0]] for r in dask_rows],
+                        ),
+                        "",
+                    ]
+                    if dask_rows
+                    else []
+                ),
                 f"Machine: {info['machine']}, {info['cpu_count']} cores, {info['date']}.",
                 f"Command: `{info['command']}`",
                 "",
             ]
         )
     )
+
+
+def dask_row(url: str, artifact: Any, workers: int, k: int, batch_size: int) -> dict[str, Any]:
+    """Score every user on a local Dask cluster of ``workers`` processes; store the batch."""
+    from distributed import Client, LocalCluster
+
+    from flows.batch import PARTS_PER_WORKER, score_part_task
+
+    os.environ["RECSYS_DATABASE_URL"] = url  # the workers load the version from the registry
+    engine = create_engine(url)
+    started = time.perf_counter()
+    with (
+        LocalCluster(n_workers=workers, threads_per_worker=1, processes=True) as cluster,
+        Client(cluster) as client,
+    ):
+        ready = time.perf_counter() - started
+        begun = time.perf_counter()
+        users = prepare(artifact, engine)
+        parts = users.parts(workers * PARTS_PER_WORKER)
+        score = score_part_task.fn
+        futures = client.map(score, [artifact.version] * len(parts), parts,
+                             [k] * len(parts), [batch_size] * len(parts), pure=False)  # fmt: skip
+        scored = Scored.concat(client.gather(futures))
+        score_seconds = time.perf_counter() - begun
+    result = store_batch(engine, artifact, users.user_ids, scored, score_seconds)
+    row = {
+        "workers": workers,
+        "users": result.users,
+        "cluster_start_seconds": round(ready, 2),
+        "score_seconds": round(score_seconds, 2),
+        "score_users_per_s": round(result.users / score_seconds),
+        "end_to_end_users_per_s": round(result.users_per_second),
+        "rows_written": result.rows,
+    }
+    print(format_table(list(row), [[str(v) for v in row.values()]]), flush=True)
+    return row
 
 
 if __name__ == "__main__":

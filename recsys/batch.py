@@ -10,6 +10,7 @@ the new one, never a mix. No torch import.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -51,10 +52,58 @@ class BatchResult:
         return out
 
 
-def score_all(
-    artifact: Artifact, engine: Engine, k: int, batch_size: int = 256
-) -> tuple[list[str], npt.NDArray[np.int64], npt.NDArray[np.float32], int]:
-    """Top-k item columns and scores for every user with events: (U,), (U, K), (U, K)."""
+@dataclass(frozen=True)
+class Histories:
+    """The users to score and what the ranking reads of them, in the artifact's indices.
+
+    ``histories`` row ``r`` is user ``user_ids[r]``'s events in time order (items the artifact
+    does not know left out); ``users`` their artifact user indices (0: unknown). Cut into
+    parts with :meth:`part`, each scored on its own (in another process or machine).
+    """
+
+    user_ids: list[str]
+    users: npt.NDArray[np.int64]
+    histories: Ragged
+    unavailable: npt.NDArray[np.int64]  # item columns never recommended
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    def part(self, start: int, stop: int) -> Histories:
+        offsets = self.histories.offsets
+        first, last = int(offsets[start]), int(offsets[stop])
+        return Histories(
+            self.user_ids[start:stop],
+            self.users[start:stop],
+            Ragged(offsets[start : stop + 1] - first, self.histories.values[first:last]),
+            self.unavailable,
+        )
+
+    def parts(self, count: int) -> list[Histories]:
+        """``count`` parts of nearly equal numbers of users, in order (fewer if few users)."""
+        bounds = np.linspace(0, len(self), max(1, min(count, len(self))) + 1).astype(int)
+        return [self.part(int(a), int(b)) for a, b in itertools.pairwise(bounds.tolist())]
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Top-k item columns and scores of some users, in their order: (U, K) each."""
+
+    top: npt.NDArray[np.int64]
+    best: npt.NDArray[np.float32]
+    personalised: int
+
+    @staticmethod
+    def concat(parts: list[Scored]) -> Scored:
+        return Scored(
+            np.concatenate([p.top for p in parts]),
+            np.concatenate([p.best for p in parts]),
+            sum(p.personalised for p in parts),
+        )
+
+
+def prepare(artifact: Artifact, engine: Engine) -> Histories:
+    """Every user with events, their histories from one snapshot, and the unavailable items."""
     snapshot = extract(engine)
     index = artifact.item_index
     unavailable = np.asarray(
@@ -65,65 +114,96 @@ def score_all(
     )
     items = to_art[snapshot.item_idx]  # events in (user, time) order, artifact indices
     keep = items > 0
-    histories = Ragged.from_groups(
+    by_user = Ragged.from_groups(
         snapshot.user_idx[keep].astype(np.int32),
         items[keep].astype(np.int32),
         snapshot.num_users + 1,
     )
-    active = np.unique(snapshot.user_idx)
+    active = np.unique(snapshot.user_idx).astype(np.int64)
+    counts = by_user.offsets[active + 1] - by_user.offsets[active]
+    offsets = np.zeros(len(active) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    within = np.arange(int(counts.sum())) - np.repeat(offsets[:-1], counts)
+    values = by_user.values[np.repeat(by_user.offsets[active], counts) + within]
     user_ids = [snapshot.users.ids[u] for u in active]
-    user_art = np.asarray([artifact.user_index.get(u, 0) for u in user_ids], dtype=np.int64)
+    users = np.asarray([artifact.user_index.get(u, 0) for u in user_ids], dtype=np.int64)
+    return Histories(user_ids, users, Ragged(offsets, values.astype(np.int32)), unavailable)
+
+
+def score_histories(artifact: Artifact, users: Histories, k: int, batch_size: int = 256) -> Scored:
+    """Top-k of ``users`` under the rules of every ranking, ``batch_size`` rows at a time."""
     k = min(k, artifact.num_items)
-    top = np.zeros((len(active), k), dtype=np.int64)
-    best = np.zeros((len(active), k), dtype=np.float32)
+    top = np.zeros((len(users), k), dtype=np.int64)
+    best = np.zeros((len(users), k), dtype=np.float32)
     personalised = 0
+    histories = users.histories
     offsets = histories.offsets
-    for start in range(0, len(active), batch_size):
-        which = active[start : start + batch_size].astype(np.int64)
+    for start in range(0, len(users), batch_size):
+        which = np.arange(start, min(start + batch_size, len(users)), dtype=np.int64)
         counts = offsets[which + 1] - offsets[which]
-        # Every row's whole history, row after row: the items to exclude as seen.
-        within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-        seen = histories.values[np.repeat(offsets[which], counts) + within].astype(np.int64)
+        seen = histories.values[offsets[which[0]] : offsets[which[-1] + 1]].astype(np.int64)
         history = left_padded(histories, which, artifact.max_len)  # (B, L)
-        users = user_art[start : start + batch_size]
         columns, values, personal = rank_rows(
-            artifact, history, users, counts, seen, k, unavailable
+            artifact, history, users.users[which], counts, seen, k, users.unavailable
         )
         personalised += int(personal.sum())
-        top[start : start + len(which)] = columns
-        best[start : start + len(which)] = values
-    return user_ids, top, best, personalised
+        top[which] = columns
+        best[which] = values
+    return Scored(top, best, personalised)
+
+
+def score_all(
+    artifact: Artifact, engine: Engine, k: int, batch_size: int = 256
+) -> tuple[list[str], npt.NDArray[np.int64], npt.NDArray[np.float32], int]:
+    """Top-k item columns and scores for every user with events: (U,), (U, K), (U, K)."""
+    users = prepare(artifact, engine)
+    scored = score_histories(artifact, users, k, batch_size)
+    return users.user_ids, scored.top, scored.best, scored.personalised
 
 
 def batch_recommend(
     engine: Engine, artifact: Artifact, *, k: int = 10, batch_size: int = 256
 ) -> BatchResult:
-    """Score every user and replace the ``recommendations`` table's contents atomically."""
+    """Score every user in this process and replace the ``recommendations`` table atomically."""
     started = time.perf_counter()
-    user_ids, top, best, personalised = score_all(artifact, engine, k, batch_size)
-    scored = time.perf_counter()
+    users = prepare(artifact, engine)
+    scored = score_histories(artifact, users, k, batch_size)
+    return store_batch(engine, artifact, users.user_ids, scored, time.perf_counter() - started)
+
+
+def store_batch(
+    engine: Engine,
+    artifact: Artifact,
+    user_ids: list[str],
+    scored: Scored,
+    score_seconds: float,
+) -> BatchResult:
+    """Replace the ``recommendations`` table's contents with ``scored`` in one transaction:
+    readers see the old batch or the new one, never a mix (and a retried part adds nothing)."""
+    started = time.perf_counter()
     batch_id = uuid.uuid4().hex
     now = datetime.now(UTC)
     item_ids = artifact.item_ids
     rows = [
         (user_id, rank, item_ids[column], score, artifact.version, batch_id, now)
-        for user_id, columns, scores in zip(user_ids, top.tolist(), best.tolist(), strict=True)
+        for user_id, columns, scores in zip(
+            user_ids, scored.top.tolist(), scored.best.tolist(), strict=True
+        )
         for rank, (column, score) in enumerate(zip(columns, scores, strict=True), start=1)
         if score != float("-inf")
     ]
     with engine.begin() as conn:
         conn.execute(delete(recommendations_table))
         _insert_rows(conn, rows)
-    written = time.perf_counter()
     logger.info("batch %s: %d users, %d rows", batch_id, len(user_ids), len(rows))
     return BatchResult(
         batch_id=batch_id,
         model_version=artifact.version,
         users=len(user_ids),
         rows=len(rows),
-        personalised=personalised,
-        score_seconds=scored - started,
-        write_seconds=written - scored,
+        personalised=scored.personalised,
+        score_seconds=score_seconds,
+        write_seconds=time.perf_counter() - started,
     )
 
 

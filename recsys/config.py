@@ -84,6 +84,24 @@ class Settings(BaseSettings):
         ge=1,
         json_schema_extra=_doc("candidates trained at once by the retrain flow", "half the cores"),
     )
+    batch_workers: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        json_schema_extra=_doc(
+            "Dask worker processes of a local cluster the batch flow scores on (1: in the "
+            "flow's own process)",
+            "`1`",
+        ),
+    )
+    dask_address: str | None = Field(
+        default=None,
+        json_schema_extra=_doc(
+            "address of a running Dask scheduler the batch flow scores on instead "
+            "(e.g. `tcp://scheduler:8786`)",
+            "unset",
+        ),
+    )
     service_url: str | None = Field(
         default=None,
         json_schema_extra=_doc("service the retrain flow tells to reload on promotion", "unset"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -106,3 +107,58 @@ def test_batch_flow_writes_every_users_top_k_and_replaces_the_previous_batch(
             )
         ).all()
     assert batches == [(second["batch_id"], 200 * 3)]
+
+
+def _table(engine: Any) -> list[tuple[str, int, str, float, int]]:
+    t = recommendations_table.c
+    with engine.connect() as conn:
+        rows = conn.execute(select(t.user_id, t.rank, t.item_id, t.score, t.model_version)).all()
+    return sorted(tuple(r) for r in rows)  # type: ignore[misc]
+
+
+def test_batch_flow_on_two_dask_workers_writes_the_single_process_table(
+    flow_home: dict[str, str],
+) -> None:
+    retrain_flow(models=["ease"])
+    engine = create_engine(os.environ["RECSYS_DATABASE_URL"])
+    single = batch_recommend_flow(k=5)
+    expected = _table(engine)
+    parallel = batch_recommend_flow(k=5, workers=2)  # a LocalCluster of 2 worker processes
+    assert parallel["dask"] is True and parallel["workers"] == 2
+    assert (parallel["users"], parallel["rows"]) == (single["users"], single["rows"])
+    found = _table(engine)
+    assert [r[:3] + r[4:] for r in found] == [r[:3] + r[4:] for r in expected]
+    assert all(abs(a[3] - b[3]) <= 1e-5 for a, b in zip(found, expected, strict=True))
+
+
+def test_a_failed_part_is_retried_and_adds_no_row_twice(
+    flow_home: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from distributed import LocalCluster
+
+    import flows.batch as batch_module
+
+    retrain_flow(models=["ease"])
+    engine = create_engine(os.environ["RECSYS_DATABASE_URL"])
+    batch_recommend_flow(k=4)
+    expected = _table(engine)
+    real = batch_module.score_histories
+    log = tmp_path / "calls.txt"  # the tasks reach the workers pickled: count in a file
+    log.touch()
+
+    def fails_once(artifact: Any, users: Any, k: int, batch_size: int = 256) -> Any:
+        with log.open("a") as out:
+            out.write(f"{len(users)}\n")
+        if len(log.read_text().splitlines()) == 2:  # the second part to start dies once
+            raise ConnectionError("worker lost")
+        return real(artifact, users, k, batch_size)
+
+    monkeypatch.setattr(batch_module, "score_histories", fails_once)
+    # Workers as threads of this process, so they run the patched function.
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False) as cluster:
+        monkeypatch.setenv("RECSYS_DASK_ADDRESS", cluster.scheduler_address)
+        result = batch_recommend_flow(k=4)
+    assert result["dask"] is True
+    calls = log.read_text().splitlines()
+    assert len(calls) == result["workers"] * batch_module.PARTS_PER_WORKER + 1  # one retry
+    assert _table(engine) == expected
