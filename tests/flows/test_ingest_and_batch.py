@@ -116,6 +116,7 @@ def _table(engine: Any) -> list[tuple[str, int, str, float, int]]:
     return sorted(tuple(r) for r in rows)  # type: ignore[misc]
 
 
+@pytest.mark.slow
 def test_batch_flow_on_two_dask_workers_writes_the_single_process_table(
     flow_home: dict[str, str],
 ) -> None:
@@ -131,6 +132,7 @@ def test_batch_flow_on_two_dask_workers_writes_the_single_process_table(
     assert all(abs(a[3] - b[3]) <= 1e-5 for a, b in zip(found, expected, strict=True))
 
 
+@pytest.mark.slow
 def test_a_failed_part_is_retried_and_adds_no_row_twice(
     flow_home: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

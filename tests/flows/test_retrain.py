@@ -195,6 +195,7 @@ def test_retrain_flow_promotion_builds_a_bento_and_reloads_the_running_service(
         assert httpx.post(f"{base}/model", headers=auth).json()["model_version"] == new
 
 
+@pytest.mark.slow
 def test_the_retrain_flow_trains_a_candidate_in_two_processes(flow_home: dict[str, str]) -> None:
     result = retrain_flow(models=["gru4rec"], nproc=2, budget_seconds=20.0)
     assert result["status"] in {"promoted", "kept"}, result["reason"]

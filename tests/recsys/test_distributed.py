@@ -46,6 +46,7 @@ def _valid(model: object, data: Split) -> object:
     )
 
 
+@pytest.mark.slow
 def test_two_processes_reach_the_validation_score_of_one(small_split: Split) -> None:
     build = partial(
         build_model, "gru4rec", small_split.num_users, small_split.num_items,
@@ -73,6 +74,7 @@ def test_nproc_must_be_sensible(small_split: Split) -> None:
         train_parallel(build, small_split, CONFIG, nproc=0)
 
 
+@pytest.mark.slow
 def test_cli_train_with_two_processes_registers_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
