@@ -79,7 +79,7 @@ def free_lock_of_ended_run(engine: Engine, name: str) -> str | None:
     Crashed once its heartbeats stop (the automation ``recsys deploy`` creates), and a run in
     a final state holds nothing any more: its lock is freed here so the next run goes on.
     A holder that is not a flow run, a run this Prefect server does not know and a run still
-    running keep the lock. Returns the holder freed, if any.
+    running keep the lock. Returns the holder freed and how its run ended, if one was.
     """
     holder = locks.holder(engine, name)
     match = FLOW_RUN_HOLDER.search(holder or "")
@@ -97,8 +97,7 @@ def free_lock_of_ended_run(engine: Engine, name: str) -> str | None:
         return None
     if not locks.release(engine, name, holder=holder):
         return None  # freed or taken over meanwhile
-    logger.warning("freed lock %s of %s, which ended %s", name, holder, run.state.type.value)
-    return holder
+    return f"{holder}, which ended {run.state.type.value}"
 
 
 def print_result(run: Callable[[], Any]) -> None:

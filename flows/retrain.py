@@ -275,7 +275,9 @@ def retrain_flow(
     window_start(window)  # and so does a window that is not a positive number of days
     run_id = current_run_id()
     protocol: Protocol = split  # type: ignore[assignment]
-    free_lock_of_ended_run(engine, LOCK_NAME)  # a retrain killed with its worker, now Crashed
+    freed = free_lock_of_ended_run(engine, LOCK_NAME)  # a retrain killed with its worker
+    if freed:
+        get_run_logger().warning("freed lock %s of %s", LOCK_NAME, freed)
     with locks.held(engine, LOCK_NAME, holder=run_holder(run_id), ttl=LOCK_TTL):
         summary = online_task(engine, begin_task(engine, run_id), settings)
         snapshot = extract_task(engine, window)

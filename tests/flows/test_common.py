@@ -40,7 +40,8 @@ def test_a_lock_of_a_crashed_flow_run_is_freed_and_a_running_ones_kept(
     locks.release(engine, "retrain", holder=run_holder(running))
     crashed = flow_run_in(Crashed(message="no heartbeat"))
     locks.acquire(engine, "retrain", holder=run_holder(crashed), ttl=TTL)
-    assert free_lock_of_ended_run(engine, "retrain") == f"flow run {crashed}"
+    freed = free_lock_of_ended_run(engine, "retrain")
+    assert freed == f"flow run {crashed}, which ended CRASHED"
     assert locks.holder(engine, "retrain") is None
     engine.dispose()
 
