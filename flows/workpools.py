@@ -108,14 +108,14 @@ def deploy(
         )
     if pool_type not in POOL_TYPES:
         raise RecsysError(f"unknown pool type {pool_type!r}; choose from: {', '.join(POOL_TYPES)}")
-    if crash_after_seconds is not None and 0 < crash_after_seconds < 2 * MIN_HEARTBEAT_SECONDS:
+    if crash_after_seconds and crash_after_seconds < 2 * MIN_HEARTBEAT_SECONDS:
         raise RecsysError(
             f"crash_after_seconds must be at least {2 * MIN_HEARTBEAT_SECONDS} "
             f"(flow runs beat every {MIN_HEARTBEAT_SECONDS} s at the most), or 0 for none"
         )
     beat = heartbeat_seconds(crash_after_seconds)
     common = run_variables(job_variables, image, beat)
-    training = run_variables({**(job_variables or {}), **(train_job_variables or {})}, image, beat)
+    training = run_variables(merged(job_variables, train_job_variables), image, beat)
     pools = {pool: ensure_pool(pool, pool_type)}
     if train_pool and train_pool not in pools:
         pools[train_pool] = ensure_pool(train_pool, pool_type)
@@ -225,6 +225,15 @@ def heartbeat_seconds(crash_after_seconds: int | None) -> int | None:
     if not crash_after_seconds:
         return None
     return max(MIN_HEARTBEAT_SECONDS, crash_after_seconds // 3)
+
+
+def merged(base: dict[str, Any] | None, over: dict[str, Any] | None) -> dict[str, Any]:
+    """``over`` on ``base``; their ``env`` entries merge (``over``'s win)."""
+    chosen = {**(base or {}), **(over or {})}
+    env = {**((base or {}).get("env") or {}), **((over or {}).get("env") or {})}
+    if env:
+        chosen["env"] = env
+    return chosen
 
 
 def run_variables(

@@ -18,7 +18,13 @@ from prefect.client.schemas.objects import ConcurrencyLimitStrategy
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.workpools import CRASH_AUTOMATION, deploy, heartbeat_seconds, worker_commands
+from flows.workpools import (
+    CRASH_AUTOMATION,
+    deploy,
+    heartbeat_seconds,
+    merged,
+    worker_commands,
+)
 from recsys.errors import RecsysError
 
 
@@ -175,10 +181,22 @@ def test_deploy_needs_a_prefect_server_and_known_options(flow_home: dict[str, st
         deploy(models=["ease"])
     with pytest.raises(RecsysError, match="unknown pool type 'ecs'"):
         deploy(pool_type="ecs", models=["ease"])
-    with pytest.raises(RecsysError, match="crash_after_seconds must be at least 60"):
-        deploy(models=["ease"], crash_after_seconds=45)
+    for too_soon in (45, -1):
+        with pytest.raises(RecsysError, match="crash_after_seconds must be at least 60"):
+            deploy(models=["ease"], crash_after_seconds=too_soon)
     with pytest.raises(RecsysError, match="unknown model 'nope'"):
         deploy(models=["nope"], sync_cron="off")
+
+
+def test_retrain_variables_go_over_the_others_and_their_env_merges() -> None:
+    base = {"env": {"A": "1", "B": "1"}, "namespace": "recsys"}
+    over = {"env": {"B": "2"}, "memory_limit": "8Gi"}
+    assert merged(base, over) == {
+        "env": {"A": "1", "B": "2"},
+        "namespace": "recsys",
+        "memory_limit": "8Gi",
+    }
+    assert merged(None, None) == {}
 
 
 def test_heartbeat_and_worker_commands() -> None:
