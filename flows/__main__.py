@@ -21,6 +21,7 @@ ENTRY_POINTS = {
     "sync": ("flows.sync", "run_once"),
     "monitor": ("flows.monitor", "run_once"),
     "schedule": ("flows.deploy", "schedule"),
+    "deploy": ("flows.workpools", "deploy"),
 }
 
 

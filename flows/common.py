@@ -1,5 +1,6 @@
 """What every flow shares: retrying only on transient database errors, settings, run ids,
-and starting the temporary Prefect server one process at a time."""
+freeing the database lock of a flow run that died, and starting the temporary Prefect server
+one process at a time."""
 
 from __future__ import annotations
 
@@ -7,18 +8,21 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from prefect.runtime import flow_run
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from recsys.config import Settings, get_settings
+from recsys.db import locks
 from recsys.db.engine import create_engine
 
 logger = logging.getLogger(__name__)
@@ -56,6 +60,44 @@ def task_runner(workers: int | None = None) -> Any:
 def current_run_id() -> str | None:
     run_id = flow_run.get_id()
     return str(run_id) if run_id else None
+
+
+# A lock taken by a flow run names it: "flow run <id>" (the retrain), "sync flow run <id>".
+FLOW_RUN_HOLDER = re.compile(r"\bflow run ([0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12})$")
+
+
+def run_holder(run_id: str | None) -> str:
+    """The holder name of a lock this flow run takes (the process id outside a flow run)."""
+    return f"flow run {run_id or os.getpid()}"
+
+
+def free_lock_of_ended_run(engine: Engine, name: str) -> str | None:
+    """Free lock ``name`` when its holder is a flow run that Prefect says has ended.
+
+    A flow run killed with its worker (a container evicted, a machine lost) keeps its database
+    lock until the lock's time to live runs out, hours for a retrain. Prefect marks such a run
+    Crashed once its heartbeats stop (the automation ``recsys deploy`` creates), and a run in
+    a final state holds nothing any more: its lock is freed here so the next run goes on.
+    A holder that is not a flow run, a run this Prefect server does not know and a run still
+    running keep the lock. Returns the holder freed and how its run ended, if one was.
+    """
+    holder = locks.holder(engine, name)
+    match = FLOW_RUN_HOLDER.search(holder or "")
+    if holder is None or match is None:
+        return None
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(UUID(match.group(1)))
+    except ObjectNotFound:
+        return None
+    if run.state is None or not run.state.is_final():
+        return None
+    if not locks.release(engine, name, holder=holder):
+        return None  # freed or taken over meanwhile
+    return f"{holder}, which ended {run.state.type.value}"
 
 
 def print_result(run: Callable[[], Any]) -> None:

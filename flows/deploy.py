@@ -1,10 +1,12 @@
 """The scheduled flows: a Prefect deployment of ``retrain_flow`` on a cron and, beside it, one
-of ``sync_flow`` on its own cron when there are database sources and one of the drift monitor
-(``monitor_flow``, which starts that retrain deployment when the traffic drifts) on another;
-each one run at a time.
+of ``sync_flow`` on its own cron when there are database sources, one of the drift monitor
+(``monitor_flow``, which starts that retrain deployment when the traffic drifts) on another
+and one of the batch (``batch_recommend_flow``); each one run at a time.
 
-``recsys schedule`` (``python -m flows schedule '{...}'``) creates them and serves their runs
-from one process; ``apply_only`` just registers them.
+``recsys schedule`` (``python -m flows schedule '{...}'``) creates the first three and serves
+their runs from one process; ``apply_only`` just registers them. ``recsys deploy``
+(:mod:`flows.workpools`) puts all four on work pools, whose workers run them; the builders
+here take the pool, queue and job variables for that (none: served by ``schedule``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from prefect.schedules import Cron
 from prefect.settings import get_current_settings
 from prefect.types.entrypoint import EntrypointType
 
+from flows.batch import batch_recommend_flow
 from flows.common import start_prefect_api
 from flows.monitor import monitor_flow
 from flows.retrain import retrain_flow
@@ -39,6 +42,9 @@ SYNC_TAGS = ["recsys", "sources", "scheduled"]
 DEFAULT_MONITOR_NAME = "drift"
 DEFAULT_MONITOR_CRON = "*/15 * * * *"
 MONITOR_TAGS = ["recsys", "drift", "scheduled"]
+DEFAULT_BATCH_NAME = "daily"
+DEFAULT_BATCH_CRON = "0 4 * * *"  # an hour after the nightly retrain
+BATCH_TAGS = ["recsys", "batch", "scheduled"]
 # At most one run of each deployment at a time; a run due while one is active (or a backlog
 # of runs missed while nothing was serving) is cancelled rather than queued behind it.
 CONCURRENCY = ConcurrencyLimitConfig(
@@ -54,24 +60,39 @@ def retrain_deployment(
     split: str = "loo",
     margin: float = 0.0,
     timezone: str = DEFAULT_TIMEZONE,
+    nproc: int = 1,
+    work_pool_name: str | None = None,
+    work_queue_name: str | None = None,
+    job_variables: dict[str, Any] | None = None,
 ) -> RunnerDeployment:
-    """The retrain deployment: ``models`` (default: the retrain defaults) on ``cron``."""
+    """The retrain deployment: ``models`` (default: the retrain defaults) on ``cron``, each
+    learned one trained in ``nproc`` processes; on a work pool (and queue, with job
+    variables) when ``work_pool_name`` is given."""
     chosen = list(models or DEFAULT_MODELS)
     for model in chosen:
         spec(model)  # unknown names fail here, not at 3 a.m.
     if split not in SPLITS:
         raise RecsysError(f"unknown split {split!r}; choose from: {', '.join(SPLITS)}")
+    if not 1 <= nproc <= 64:
+        raise RecsysError(f"nproc must be between 1 and 64, not {nproc}")
+    parameters: dict[str, Any] = {"models": chosen, "split": split, "margin": margin}
+    parameters["force"] = False
+    if nproc > 1:
+        parameters["nproc"] = nproc
     deployment = retrain_flow.to_deployment(
         name=name,
         schedule=Cron(cron, timezone=timezone),
         concurrency_limit=CONCURRENCY,
-        parameters={"models": chosen, "split": split, "margin": margin, "force": False},
+        parameters=parameters,
         description=(
             f"Retrain {', '.join(chosen)} on the current data ({split} split) and promote "
             f"the best if it beats the champion by {margin}; skipped when the data is unchanged."
         ),
         tags=TAGS,
         entrypoint_type=EntrypointType.MODULE_PATH,  # importable from any directory
+        work_pool_name=work_pool_name,
+        work_queue_name=work_queue_name,
+        job_variables=job_variables,
     )
     if not isinstance(deployment, RunnerDeployment):  # Prefect hands back a coroutine in a loop
         deployment.close()
@@ -85,6 +106,9 @@ def sync_deployment(
     cron: str = DEFAULT_SYNC_CRON,
     names: list[str] | None = None,
     timezone: str = DEFAULT_TIMEZONE,
+    work_pool_name: str | None = None,
+    work_queue_name: str | None = None,
+    job_variables: dict[str, Any] | None = None,
 ) -> RunnerDeployment:
     """The sync deployment: the sources ``names`` (default: all) on ``cron``."""
     sources = chosen_sources(get_settings().sources_file, names)  # a bad file fails now
@@ -99,6 +123,9 @@ def sync_deployment(
         ),
         tags=SYNC_TAGS,
         entrypoint_type=EntrypointType.MODULE_PATH,
+        work_pool_name=work_pool_name,
+        work_queue_name=work_queue_name,
+        job_variables=job_variables,
     )
     if not isinstance(deployment, RunnerDeployment):
         deployment.close()
@@ -112,6 +139,9 @@ def monitor_deployment(
     cron: str = DEFAULT_MONITOR_CRON,
     retrain: str = DEFAULT_NAME,
     timezone: str = DEFAULT_TIMEZONE,
+    work_pool_name: str | None = None,
+    work_queue_name: str | None = None,
+    job_variables: dict[str, Any] | None = None,
 ) -> RunnerDeployment:
     """The drift monitor on ``cron``, starting the retrain deployment named ``retrain``."""
     target = f"{retrain_flow.name}/{retrain}"
@@ -126,11 +156,52 @@ def monitor_deployment(
         ),
         tags=MONITOR_TAGS,
         entrypoint_type=EntrypointType.MODULE_PATH,
+        work_pool_name=work_pool_name,
+        work_queue_name=work_queue_name,
+        job_variables=job_variables,
     )
     if not isinstance(deployment, RunnerDeployment):
         deployment.close()
         raise RecsysError("monitor_deployment is synchronous: call it outside an event loop")
     return deployment
+
+
+def batch_deployment(
+    *,
+    name: str = DEFAULT_BATCH_NAME,
+    cron: str = DEFAULT_BATCH_CRON,
+    k: int = 10,
+    timezone: str = DEFAULT_TIMEZONE,
+    work_pool_name: str | None = None,
+    work_queue_name: str | None = None,
+    job_variables: dict[str, Any] | None = None,
+) -> RunnerDeployment:
+    """The batch on ``cron``: the champion's top-``k`` for every user into ``recommendations``."""
+    if not 1 <= k <= 1000:
+        raise RecsysError(f"k must be between 1 and 1000, not {k}")
+    deployment = batch_recommend_flow.to_deployment(
+        name=name,
+        schedule=Cron(cron, timezone=timezone),
+        concurrency_limit=CONCURRENCY,
+        parameters={"k": k},
+        description=(
+            f"Replace the stored recommendations with the champion's top-{k} for every user."
+        ),
+        tags=BATCH_TAGS,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        work_pool_name=work_pool_name,
+        work_queue_name=work_queue_name,
+        job_variables=job_variables,
+    )
+    if not isinstance(deployment, RunnerDeployment):
+        deployment.close()
+        raise RecsysError("batch_deployment is synchronous: call it outside an event loop")
+    return deployment
+
+
+def is_off(cron: str | None) -> bool:
+    """``None``, empty or ``"off"``: no deployment on that cron."""
+    return cron is None or cron.strip().lower() in ("", SYNC_OFF)
 
 
 def sync_cron_for(sync_cron: str | None) -> str | None:
@@ -172,7 +243,7 @@ def schedule(
             name=sync_name, cron=chosen_cron, names=sync_sources, timezone=timezone
         )
     watch = None
-    if monitor_cron is not None and monitor_cron.strip().lower() not in ("", SYNC_OFF):
+    if monitor_cron is not None and not is_off(monitor_cron):
         watch = monitor_deployment(
             name=monitor_name, cron=monitor_cron, retrain=name, timezone=timezone
         )

@@ -32,6 +32,8 @@ from flows.common import (
     DB_RETRIES,
     DB_RETRY_DELAYS,
     current_run_id,
+    free_lock_of_ended_run,
+    run_holder,
     settings_and_engine,
     start_prefect_api,
     task_runner,
@@ -273,7 +275,10 @@ def retrain_flow(
     window_start(window)  # and so does a window that is not a positive number of days
     run_id = current_run_id()
     protocol: Protocol = split  # type: ignore[assignment]
-    with locks.held(engine, LOCK_NAME, holder=f"flow run {run_id or os.getpid()}", ttl=LOCK_TTL):
+    freed = free_lock_of_ended_run(engine, LOCK_NAME)  # a retrain killed with its worker
+    if freed:
+        get_run_logger().warning("freed lock %s of %s", LOCK_NAME, freed)
+    with locks.held(engine, LOCK_NAME, holder=run_holder(run_id), ttl=LOCK_TTL):
         summary = online_task(engine, begin_task(engine, run_id), settings)
         snapshot = extract_task(engine, window)
         quality = quality_report_task(snapshot)

@@ -5,9 +5,10 @@ Every command prints a human table by default and one JSON object as its last li
 per command group: :mod:`.data` (schema, imports, generation, stats), :mod:`.models`
 (training, evaluation, the registry, recommendations), :mod:`.sources` (application
 databases as sources), :mod:`.online` (online metrics), :mod:`.experiments`
-(champion against challenger), :mod:`.flows` (retrain, batch,
-schedule), :mod:`.serving` (the service, bentos, API keys) and :mod:`.demo`; what they share
-is in :mod:`.output`, and every child process starts in :mod:`.runner`.
+(champion against challenger), :mod:`.flows` (retrain, batch, schedule), :mod:`.deploy`
+(the deployments on work pools), :mod:`.serving` (the service, bentos, API keys) and
+:mod:`.demo`; what they share is in :mod:`.output`, and every child process starts in
+:mod:`.runner`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,17 @@ from typing import Annotated
 
 import typer
 
-from recsys.cli import data, demo, experiments, flows, models, online, serving, sources
+from recsys.cli import (
+    data,
+    demo,
+    deploy,
+    experiments,
+    flows,
+    models,
+    online,
+    serving,
+    sources,
+)
 
 app = typer.Typer(
     help="recsys: deep-learning recommendations from SQL to a served ONNX model.",
@@ -37,7 +48,7 @@ def _main(
     )
 
 
-for group in (data, sources, models, online, experiments, flows, serving, demo):
+for group in (data, sources, models, online, experiments, flows, deploy, serving, demo):
     group.register(app)
 
 

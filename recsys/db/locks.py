@@ -1,6 +1,9 @@
 """Named locks in the database: one holder at a time, across processes and machines.
 
-A lock expires after its time to live, so a holder that died does not block forever.
+A lock expires after its time to live, so a holder that died does not block forever; one
+that is known to have died sooner (a flow run its orchestrator marked crashed) can be freed
+by whoever knows it: :func:`holder` names the current holder and :func:`release` frees the
+lock only if that holder still has it.
 :func:`held` nests: inside a ``held`` block, another ``held`` of the same lock on the same
 database (in the same thread or a context copied from it) is already its holder and does
 nothing, so an entry point can take a lock before it starts the code that takes it again.
@@ -65,13 +68,26 @@ def renew(engine: Engine, name: str, *, holder: str, ttl: timedelta) -> None:
         raise LockHeldError(f"{name}: {holder} no longer holds the lock (it expired)")
 
 
-def release(engine: Engine, name: str, *, holder: str) -> None:
+def release(engine: Engine, name: str, *, holder: str) -> bool:
+    """Free ``name`` if ``holder`` has it (expired or not); True if it did."""
     with engine.begin() as conn:
-        conn.execute(
+        freed = conn.execute(
             delete(locks_table)
             .where(locks_table.c.name == name)
             .where(locks_table.c.holder == holder)
-        )
+        ).rowcount
+    return bool(freed)
+
+
+def holder(engine: Engine, name: str) -> str | None:
+    """Who holds ``name`` now (None: nobody, or a holder whose lock has expired)."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(locks_table.c.holder)
+            .where(locks_table.c.name == name)
+            .where(locks_table.c.expires_at >= datetime.now(UTC))
+        ).first()
+    return None if row is None else str(row.holder)
 
 
 @contextmanager

@@ -6,8 +6,9 @@ folder at ``path/to/ml-100k``, a sequences file, ``events.csv`` with its items a
 with ``RECSYS_HOME`` in a temporary folder and the project's venv first on ``PATH``. Ports the
 README names (3000, 3001, 4200) are replaced by free ones, and the production block's database
 URL by a fresh PostgreSQL database. Servers (``recsys serve``, ``bentoml serve``,
-``prefect server start``, ``recsys schedule``) are started in the background, waited for and
-checked, then stopped. ``make test`` and ``make demo`` are what ``.ci/run`` runs.
+``prefect server start``, ``prefect worker start``, ``recsys schedule``) are started in the
+background, waited for and checked, then stopped. Blocks of another language (``sh`` for
+the Docker and Kubernetes commands, TOML) are not commands here. ``make test`` and ``make demo`` are what ``.ci/run`` runs.
 
 A command exiting non-zero, or a curl answering anything but 200, fails the test with its
 output. The fast test checks that the README parses into commands and that each one has a
@@ -45,6 +46,7 @@ SERVER_PATTERNS = (
     re.compile(r"(^|\s)recsys serve\b"),
     re.compile(r"(^|\s)bentoml serve\b"),
     re.compile(r"(^|\s)prefect server start\b"),
+    re.compile(r"(^|\s)prefect worker start\b"),
     re.compile(r"(^|\s)recsys schedule\b(?!.*--apply-only)"),
 )
 COMMAND_TIMEOUT_S = 600
@@ -274,6 +276,9 @@ class Walk:
                     return
             elif "recsys schedule" in text:
                 if "being served" in log.read_text():
+                    return
+            elif "prefect worker start" in text:
+                if re.search(r"Worker '[^']+' started!", log.read_text()):
                     return
             elif port:
                 probe = "readyz" if self.services_need_a_model else "healthz"

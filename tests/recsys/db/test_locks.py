@@ -71,3 +71,17 @@ def test_renew_keeps_a_lock_its_holder_still_has_and_refuses_a_lost_one(engine: 
     with pytest.raises(locks.LockHeldError, match="job: slow no longer holds the lock"):
         locks.renew(engine, "job", holder="slow", ttl=TTL)
     assert holders(engine) == ["other"]
+
+
+def test_holder_names_the_live_holder_and_release_frees_only_that_holders_lock(
+    engine: Engine,
+) -> None:
+    assert locks.holder(engine, "job") is None
+    locks.acquire(engine, "job", holder="flow run 1", ttl=TTL)
+    assert locks.holder(engine, "job") == "flow run 1"
+    assert not locks.release(engine, "job", holder="flow run 2")  # not its lock: kept
+    assert holders(engine) == ["flow run 1"]
+    assert locks.release(engine, "job", holder="flow run 1")
+    assert locks.holder(engine, "job") is None
+    locks.acquire(engine, "job", holder="gone", ttl=timedelta(seconds=-1))
+    assert locks.holder(engine, "job") is None  # expired: anyone may take it
