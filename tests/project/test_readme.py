@@ -8,7 +8,8 @@ README names (3000, 3001, 4200) are replaced by free ones, and the production bl
 URL by a fresh PostgreSQL database. Servers (``recsys serve``, ``bentoml serve``,
 ``prefect server start``, ``prefect worker start``, ``recsys schedule``) are started in the
 background, waited for and checked, then stopped. Blocks of another language (``sh`` for
-the Docker and Kubernetes commands, TOML) are not commands here. ``make test`` and ``make demo`` are what ``.ci/run`` runs.
+the Docker and Kubernetes commands, TOML) are not commands here. ``make test`` and ``make
+demo`` are what ``.ci/run`` runs.
 
 A command exiting non-zero, or a curl answering anything but 200, fails the test with its
 output. The fast test checks that the README parses into commands and that each one has a
