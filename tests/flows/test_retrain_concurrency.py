@@ -101,10 +101,10 @@ def test_run_once_holds_the_lock_through_the_flow_and_releases_it(
     seen: list[list[str]] = []
     real_extract = retrain_module.extract
 
-    def extract(url: str) -> Any:
+    def extract(url: str, **options: Any) -> Any:
         with engine.connect() as conn:
             seen.append([r.holder for r in conn.execute(select(locks_table))])
-        return real_extract(url)
+        return real_extract(url, **options)
 
     monkeypatch.setattr(retrain_module, "extract", extract)
     result = retrain_module.run_once(models=["ease"])
