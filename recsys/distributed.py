@@ -35,7 +35,10 @@ from recsys.errors import RecsysError
 if TYPE_CHECKING:
     from recsys.data.splits import Split
     from recsys.models.base import Recommender
-    from recsys.training import TrainConfig, TrainResult
+
+# recsys.training's train, TrainConfig and TrainResult: passed in, since the training loop
+# imports this module (the packages import one another one way).
+TrainFunction = Callable[..., Any]
 
 _T = TypeVar("_T")
 MAX_PROCESSES = 64
@@ -115,13 +118,15 @@ def _collective_device() -> torch.device:
 
 
 def train_parallel(
+    train: TrainFunction,
     build: Callable[[], Recommender],
     data: Split,
-    config: TrainConfig,
+    config: Any,
     nproc: int,
-) -> tuple[dict[str, Tensor], TrainResult]:
-    """Train ``build()``'s model on ``data`` in ``nproc`` processes; rank 0's best weights
-    and result. ``build`` must be picklable (a module-level function or a partial of one)."""
+) -> tuple[dict[str, Tensor], Any]:
+    """Train ``build()``'s model on ``data`` with ``train`` (recsys.training's, given its
+    TrainConfig) in ``nproc`` processes; rank 0's best weights and TrainResult. ``build``
+    must be picklable (a module-level function or a partial of one)."""
     if not 1 <= nproc <= MAX_PROCESSES:
         raise RecsysError(f"nproc must be between 1 and {MAX_PROCESSES}, got {nproc}")
     backend = "nccl" if str(getattr(config, "device", "cpu")).startswith("cuda") else "gloo"
@@ -133,7 +138,7 @@ def train_parallel(
         out = Path(scratch) / "rank0.pt"
         spawn(  # type: ignore[no-untyped-call]
             _worker,
-            args=(nproc, _free_port(), backend, build, data, config, out),
+            args=(nproc, _free_port(), backend, train, build, data, config, out),
             nprocs=nproc,
             join=True,
         )
@@ -146,13 +151,12 @@ def _worker(
     nproc: int,
     port: int,
     backend: str,
+    train: TrainFunction,
     build: Callable[[], Recommender],
     data: Split,
-    config: TrainConfig,
+    config: Any,
     out: Path,
 ) -> None:
-    from recsys.training import train
-
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     if backend == "nccl":

@@ -125,7 +125,7 @@ def train_and_evaluate(
     torch.manual_seed(config.seed)  # the initial weights belong to the seeded run too
     model = build()
     if nproc > 1 and model.batch_kind != "fit":
-        state, result = train_parallel(build, data, config, nproc)
+        state, result = train_parallel(train, build, data, config, nproc)
         model.load_state_dict(state)
         model.eval()
     else:

@@ -54,7 +54,7 @@ def test_two_processes_reach_the_validation_score_of_one(small_split: Split) -> 
     )  # fmt: skip
     one = build()
     single = train(one, small_split, CONFIG)
-    state, parallel = train_parallel(build, small_split, CONFIG, nproc=2)
+    state, parallel = train_parallel(train, build, small_split, CONFIG, nproc=2)
     two = build()
     two.load_state_dict(state)
     two.eval()
@@ -71,7 +71,7 @@ def test_two_processes_reach_the_validation_score_of_one(small_split: Split) -> 
 def test_nproc_must_be_sensible(small_split: Split) -> None:
     build = partial(build_model, "gru4rec", small_split.num_users, small_split.num_items)
     with pytest.raises(RecsysError, match="nproc must be between 1 and 64"):
-        train_parallel(build, small_split, CONFIG, nproc=0)
+        train_parallel(train, build, small_split, CONFIG, nproc=0)
 
 
 @pytest.mark.slow
