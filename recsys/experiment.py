@@ -17,6 +17,7 @@ from recsys.data.extract import Snapshot, extract, window_start
 from recsys.data.features import SideInfo
 from recsys.data.splits import Protocol, Split, split
 from recsys.data.validation import QualityReport, quality_report
+from recsys.devices import placed, resolve_device
 from recsys.errors import RecsysError
 from recsys.evaluation import EvalResult, evaluate
 from recsys.models import build_model, spec
@@ -72,15 +73,17 @@ def side_features(engine: Engine, snapshot: Snapshot, data: Split) -> SideInfo:
     return side_info(catalogue, data.train, data.num_users, data.num_items)
 
 
-def evaluate_on_test(model: Recommender, data: Split) -> EvalResult:
-    return evaluate(
-        torch_scorer(model),
-        data.test,
-        num_items=data.num_items,
-        protocol=data.protocol,
-        ks=(10, 20),
-        max_len=model.max_len or EVAL_MAX_LEN,
-    )
+def evaluate_on_test(model: Recommender, data: Split, device: str | None = "cpu") -> EvalResult:
+    """Test metrics of ``model``, scored on ``device`` (the model is left where it was)."""
+    with placed(model, resolve_device(device)):
+        return evaluate(
+            torch_scorer(model),
+            data.test,
+            num_items=data.num_items,
+            protocol=data.protocol,
+            ks=(10, 20),
+            max_len=model.max_len or EVAL_MAX_LEN,
+        )
 
 
 def train_and_evaluate(
@@ -116,8 +119,8 @@ def train_and_evaluate(
     config = train_config_with(model_spec.train_defaults, train_overrides or {})
     torch.manual_seed(config.seed)  # the initial weights belong to the seeded run too
     model = build_model(name, data.num_users, data.num_items, side=side, config=model_config)
-    result = train(model, data, config)
-    test = evaluate_on_test(model, data)
+    result = train(model, data, config)  # the model comes back on the CPU
+    test = evaluate_on_test(model, data, result.device)
     return Outcome(
         name=name,
         model=model,
