@@ -258,3 +258,22 @@ def test_bf16_training_on_cuda_stays_close_to_fp32(small_split: Split) -> None:
         losses[amp] = [e.loss for e in result.history]
     assert all(np.isfinite(losses["auto"]))
     np.testing.assert_allclose(losses["auto"], losses["off"], rtol=0.05)
+
+
+@pytest.mark.cuda
+def test_sampled_softmax_with_popularity_trains_on_cuda(
+    small_split: Split, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = SASRecConfig(max_len=30, loss="sampled", num_negatives=16, sampler="popularity")
+    model = build_model("sasrec", small_split.num_users, small_split.num_items, config=config)
+    tables: list[set[str]] = []
+    loss = model.loss
+
+    def recorded(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        tables.append({model.objective.cdf.device.type, model.objective.log_q.device.type})
+        return loss(batch)
+
+    monkeypatch.setattr(model, "loss", recorded)
+    result = train(model, small_split, replace(SMALL, max_epochs=2, device="cuda"))
+    assert tables and all(t == {"cuda"} for t in tables)
+    assert all(np.isfinite(e.loss) for e in result.history)
