@@ -219,12 +219,20 @@ def _pair_logits(
     item_weight: Tensor,
     item_bias: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
-    """Logits of each position's target (N,) and of the shared negatives (N, K)."""
-    pos_logits = (states * item_weight[positives]).sum(-1)  # (N,)
-    neg_logits = states @ item_weight[negatives].T  # (N, K)
+    """Logits of each position's target (N,) and of the shared negatives (N, K).
+
+    One embedding lookup of the N + K rows: its backward allocates the dense (I + 1, D)
+    gradient once (indexing allocates it twice, and once more per extra gather).
+    """
+    n = len(positives)
+    items = torch.cat([positives, negatives])  # (N + K,)
+    rows = F.embedding(items, item_weight)  # (N + K, D)
+    pos_logits = (states * rows[:n]).sum(-1)  # (N,)
+    neg_logits = states @ rows[n:].T  # (N, K)
     if item_bias is not None:
-        pos_logits = pos_logits + item_bias[positives]
-        neg_logits = neg_logits + item_bias[negatives]
+        bias = item_bias[items]  # (N + K,)
+        pos_logits = pos_logits + bias[:n]
+        neg_logits = neg_logits + bias[n:]
     return pos_logits.float(), neg_logits.float()
 
 

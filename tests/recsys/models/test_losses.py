@@ -109,23 +109,31 @@ class _Tensors(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.shapes: list[tuple[int, ...]] = []
+        self.storages: dict[tuple[int, ...], set[int]] = {}
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
-        self.shapes += [tuple(t.shape) for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.shapes.append(tuple(t.shape))
+                self.storages.setdefault(tuple(t.shape), set()).add(t.untyped_storage().data_ptr())
         return out
 
 
-def _largest_step_tensor(kind: str, num_items: int, positions: int = 64) -> int:
-    """Elements of the largest tensor a loss step creates, other than item-weight shaped ones."""
+def _step_tensors(kind: str, num_items: int, positions: int = 64) -> _Tensors:
     objective = NextItemLoss(LossSpec(kind, num_negatives=32), num_items)  # type: ignore[arg-type]
     weight = torch.zeros(num_items + 1, DIM).requires_grad_()
     hidden = _states(positions)
     target = torch.randint(1, num_items + 1, (positions,))
     with _Tensors() as seen:
         objective(hidden, target, weight).backward()
-    sizes = [math.prod(s) for s in seen.shapes if s[:1] not in ((num_items,), (num_items + 1,))]
-    return max(sizes)
+    return seen
+
+
+def _largest_step_tensor(kind: str, num_items: int) -> int:
+    """Elements of the largest tensor a loss step creates, other than item-weight shaped ones."""
+    shapes = _step_tensors(kind, num_items).shapes
+    return max(math.prod(s) for s in shapes if s[:1] not in ((num_items,), (num_items + 1,)))
 
 
 def test_sampled_loss_memory_does_not_grow_with_the_catalogue() -> None:
@@ -133,6 +141,8 @@ def test_sampled_loss_memory_does_not_grow_with_the_catalogue() -> None:
     assert small == large == 64 * (1 + 32)  # the (N, 1 + K) logits
     assert _largest_step_tensor("gbce", 100_000) == 64 * 32
     assert _largest_step_tensor("ce", 100_000) == 64 * 100_000  # the full softmax's logits
+    # The dense (I + 1, D) embedding gradient is allocated once (indexing would do it twice).
+    assert len(_step_tensors("sampled", 1_000).storages[(1_001, DIM)]) == 1
 
 
 def test_gbce_matches_a_hand_computation_and_its_beta_its_limits() -> None:
