@@ -59,6 +59,8 @@ class Outcome:
             "seconds": round(self.seconds, 3),
             "train_seconds": round(self.training.seconds, 3),
             "seconds_to_best": round(self.training.seconds_to_best, 3),
+            "device": self.training.device,
+            "precision": self.training.precision,
             "split": self.split.description,
             "snapshot": self.snapshot.descriptor.to_dict(),
         }
