@@ -12,12 +12,13 @@ resamples), and the paired difference. Target: the ratio at least 0.95.
 tensors the step creates (counted per op by a dispatch mode, so other processes and the
 allocator's caches do not blur it), the part of it that is the item embeddings' gradient
 (I + 1) x D (dense in both: any optimiser of dense embeddings holds it), the largest tensor
-(the logits) and the step's median time. The peak resident set above the start of the step
-is shown beside it as a cross-check (Linux).
+and the step's median time. The peak resident set above the start of the step is shown
+beside it as a cross-check (Linux). The full softmax at 1M items needs about 12 GiB.
 
-    .venv/bin/python benchmarks/sampled_softmax.py                     # about 10 minutes
-    .venv/bin/python benchmarks/sampled_softmax.py --part memory        # about a minute
-    .venv/bin/python benchmarks/sampled_softmax.py --budget-seconds 60  # a shorter accuracy run
+    .venv/bin/python benchmarks/sampled_softmax.py                # about 15 minutes
+    .venv/bin/python benchmarks/sampled_softmax.py --part memory   # about 4 minutes
+    .venv/bin/python benchmarks/sampled_softmax.py --part accuracy --sampled-set \
+        sampler=popularity --sampled-set num_negatives=1024 --name sampled_softmax-pop1024
 
 The data folder is ``--data-root``, else ``RECSYS_DATASETS``, else ``../shared/data`` beside
 the checkout; it holds ``amazon-toys-s3rec/Amazon_Toys_and_Games.txt``.
@@ -86,9 +87,9 @@ def load_split(root: Path) -> Split:
 
 
 def train_once(
-    data: Split, loss: str, budget: float, seed: int, threads: int
+    data: Split, loss: str, settings: list[str], budget: float, seed: int, threads: int
 ) -> tuple[dict[str, Any], EvalResult]:
-    config, overrides = parse_settings(MODEL, [*MODEL_SETTINGS, *LOSSES[loss]], TrainConfig)
+    config, overrides = parse_settings(MODEL, [*MODEL_SETTINGS, *settings], TrainConfig)
     overrides |= {"budget_seconds": budget, "seed": seed, "threads": threads, "progress": False}
     train_config = train_config_with(spec(MODEL).train_defaults, overrides)
     torch.manual_seed(seed)
@@ -99,7 +100,7 @@ def train_once(
     epochs = result.epochs_run
     row = {
         "loss": loss,
-        "settings": [*MODEL_SETTINGS, *LOSSES[loss]],
+        "settings": [*MODEL_SETTINGS, *settings],
         "metrics": test.summary(),
         "epochs": epochs,
         "best_epoch": result.best_epoch,
@@ -126,9 +127,12 @@ def accuracy(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any], list[
     data = load_split(data_root(args.data_root))
     print(f"Amazon Toys loo: {data.num_users:,} users, {data.num_items:,} items", flush=True)
     rows, tests = [], {}
-    for loss in LOSSES:
-        print(f"training {MODEL} loss={loss}, budget {args.budget_seconds:.0f} s ...", flush=True)
-        row, tests[loss] = train_once(data, loss, args.budget_seconds, args.seed, args.threads)
+    runs = {"full": LOSSES["full"], "sampled": [*LOSSES["sampled"], *args.sampled_set]}
+    for loss, settings in runs.items():
+        print(f"training {MODEL} {' '.join(settings)}, {args.budget_seconds:.0f} s ...", flush=True)
+        row, tests[loss] = train_once(
+            data, loss, settings, args.budget_seconds, args.seed, args.threads
+        )
         rows.append(row)
         print("  " + " | ".join(_accuracy_cells(row)), flush=True)
     ndcg = {loss: tests[loss].mean("ndcg@10") for loss in LOSSES}
@@ -361,7 +365,13 @@ def main() -> None:
     )
     parser.add_argument("--sizes", default="10000,100000,1000000", help="catalogue sizes")
     parser.add_argument("--positions", type=int, default=1024, help="positions per loss step")
-    parser.add_argument("--negatives", type=int, default=256)
+    parser.add_argument("--negatives", type=int, default=256, help="of the memory part")
+    parser.add_argument(
+        "--sampled-set",
+        action="append",
+        default=[],
+        help="key=value added to the sampled run (e.g. sampler=popularity, num_negatives=1024)",
+    )
     parser.add_argument("--name", default="sampled_softmax", help="result file name")
     args = parser.parse_args()
 
