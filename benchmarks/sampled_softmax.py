@@ -127,7 +127,8 @@ def accuracy(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any], list[
     data = load_split(data_root(args.data_root))
     print(f"Amazon Toys loo: {data.num_users:,} users, {data.num_items:,} items", flush=True)
     rows, tests = [], {}
-    runs = {"full": LOSSES["full"], "sampled": [*LOSSES["sampled"], *args.sampled_set]}
+    sampled = dict(item.split("=", 1) for item in [*LOSSES["sampled"], *args.sampled_set])
+    runs = {"full": LOSSES["full"], "sampled": [f"{k}={v}" for k, v in sampled.items()]}
     for loss, settings in runs.items():
         print(f"training {MODEL} {' '.join(settings)}, {args.budget_seconds:.0f} s ...", flush=True)
         row, tests[loss] = train_once(
@@ -148,6 +149,7 @@ def accuracy(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any], list[
         f"{TARGET_RATIO}: {verdict}",
         f"paired difference sampled - full: {paired['diff']:+.4f} [{paired['ci_low']:+.4f}, "
         f"{paired['ci_high']:+.4f}], p = {paired['p_value']:.3g}",
+        f"sampled run: {' '.join(runs['sampled'])}",
         f"both runs: seed {args.seed}, {args.threads} thread(s), a budget of "
         f"{args.budget_seconds:.0f} s each (checked after every batch; validation NDCG@10 "
         f"after every epoch, patience 5), {MODEL} training defaults with "
