@@ -8,6 +8,7 @@ the two the same.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +21,9 @@ ENV_PREFIX = "RECSYS_"
 READ_AUTH_CHOICES = ("required", "open")
 UNKNOWN_ITEM_CHOICES = ("reject", "create")
 MODEL_SOURCE_CHOICES = ("auto", "registry", "bento")
+# What RECSYS_DEVICE (and a training's `device`) may name; whether it exists is checked when
+# training starts (recsys.devices), so a GPU setting never stops the service or the CLI.
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 # The model families a retrain trains when none are named (CLI, flow, schedule, demo).
 DEFAULT_MODELS = ("sasrec", "gru4rec", "ease")
 # Clock skew allowed to an event recorded through the API (a file import allows a day).
@@ -69,6 +73,14 @@ class Settings(BaseSettings):
         default=None,
         ge=1,
         json_schema_extra=_doc("PyTorch threads for training and evaluation", "all cores"),
+    )
+    device: str = Field(
+        default="auto",
+        json_schema_extra=_doc(
+            "where training and evaluation run: `auto` (CUDA when there is a GPU, else the "
+            "CPU), `cpu`, `cuda` or `cuda:N`; `recsys train --set device=...` wins",
+            "`auto`",
+        ),
     )
     train_window_days: float | None = Field(
         default=None,
@@ -297,10 +309,17 @@ class Settings(BaseSettings):
             raise ValueError("name at least one event type")
         return ",".join(names)
 
-    @field_validator("model_source", "read_auth", "unknown_items", mode="before")
+    @field_validator("model_source", "read_auth", "unknown_items", "device", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("device", mode="after")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not DEVICE_PATTERN.fullmatch(value):
+            raise ValueError("use auto, cpu, cuda or cuda:N")
+        return value
 
     @field_validator("home", "sources_file", mode="after")
     @classmethod

@@ -171,6 +171,7 @@ def _worker(
             config,
             batch_size=max(1, config.batch_size // nproc),
             threads=max(1, threads // nproc),
+            **({"device": f"cuda:{rank}"} if backend == "nccl" else {}),
         )
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         model = build()

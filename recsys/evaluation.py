@@ -32,7 +32,8 @@ Int32Array = npt.NDArray[np.int32]
 Int64Array = npt.NDArray[np.int64]
 
 # (history (B, L) int64 left-padded item indices, users (B,) int64) -> scores (B, I), column j
-# scoring item index j + 1. recsys.models.base.torch_scorer builds one from a model.
+# scoring item index j + 1. recsys.models.base.torch_scorer builds one from a model (scoring on
+# the model's device, CPU or GPU, a chunk of users at a time).
 Scorer = Callable[[Int64Array, Int64Array], npt.ArrayLike]
 
 # Rank given to a target that can never be hit (scored -inf, e.g. because it is in the history).

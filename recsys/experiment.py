@@ -18,6 +18,7 @@ from recsys.data.extract import Snapshot, extract, window_start
 from recsys.data.features import SideInfo
 from recsys.data.splits import Protocol, Split, split
 from recsys.data.validation import QualityReport, quality_report
+from recsys.devices import placed, resolve_device
 from recsys.distributed import train_parallel
 from recsys.errors import RecsysError
 from recsys.evaluation import EvalResult, evaluate
@@ -60,6 +61,8 @@ class Outcome:
             "seconds": round(self.seconds, 3),
             "train_seconds": round(self.training.seconds, 3),
             "seconds_to_best": round(self.training.seconds_to_best, 3),
+            "device": self.training.device,
+            "precision": self.training.precision,
             "split": self.split.description,
             "snapshot": self.snapshot.descriptor.to_dict(),
         }
@@ -74,15 +77,17 @@ def side_features(engine: Engine, snapshot: Snapshot, data: Split) -> SideInfo:
     return side_info(catalogue, data.train, data.num_users, data.num_items)
 
 
-def evaluate_on_test(model: Recommender, data: Split) -> EvalResult:
-    return evaluate(
-        torch_scorer(model),
-        data.test,
-        num_items=data.num_items,
-        protocol=data.protocol,
-        ks=(10, 20),
-        max_len=model.max_len or EVAL_MAX_LEN,
-    )
+def evaluate_on_test(model: Recommender, data: Split, device: str | None = "cpu") -> EvalResult:
+    """Test metrics of ``model``, scored on ``device`` (the model is left where it was)."""
+    with placed(model, resolve_device(device)):
+        return evaluate(
+            torch_scorer(model),
+            data.test,
+            num_items=data.num_items,
+            protocol=data.protocol,
+            ks=(10, 20),
+            max_len=model.max_len or EVAL_MAX_LEN,
+        )
 
 
 def train_and_evaluate(
@@ -129,8 +134,8 @@ def train_and_evaluate(
         model.load_state_dict(state)
         model.eval()
     else:
-        result = train(model, data, config)
-    test = evaluate_on_test(model, data)
+        result = train(model, data, config)  # the model comes back on the CPU
+    test = evaluate_on_test(model, data, result.device)
     return Outcome(
         name=name,
         model=model,

@@ -109,10 +109,13 @@ def example_inputs(model: Recommender, batch_size: int = EXAMPLE_BATCH) -> tuple
 def export_onnx(
     model: Recommender, path: Path, *, metadata: dict[str, str], opset: int = OPSET
 ) -> None:
-    """Export ``model.score`` to ``path``, write ``metadata`` into the graph, run the checker."""
+    """Export ``model.score`` to ``path``, write ``metadata`` into the graph, run the checker.
+
+    The graph is traced on the CPU: a model trained on another device is moved there first.
+    """
     import onnx
 
-    graph = ScoreGraph(model).eval()
+    graph = ScoreGraph(model.cpu()).eval()
     kinds = list(model.input_kinds)
     axes: dict[str, dict[int, str]] = {"scores": {0: "batch"}}
     for kind in kinds:
@@ -246,7 +249,7 @@ def write_artifact(
     unservable with the reason.
     """
     folder.mkdir(parents=True, exist_ok=False)
-    model = outcome.model.eval()
+    model = outcome.model.cpu().eval()  # training returns it there; export and parity need it
     snapshot, data = outcome.snapshot, outcome.split
     max_len = model.max_len or EVAL_MAX_LEN
     metadata = {

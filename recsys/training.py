@@ -1,8 +1,10 @@
 """The one training loop: AdamW, early stopping on validation NDCG@10, best weights restored.
 
-Every learned model trains here; ``fit`` models (popularity, EASE) are computed in one call,
-with EASE's regularisation chosen on the validation targets. Runs are seeded and
-deterministic on CPU for a fixed thread count.
+Every learned model trains here; ``fit`` models (popularity, EASE) are computed in one call
+on the CPU, with EASE's regularisation chosen on the validation targets. Batch models train
+and validate on the ``device`` setting (recsys.devices), with bf16 autocast on CUDA unless
+``amp=off``, and come back on the CPU. Runs are seeded and deterministic on CPU for a fixed
+thread count.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Protocol, cast
+from typing import Any, Literal, Protocol, cast
 
 import numpy as np
 import torch
@@ -21,9 +23,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from recsys import distributed
-from recsys.config import get_settings
+from recsys.config import DEVICE_PATTERN, get_settings
 from recsys.data.batches import pair_batches, row_batches, sequence_batches
 from recsys.data.splits import Split
+from recsys.devices import CPU, autocast, autocast_dtype, resolve_device, to_device
 from recsys.errors import RecsysError
 from recsys.evaluation import evaluate
 from recsys.models.base import Recommender, torch_scorer
@@ -53,6 +56,7 @@ class TrainConfig:
     patience: int = 5
     budget_seconds: float | None = None
     clip_norm: float | None = 5.0
+    # Negatives per event of the "pairs" models; sequence models set theirs in their config.
     num_negatives: int = 4
     seed: int = 0
     threads: int | None = None
@@ -61,11 +65,17 @@ class TrainConfig:
     # Sequence models: batches of similar history length (see data.batches.sequence_batches);
     # 1 = plain random batches. Pays off only for models that trim padding (SASRec).
     length_pool: int = 1
+    # auto | cpu | cuda | cuda:N; None reads RECSYS_DEVICE (default auto).
+    device: str | None = None
+    # Mixed precision of the training steps: auto = bf16 autocast on CUDA, off on the CPU.
+    amp: Literal["auto", "bf16", "off"] = "auto"
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_epochs", "length_pool"):
             if getattr(self, name) < 1:
                 raise RecsysError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.device is not None and not DEVICE_PATTERN.fullmatch(self.device.lower()):
+            raise RecsysError(f"unknown device {self.device!r}: use auto, cpu, cuda or cuda:N")
 
 
 @dataclass
@@ -89,6 +99,8 @@ class TrainResult:
     stopped: str
     history: list[EpochLog] = field(default_factory=list)
     chosen: dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"  # where the steps ran
+    precision: str = "float32"  # of the steps: float32, or bfloat16 under autocast
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,6 +118,7 @@ def set_threads(threads: int | None) -> int:
 
 
 def validate(model: Recommender, split: Split, metric: str = "ndcg@10") -> float:
+    """Validation ``metric`` of ``model`` scored where it is (the training device)."""
     result = evaluate(
         torch_scorer(model),
         split.valid,
@@ -118,19 +131,43 @@ def validate(model: Recommender, split: Split, metric: str = "ndcg@10") -> float
 
 
 def train(model: Recommender, split: Split, config: TrainConfig | None = None) -> TrainResult:
-    """Train ``model`` on ``split.train``, early-stopping on ``split.valid``."""
+    """Train ``model`` on ``split.train``, early-stopping on ``split.valid``.
+
+    Batch models train on ``config.device`` and are returned on the CPU with the best
+    weights, so export and registration never see another device.
+    """
     config = config or TrainConfig()
     set_threads(config.threads)
     torch.manual_seed(config.seed)
     started = time.perf_counter()
+    device = resolve_device(config.device)
     if model.batch_kind == "fit":
         return _fit(model, split, config, started)
+    precision = autocast_dtype(config.amp, device)
+    model.prepare_training(split.train)
+    model.to(device)
+    try:
+        result = _epochs(model, split, config, started, device, precision)
+    finally:
+        model.to(CPU)
+    model.eval()
+    return result
 
+
+def _epochs(
+    model: Recommender,
+    split: Split,
+    config: TrainConfig,
+    started: float,
+    device: torch.device,
+    precision: torch.dtype | None,
+) -> TrainResult:
+    """The epochs of a batch model already on ``device``; loads the best weights at the end."""
     rng = np.random.default_rng(config.seed)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
-    best_state = copy.deepcopy(model.state_dict())
+    best_state = _cpu_copy(model)
     best_valid, best_epoch, seconds_to_best = -1.0, 0, 0.0
     history: list[EpochLog] = []
     stopped = "max_epochs"
@@ -146,9 +183,11 @@ def train(model: Recommender, split: Split, config: TrainConfig | None = None) -
         model.train()
         losses: list[float] = []
         out_of_time = False
-        for batch in distributed.shard(_batches(model, split, config, rng), rank, processes):
+        for cpu_batch in distributed.shard(_batches(model, split, config, rng), rank, processes):
+            batch = to_device(cpu_batch, device)
             optimizer.zero_grad(set_to_none=True)
-            loss = step(batch)
+            with autocast(device, precision):
+                loss = step(batch)
             if "weight" in batch:  # length-grouped batches: see sequence_batches
                 loss = loss * batch["weight"]
             if not torch.isfinite(loss):
@@ -171,7 +210,7 @@ def train(model: Recommender, split: Split, config: TrainConfig | None = None) -
         history.append(EpochLog(epoch, float(np.mean(losses)) if losses else 0.0, valid, elapsed))
         if valid > best_valid:
             best_valid, best_epoch, seconds_to_best = valid, epoch, elapsed
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = _cpu_copy(model)
         bar.update(1)
         bar.set_postfix(loss=f"{history[-1].loss:.4f}", valid=f"{valid:.4f}", best=best_epoch)
         logger.info(
@@ -185,7 +224,6 @@ def train(model: Recommender, split: Split, config: TrainConfig | None = None) -
             break
     bar.close()
     model.load_state_dict(best_state)
-    model.eval()
     return TrainResult(
         epochs_run=len(history),
         best_epoch=best_epoch,
@@ -195,7 +233,14 @@ def train(model: Recommender, split: Split, config: TrainConfig | None = None) -
         seconds_to_best=seconds_to_best,
         stopped=stopped,
         history=history,
+        device=str(device),
+        precision=str(precision or torch.float32).removeprefix("torch."),
     )
+
+
+def _cpu_copy(model: Recommender) -> dict[str, Tensor]:
+    """A copy of the weights on the CPU (the best epoch's, kept off the training device)."""
+    return {name: t.detach().to(CPU, copy=True) for name, t in model.state_dict().items()}
 
 
 def _batches(

@@ -29,6 +29,16 @@ POSTGRES_ENV = "RECSYS_TEST_POSTGRES_URL"
 BACKENDS = ["sqlite", "postgresql"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` skip, saying why, where PyTorch sees no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    reason = f"needs a CUDA device: torch {torch.__version__} sees none"
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
 @pytest.fixture(scope="session")
 def shared_dataset() -> Callable[[str], Path]:
     """Path to a real dataset in the shared data folder beside the checkout, or skip with why."""

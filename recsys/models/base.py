@@ -9,10 +9,15 @@ scored). ``score`` is exactly what gets exported to ONNX.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
+
+from recsys.devices import device_of
+
+if TYPE_CHECKING:
+    from recsys.data.splits import TrainSet
 
 InputKind = Literal["history", "user"]
 # How the shared training loop feeds a model (see recsys.data.batches):
@@ -63,6 +68,13 @@ class Recommender(nn.Module):
         """Scalar training loss of one batch (of this model's ``batch_kind``)."""
         raise NotImplementedError(f"{type(self).__name__} is fitted, not trained by batches")
 
+    def prepare_training(self, train: TrainSet) -> None:
+        """Take what the loss needs from the training set, before the first batch.
+
+        Called by the training loop on the CPU; e.g. item popularity for popularity-sampled
+        negatives. Nothing by default.
+        """
+
     def fit(self, train: Any) -> None:
         """Closed-form or counting models compute themselves from a ``TrainSet`` here."""
         raise NotImplementedError(f"{type(self).__name__} trains by batches")
@@ -97,32 +109,41 @@ ScoreFn = Any  # Callable[[np.ndarray (B, L) int64, np.ndarray (B,) int64], np.n
 def torch_scorer(model: Recommender, chunk: int = 256) -> ScoreFn:
     """Wrap a model as the numpy scoring callable evaluation uses (eval mode, no grad).
 
-    For a ``padding_invariant`` model the rows are scored ``chunk`` at a time in order of
+    Scores are computed where the model is (its parameters' device), ``chunk`` rows at a
+    time, and come back as float32 numpy arrays: on a GPU only a (chunk, I) block of scores
+    is ever on the device. For a ``padding_invariant`` model the rows are taken in order of
     history length, each chunk cut to its longest history: the same scores for much less work
     when a few long histories would otherwise pad every row to ``max_len``.
     """
     import numpy as np
 
-    def run(history: np.ndarray, users: np.ndarray) -> np.ndarray:
+    def run(history: np.ndarray, users: np.ndarray, device: torch.device) -> np.ndarray:
         query = Query(
-            history=torch.from_numpy(history) if "history" in model.input_kinds else None,
-            user=torch.from_numpy(users) if "user" in model.input_kinds else None,
+            history=torch.from_numpy(history).to(device)
+            if "history" in model.input_kinds
+            else None,
+            user=torch.from_numpy(users).to(device) if "user" in model.input_kinds else None,
         )
-        return model.score(query).float().numpy()
+        return model.score(query).float().cpu().numpy()
 
     def score(history: np.ndarray, users: np.ndarray) -> np.ndarray:
         model.eval()
+        device = device_of(model)
         with torch.inference_mode():
-            if not model.padding_invariant or history.ndim != 2:
-                return run(history, users)
+            if history.ndim != 2:
+                return run(history, users, device)
             used = (history > 0).sum(axis=1)  # (B,)
-            order = np.argsort(used, kind="stable")
+            invariant = model.padding_invariant
+            # Shortest histories first, each chunk cut to its longest; else rows in order.
+            order = np.argsort(used, kind="stable") if invariant else np.arange(len(history))
             out = np.empty((len(history), model.num_items), dtype=np.float32)
             for start in range(0, len(order), chunk):
                 rows = order[start : start + chunk]
-                width = max(int(used[rows].max()), 1)
+                width = max(int(used[rows].max()), 1) if invariant else history.shape[1]
                 out[rows] = run(
-                    np.ascontiguousarray(history[rows, -width:]), np.ascontiguousarray(users[rows])
+                    np.ascontiguousarray(history[rows, history.shape[1] - width :]),
+                    np.ascontiguousarray(users[rows]),
+                    device,
                 )
             return out
 

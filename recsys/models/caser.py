@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys.data.features import SideInfo
+from recsys.data.splits import TrainSet
 from recsys.models.base import BatchKind, InputKind, Query, Recommender
 from recsys.models.layers import (
     SEQUENCE_TRAIN_DEFAULTS,
-    full_softmax_loss,
     item_embedding,
-    sampled_bce_loss,
 )
+from recsys.models.losses import DEFAULT_GBCE_T, LossKind, LossSpec, NextItemLoss, Sampler
 
 TRAIN_DEFAULTS = SEQUENCE_TRAIN_DEFAULTS
 
@@ -29,8 +29,13 @@ class CaserConfig:
     num_vertical: int = 4  # n_v
     max_len: int = 50  # length of training batches; scoring reads only the last window
     dropout: float = 0.5
-    # "ce": full softmax over all items (default); "bce": one sampled negative per position.
-    loss: Literal["ce", "bce"] = "ce"
+    # Next-item loss (models/losses.py): "ce" full softmax over all items (default), "bce"
+    # sampled BCE, "sampled" sampled softmax over negatives shared by the batch, "gbce"
+    # gSASRec's calibrated BCE on the same negatives (calibration gbce_t).
+    loss: LossKind = "ce"
+    num_negatives: int | None = None  # None: 1 per position for bce, 256 shared otherwise
+    sampler: Sampler = "uniform"  # how loss=sampled draws its negatives: or "popularity"
+    gbce_t: float = DEFAULT_GBCE_T
 
 
 class Caser(Recommender):
@@ -51,7 +56,8 @@ class Caser(Recommender):
     - Training: every position t of a left-padded history is an example (the window ending
       at t predicts item t + 1) with full-softmax cross-entropy over all items, instead of
       sliding windows with T = 3 targets and binary cross-entropy with sampled negatives
-      (``loss="bce"`` gives one negative per position).
+      (``loss="bce"`` gives one negative per position; ``sampled`` and ``gbce``: see
+      models/losses.py).
     - Windows shorter than ``window`` (the first items of a history) are padded with the
       zero padding embedding rather than skipped.
     """
@@ -79,6 +85,7 @@ class Caser(Recommender):
         self.fc = nn.Linear(config.num_horizontal * window + config.num_vertical * dim, dim)
         self.output_items = item_embedding(num_items, dim)
         self.output_bias = nn.Parameter(torch.zeros(num_items + 1))
+        self.objective = NextItemLoss(LossSpec.of(config), num_items)
 
     def _encode(self, windows: Tensor) -> Tensor:
         """z (N, D) of item windows (N, window), most recent item last."""
@@ -98,11 +105,13 @@ class Caser(Recommender):
         windows = padded.unfold(1, self.config.window, 1)  # (B, L, window)
         keep = target > 0  # (B, L)
         hidden = self._encode(windows[keep])  # (N, D), only positions with a target
-        if self.config.loss == "bce":
-            return sampled_bce_loss(
-                hidden, target[keep], self.output_items.weight, self.num_items, self.output_bias
-            )
-        return full_softmax_loss(hidden, target[keep], self.output_items.weight, self.output_bias)
+        loss: Tensor = self.objective(
+            hidden, target[keep], self.output_items.weight, self.output_bias
+        )
+        return loss
+
+    def prepare_training(self, train: TrainSet) -> None:
+        self.objective.prepare(train)
 
     def score(self, query: Query) -> Tensor:
         assert query.history is not None, "Caser scores histories"

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from recsys.data.features import SideInfo
+from recsys.data.splits import TrainSet
 from recsys.models.base import BatchKind, InputKind, Query, Recommender
 from recsys.models.layers import (
     SEQUENCE_TRAIN_DEFAULTS,
-    full_softmax_loss,
     item_embedding,
-    sampled_bce_loss,
     trim_left_padding,
 )
+from recsys.models.losses import DEFAULT_GBCE_T, LossKind, LossSpec, NextItemLoss, Sampler
 
 TRAIN_DEFAULTS = SEQUENCE_TRAIN_DEFAULTS
 
@@ -28,8 +28,13 @@ class GRU4RecConfig:
     num_layers: int = 1
     max_len: int = 50
     dropout: float = 0.2
-    # "ce": full softmax over all items (default); "bce": one sampled negative per position.
-    loss: Literal["ce", "bce"] = "ce"
+    # Next-item loss (models/losses.py): "ce" full softmax over all items (default), "bce"
+    # sampled BCE, "sampled" sampled softmax over negatives shared by the batch, "gbce"
+    # gSASRec's calibrated BCE on the same negatives (calibration gbce_t).
+    loss: LossKind = "ce"
+    num_negatives: int | None = None  # None: 1 per position for bce, 256 shared otherwise
+    sampler: Sampler = "uniform"  # how loss=sampled draws its negatives: or "popularity"
+    gbce_t: float = DEFAULT_GBCE_T
 
 
 class GRU4Rec(Recommender):
@@ -42,7 +47,9 @@ class GRU4Rec(Recommender):
 
     - Training: whole left-padded histories with next-item full-softmax cross-entropy at every
       position replace session-parallel mini-batches with TOP1/BPR ranking losses over
-      in-batch negatives (the cross-entropy variant is what later GRU4Rec work recommends).
+      in-batch negatives (the cross-entropy variant is what later GRU4Rec work recommends);
+      ``loss="sampled"`` gives a sampled softmax over negatives shared by the batch, closer to
+      the paper's sampling for large catalogues (models/losses.py).
     - Output layer: the GRU state is projected to D and scored against the input item
       embedding (weight tying) instead of a separate output weight matrix.
     - Left padding would otherwise drive the state away from zero before the first item (the
@@ -76,6 +83,7 @@ class GRU4Rec(Recommender):
         )
         self.output_dropout = nn.Dropout(config.dropout)
         self.projection = nn.Linear(config.hidden_dim, config.embedding_dim)
+        self.objective = NextItemLoss(LossSpec.of(config), num_items)
 
     def _run(self, history: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """GRU outputs over right-aligned rows (B, L, D), pad counts (B,), positions (L,)."""
@@ -96,9 +104,11 @@ class GRU4Rec(Recommender):
         length = history.shape[1]
         back = (positions.unsqueeze(0) - pads.unsqueeze(1)) % length  # (B, L)
         hidden = out.gather(1, back.unsqueeze(-1).expand(-1, -1, out.shape[2]))  # (B, L, D)
-        if self.config.loss == "bce":
-            return sampled_bce_loss(hidden, target, self.items.weight, self.num_items)
-        return full_softmax_loss(hidden, target, self.items.weight)
+        loss: Tensor = self.objective(hidden, target, self.items.weight)
+        return loss
+
+    def prepare_training(self, train: TrainSet) -> None:
+        self.objective.prepare(train)
 
     def score(self, query: Query) -> Tensor:
         assert query.history is not None, "GRU4Rec scores histories"

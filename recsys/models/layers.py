@@ -1,5 +1,5 @@
-"""Shared building blocks of the sequence models: item embeddings, a causal pre-LN transformer
-block written with plain matmuls (ONNX-friendly), and next-item losses over hidden states.
+"""Shared building blocks of the sequence models: item embeddings and a causal pre-LN
+transformer block written with plain matmuls (ONNX-friendly). Their losses: models/losses.py.
 """
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 # Training settings the sequence models share. On Amazon Toys (19k users, 12k items,
@@ -111,63 +110,3 @@ def trim_left_padding(history: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     used = (history > 0).any(dim=0)  # (L,)
     first = int(used.to(torch.int64).argmax()) if bool(used.any()) else history.shape[1] - 1
     return history[:, first:], target[:, first:]
-
-
-def _no_targets(hidden: Tensor) -> Tensor:
-    # A batch without any target still needs a differentiable zero, not mean() of nothing (NaN).
-    return hidden.sum() * 0.0
-
-
-def full_softmax_loss(
-    hidden: Tensor, target: Tensor, item_weight: Tensor, item_bias: Tensor | None = None
-) -> Tensor:
-    """Mean cross-entropy of the next item over ALL items, at every non-padding position.
-
-    ``hidden`` (B, L, D), ``target`` (B, L) item indices with 0 = no target (any leading
-    shape works, e.g. (N, D) and (N,)), ``item_weight``
-    (I + 1, D) with row 0 padding (never a class), optional ``item_bias`` (I + 1,). Only the
-    N positions with a target are gathered before the (N, D) @ (D, I) product: on left-padded
-    batches of short histories this is most of the cost of a training step.
-    """
-    keep = target > 0  # (B, L)
-    if not bool(keep.any()):
-        return _no_targets(hidden)
-    states = hidden[keep]  # (N, D)
-    logits = states @ item_weight[1:].T  # (N, I)
-    if item_bias is not None:
-        logits = logits + item_bias[1:]
-    return F.cross_entropy(logits, target[keep] - 1)
-
-
-def sampled_bce_loss(
-    hidden: Tensor,
-    target: Tensor,
-    item_weight: Tensor,
-    num_items: int,
-    item_bias: Tensor | None = None,
-    num_negatives: int = 1,
-) -> Tensor:
-    """Binary cross-entropy of the true next item against uniformly sampled negatives.
-
-    One positive and ``num_negatives`` negatives per non-padding position (SASRec's original
-    objective). Negatives are drawn uniformly from 1..I and may occasionally hit an item of
-    the sequence; the paper resamples those, which matters little for large catalogues.
-    """
-    keep = target > 0  # (B, L)
-    if not bool(keep.any()):
-        return _no_targets(hidden)
-    states = hidden[keep]  # (N, D)
-    positives = target[keep]  # (N,)
-    negatives = torch.randint(
-        1, num_items + 1, (positives.shape[0], num_negatives), device=target.device
-    )  # (N, K)
-    pos_logits = (states * item_weight[positives]).sum(-1)  # (N,)
-    neg_logits = (states.unsqueeze(1) * item_weight[negatives]).sum(-1)  # (N, K)
-    if item_bias is not None:
-        pos_logits = pos_logits + item_bias[positives]
-        neg_logits = neg_logits + item_bias[negatives]
-    pos_loss = F.binary_cross_entropy_with_logits(pos_logits, torch.ones_like(pos_logits))
-    neg_loss = F.binary_cross_entropy_with_logits(
-        neg_logits, torch.zeros_like(neg_logits), reduction="none"
-    ).sum(-1)
-    return pos_loss + neg_loss.mean()

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from recsys.data.features import SideInfo
+from recsys.data.splits import TrainSet
 from recsys.models.base import BatchKind, InputKind, Query, Recommender
 from recsys.models.layers import (
     SEQUENCE_TRAIN_DEFAULTS,
     TransformerBlock,
     attention_mask,
-    full_softmax_loss,
     item_embedding,
-    sampled_bce_loss,
     trim_left_padding,
 )
+from recsys.models.losses import DEFAULT_GBCE_T, LossKind, LossSpec, NextItemLoss, Sampler
 
 # Length-grouped batches: SASRec trims all-padding columns, so an epoch on ml-100k takes about
 # two thirds of the time and reaches the same validation NDCG@10 or better.
@@ -33,8 +33,13 @@ class SASRecConfig:
     num_heads: int = 1
     max_len: int = 200
     dropout: float = 0.2
-    # "ce": full softmax over all items (default); "bce": one sampled negative per position.
-    loss: Literal["ce", "bce"] = "ce"
+    # Next-item loss (models/losses.py): "ce" full softmax over all items (default), "bce"
+    # sampled BCE, "sampled" sampled softmax over negatives shared by the batch, "gbce"
+    # gSASRec's calibrated BCE on the same negatives (calibration gbce_t).
+    loss: LossKind = "ce"
+    num_negatives: int | None = None  # None: 1 per position for bce, 256 shared otherwise
+    sampler: Sampler = "uniform"  # how loss=sampled draws its negatives: or "popularity"
+    gbce_t: float = DEFAULT_GBCE_T
 
 
 class SASRec(Recommender):
@@ -49,7 +54,9 @@ class SASRec(Recommender):
     - Loss: full-softmax cross-entropy over all items at every position by default, instead of
       binary cross-entropy with one sampled negative (Klenitskiy & Vasilev, "Turning Dross Into
       Gold Loss: is BERT4Rec really better than SASRec?", RecSys 2023). ``loss="bce"`` restores
-      the paper's objective (negatives drawn uniformly, not re-drawn when they hit the history).
+      the paper's objective (negatives drawn uniformly, not re-drawn when they hit the history);
+      ``loss="sampled"`` (sampled softmax) and ``loss="gbce"`` (gSASRec) keep a training step's
+      memory independent of the catalogue (models/losses.py).
     - Blocks are standard pre-LN (``x + attn(LN(x))``, ``x + ffn(LN(x))``, a final LayerNorm);
       the paper's code normalises only the attention query and adds the residual to it.
     - Positions count back from the most recent item: a history of length L uses the last L
@@ -82,6 +89,7 @@ class SASRec(Recommender):
             for _ in range(config.num_blocks)
         )
         self.final_norm = nn.LayerNorm(dim)
+        self.objective = NextItemLoss(LossSpec.of(config), num_items)
 
     def _encode(self, history: Tensor) -> Tensor:
         """Hidden states (B, L, D) of a left-padded history (B, L); zero at padding."""
@@ -101,9 +109,11 @@ class SASRec(Recommender):
             batch["history"][:, -self.config.max_len :], batch["target"][:, -self.config.max_len :]
         )  # (B, L), (B, L)
         hidden = self._encode(history)  # (B, L, D)
-        if self.config.loss == "bce":
-            return sampled_bce_loss(hidden, target, self.items.weight, self.num_items)
-        return full_softmax_loss(hidden, target, self.items.weight)
+        loss: Tensor = self.objective(hidden, target, self.items.weight)
+        return loss
+
+    def prepare_training(self, train: TrainSet) -> None:
+        self.objective.prepare(train)
 
     def score(self, query: Query) -> Tensor:
         assert query.history is not None, "SASRec scores histories"

@@ -122,6 +122,8 @@ def _finalize(
                         "seconds",
                         "train_seconds",
                         "seconds_to_best",
+                        "device",
+                        "precision",
                         "split",
                     )
                 },

@@ -118,3 +118,136 @@ def test_chunked_scoring_of_a_padding_invariant_model_matches_plain_scoring(
     with torch.inference_mode():
         plain = model.score(Query(history=torch.from_numpy(history))).numpy()
     np.testing.assert_allclose(chunked, plain, atol=1e-5, rtol=0)
+
+
+# Where the steps run: the model, the batches and the loss on the configured device, bf16
+# autocast where asked for (auto: CUDA only), the model back on the CPU afterwards.
+DEVICES = [
+    pytest.param("cpu", "off", id="cpu"),
+    pytest.param("cpu", "bf16", id="cpu-bf16"),
+    pytest.param("cuda", "auto", id="cuda", marks=pytest.mark.cuda),
+    pytest.param("cuda", "off", id="cuda-fp32", marks=pytest.mark.cuda),
+]
+
+
+def _record_steps(model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Wrap ``model.loss`` to note where each step's model, batch and loss were."""
+    steps: list[dict] = []
+    loss = model.loss
+
+    def recorded(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        value = loss(batch)
+        kind = value.device.type
+        steps.append(
+            {
+                "model": {p.device.type for p in model.parameters()},
+                "batch": {t.device.type for t in batch.values()},
+                "loss": kind,
+                "autocast": torch.get_autocast_dtype(kind)
+                if torch.is_autocast_enabled(kind)
+                else None,
+            }
+        )
+        return value
+
+    monkeypatch.setattr(model, "loss", recorded)
+    return steps
+
+
+@pytest.mark.parametrize(("device", "amp"), DEVICES)
+def test_training_runs_on_the_configured_device(
+    small_split: Split, device: str, amp: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _sasrec(small_split)
+    steps = _record_steps(model, monkeypatch)
+    result = train(model, small_split, replace(SMALL, max_epochs=1, device=device, amp=amp))
+    bf16 = amp == "bf16" or (amp == "auto" and device == "cuda")
+    assert steps and all(
+        step
+        == {"model": {device}, "batch": {device}, "loss": device, "autocast": None}
+        | ({"autocast": torch.bfloat16} if bf16 else {})
+        for step in steps
+    ), steps[0]
+    assert np.isfinite(result.history[0].loss) and result.best_valid >= 0
+    assert torch.device(result.device).type == device
+    assert result.precision == ("bfloat16" if bf16 else "float32")
+    assert {p.device.type for p in model.parameters()} == {"cpu"}  # ready to export
+
+
+def test_auto_trains_on_the_cpu_without_cuda(
+    small_split: Split, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model = _sasrec(small_split)
+    steps = _record_steps(model, monkeypatch)
+    result = train(model, small_split, replace(SMALL, max_epochs=1, device="auto"))
+    assert result.device == "cpu" and result.precision == "float32"
+    assert {step["loss"] for step in steps} == {"cpu"}
+
+
+def test_training_on_cuda_without_cuda_is_a_clear_error(
+    small_split: Split, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model = _sasrec(small_split)
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    with pytest.raises(RecsysError, match=r"device 'cuda' asked for, but .* sees no CUDA device"):
+        train(model, small_split, replace(SMALL, device="cuda"))
+    assert all(torch.equal(before[name], t) for name, t in model.state_dict().items())
+
+
+@pytest.mark.cuda
+def test_cuda_scores_and_fp32_training_match_the_cpu(small_split: Split) -> None:
+    """Same weights score alike on both; with no dropout a fp32 epoch is the same epoch."""
+    config = SASRecConfig(max_len=30, dropout=0.0)
+    models = []
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        model = build_model("sasrec", small_split.num_users, small_split.num_items, config=config)
+        result = train(model, small_split, replace(SMALL, max_epochs=2, device=device, amp="off"))
+        models.append((model, result))
+    (cpu_model, cpu_result), (cuda_model, cuda_result) = models
+    np.testing.assert_allclose(
+        [e.loss for e in cuda_result.history], [e.loss for e in cpu_result.history], rtol=2e-3
+    )
+    history, users = eval_query_arrays(small_split.valid, np.arange(len(small_split.valid)), 30)
+    cpu_scores = torch_scorer(cpu_model)(history, users)
+    same_weights_on_cuda = torch_scorer(cpu_model.to("cuda"))(history, users)
+    np.testing.assert_allclose(same_weights_on_cuda, cpu_scores, atol=1e-4, rtol=0)
+    cuda_scores = torch_scorer(cuda_model.to("cuda"))(history, users)
+    np.testing.assert_allclose(cuda_scores, cpu_scores, atol=5e-3, rtol=0)
+    assert validate(cuda_model, small_split) == pytest.approx(cuda_result.best_valid)
+    assert cuda_result.best_valid == pytest.approx(cpu_result.best_valid, abs=0.02)
+
+
+@pytest.mark.cuda
+def test_bf16_training_on_cuda_stays_close_to_fp32(small_split: Split) -> None:
+    losses = {}
+    for amp in ("off", "auto"):
+        torch.manual_seed(0)
+        model = build_model(
+            "sasrec", small_split.num_users, small_split.num_items, config=SASRecConfig(max_len=30)
+        )
+        result = train(model, small_split, replace(SMALL, max_epochs=3, device="cuda", amp=amp))
+        losses[amp] = [e.loss for e in result.history]
+    assert all(np.isfinite(losses["auto"]))
+    np.testing.assert_allclose(losses["auto"], losses["off"], rtol=0.05)
+
+
+@pytest.mark.cuda
+def test_sampled_softmax_with_popularity_trains_on_cuda(
+    small_split: Split, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = SASRecConfig(max_len=30, loss="sampled", num_negatives=16, sampler="popularity")
+    model = build_model("sasrec", small_split.num_users, small_split.num_items, config=config)
+    tables: list[set[str]] = []
+    loss = model.loss
+
+    def recorded(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        tables.append({model.objective.cdf.device.type, model.objective.log_q.device.type})
+        return loss(batch)
+
+    monkeypatch.setattr(model, "loss", recorded)
+    result = train(model, small_split, replace(SMALL, max_epochs=2, device="cuda"))
+    assert tables and all(t == {"cuda"} for t in tables)
+    assert all(np.isfinite(e.loss) for e in result.history)

@@ -15,7 +15,8 @@ from recsys.export import export_onnx
 from recsys.models.base import Query, Recommender
 from recsys.models.caser import Caser, CaserConfig
 from recsys.models.gru4rec import GRU4Rec, GRU4RecConfig
-from recsys.models.layers import attention_mask, full_softmax_loss, trim_left_padding
+from recsys.models.layers import attention_mask, trim_left_padding
+from recsys.models.losses import full_softmax_loss
 from recsys.models.sasrec import SASRec, SASRecConfig
 
 NUM_USERS = 64
@@ -116,7 +117,21 @@ def test_loss_falls_and_next_item_ranks_first(name: str) -> None:
     assert (top == following).float().mean() >= 0.9
 
 
-@pytest.mark.parametrize("loss", ["ce", "bce"])
+def test_sampled_softmax_learns_the_successor_task(name: str) -> None:
+    torch.manual_seed(0)
+    model = build(name, dropout=0.1, loss="sampled", num_negatives=8)
+    batch, query, following = successor_task()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        optimizer.zero_grad()
+        model.loss(batch).backward()
+        optimizer.step()
+    model.eval()
+    top = scores(model, query).argmax(dim=1) + 1
+    assert (top == following).float().mean() >= 0.9
+
+
+@pytest.mark.parametrize("loss", ["ce", "bce", "sampled", "gbce"])
 def test_loss_is_finite_and_reaches_every_parameter_used(name: str, loss: str) -> None:
     model = build(name, loss=loss)
     batch, _, _ = successor_task(seed=1)

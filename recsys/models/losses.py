@@ -1,0 +1,287 @@
+"""Next-item losses of the sequence models over hidden states, chosen by a model's config.
+
+- ``ce``: cross-entropy over ALL items (the full softmax); its (N, I) logits grow with the
+  catalogue.
+- ``bce``: binary cross-entropy of the true item against ``num_negatives`` (default 1)
+  uniform negatives drawn per position (SASRec's original objective).
+- ``sampled``: sampled softmax. ``num_negatives`` (default 256) negatives are drawn once per
+  batch and shared by every position, so the logits are (N, 1 + K) whatever the catalogue.
+  Negatives come uniformly from 1..I or by popularity (training count + 1); popularity-drawn
+  negatives get the log-Q correction ``logit - log(q_j)``, q_j the chance to draw item j. A
+  negative equal to a position's target is masked out of that position's softmax.
+- ``gbce``: gSASRec's generalised BCE (Petrov & Macdonald, RecSys 2023) on the same shared
+  uniform negatives: the positive's log-sigmoid is raised to the power
+  ``beta = alpha * (t * (1 - 1/alpha) + 1/alpha)``, alpha = K / (I - 1), which undoes the
+  overconfidence that sampling negatives gives BCE; ``t`` = 1 is fully calibrated, 0 is BCE.
+
+Every loss is a mean over the positions with a target (``target > 0``). Random draws use
+torch's generator on the hidden states' device, so runs are seeded by ``torch.manual_seed``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from recsys.data.splits import TrainSet
+from recsys.errors import RecsysError
+
+LossKind = Literal["ce", "bce", "sampled", "gbce"]
+Sampler = Literal["uniform", "popularity"]
+# Negatives when ``num_negatives`` is not set: one per position for bce, as in the SASRec
+# paper; 256 shared per batch for sampled and gbce (gSASRec's setting).
+DEFAULT_NEGATIVES = {"bce": 1, "sampled": 256, "gbce": 256}
+# gSASRec's calibration parameter for 256 negatives.
+DEFAULT_GBCE_T = 0.75
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """The loss fields a sequence model's config carries (see the module docstring)."""
+
+    kind: LossKind = "ce"
+    num_negatives: int | None = None
+    sampler: Sampler = "uniform"
+    gbce_t: float = DEFAULT_GBCE_T
+
+    @classmethod
+    def of(cls, config: Any) -> LossSpec:
+        """The loss of a model config with ``loss``, ``num_negatives``, ``sampler``, ``gbce_t``."""
+        return cls(config.loss, config.num_negatives, config.sampler, config.gbce_t)
+
+    def negatives(self) -> int:
+        return self.num_negatives or DEFAULT_NEGATIVES.get(self.kind, 0)
+
+    def check(self, num_items: int) -> None:
+        if self.kind not in ("ce", "bce", "sampled", "gbce"):
+            raise RecsysError(f"unknown loss {self.kind!r}: use ce, bce, sampled or gbce")
+        if self.sampler not in ("uniform", "popularity"):
+            raise RecsysError(f"unknown sampler {self.sampler!r}: use uniform or popularity")
+        if self.num_negatives is not None and self.num_negatives < 1:
+            raise RecsysError(f"num_negatives must be at least 1, got {self.num_negatives}")
+        if self.sampler == "popularity" and self.kind != "sampled":
+            raise RecsysError(
+                f"sampler=popularity is for loss=sampled (its log-Q correction); loss={self.kind} "
+                "draws uniform negatives"
+            )
+        if self.kind == "gbce" and not 0.0 <= self.gbce_t <= 1.0:
+            raise RecsysError(f"gbce_t must be within [0, 1], got {self.gbce_t}")
+        if self.kind == "gbce" and num_items < 2:
+            raise RecsysError("loss=gbce needs at least two items")
+
+
+class NextItemLoss(nn.Module):
+    """The loss of a sequence model: ``loss(hidden, target, item_weight, item_bias)``.
+
+    Holds the popularity sampler's tables as non-persistent buffers: they follow the model
+    to its device but are not weights (not in ``state_dict``, never exported).
+    """
+
+    def __init__(self, spec: LossSpec, num_items: int) -> None:
+        super().__init__()
+        spec.check(num_items)
+        self.spec = spec
+        self.num_items = num_items
+        self.num_negatives = spec.negatives()
+        self.cdf: Tensor
+        self.log_q: Tensor
+        self.register_buffer("cdf", torch.zeros(0, dtype=torch.float64), persistent=False)
+        self.register_buffer("log_q", torch.zeros(0), persistent=False)
+
+    def set_popularity(self, counts: Tensor) -> None:
+        """Draw negatives in proportion to ``counts + 1`` (I,), the items' training counts."""
+        weights = counts.to(torch.float64).flatten() + 1.0
+        if weights.shape != (self.num_items,):
+            raise ValueError(f"popularity needs {self.num_items} counts, got {counts.shape}")
+        q = weights / weights.sum()
+        device = self.log_q.device
+        self.cdf = torch.cumsum(q, 0).to(device)
+        self.log_q = torch.log(q).to(torch.float32).to(device)
+
+    def prepare(self, train: TrainSet) -> None:
+        """Popularity tables from the training events, when negatives are drawn by popularity."""
+        if self.spec.sampler == "popularity":
+            counts = np.bincount(train.item_idx, minlength=self.num_items + 1)[1:]
+            self.set_popularity(torch.from_numpy(counts[: self.num_items]))
+
+    def draw(self, device: torch.device) -> Tensor:
+        """This batch's shared negatives (K,), item indices in 1..I."""
+        k = self.num_negatives
+        if self.spec.sampler == "popularity":
+            if self.cdf.numel() != self.num_items:
+                raise RuntimeError("popularity sampling needs prepare() or set_popularity()")
+            u = torch.rand(k, dtype=torch.float64, device=device)
+            picked = torch.searchsorted(self.cdf, u, right=True)
+            return picked.clamp(max=self.num_items - 1) + 1
+        return torch.randint(1, self.num_items + 1, (k,), device=device)
+
+    def forward(
+        self,
+        hidden: Tensor,
+        target: Tensor,
+        item_weight: Tensor,
+        item_bias: Tensor | None = None,
+    ) -> Tensor:
+        """Mean loss over the positions with a target.
+
+        ``hidden`` (..., D), ``target`` (...) item indices with 0 = no target, ``item_weight``
+        (I + 1, D) with row 0 padding, optional ``item_bias`` (I + 1,).
+        """
+        kind = self.spec.kind
+        if kind == "ce":
+            return full_softmax_loss(hidden, target, item_weight, item_bias)
+        if kind == "bce":
+            return sampled_bce_loss(
+                hidden, target, item_weight, self.num_items, item_bias, self.num_negatives
+            )
+        keep = target > 0
+        if not bool(keep.any()):
+            return _no_targets(hidden)
+        negatives = self.draw(hidden.device)  # (K,)
+        states, positives = hidden[keep], target[keep]  # (N, D), (N,)
+        if kind == "sampled":
+            log_q = self.log_q[negatives - 1] if self.spec.sampler == "popularity" else None
+            return sampled_softmax_loss(states, positives, negatives, item_weight, item_bias, log_q)
+        return gbce_loss(
+            states, positives, negatives, item_weight, self.num_items, self.spec.gbce_t, item_bias
+        )
+
+
+def _no_targets(hidden: Tensor) -> Tensor:
+    # A batch without any target still needs a differentiable zero, not mean() of nothing (NaN).
+    return hidden.sum() * 0.0
+
+
+def full_softmax_loss(
+    hidden: Tensor, target: Tensor, item_weight: Tensor, item_bias: Tensor | None = None
+) -> Tensor:
+    """Mean cross-entropy of the next item over ALL items, at every non-padding position.
+
+    ``hidden`` (B, L, D), ``target`` (B, L) item indices with 0 = no target (any leading
+    shape works, e.g. (N, D) and (N,)), ``item_weight``
+    (I + 1, D) with row 0 padding (never a class), optional ``item_bias`` (I + 1,). Only the
+    N positions with a target are gathered before the (N, D) @ (D, I) product: on left-padded
+    batches of short histories this is most of the cost of a training step.
+    """
+    keep = target > 0  # (B, L)
+    if not bool(keep.any()):
+        return _no_targets(hidden)
+    states = hidden[keep]  # (N, D)
+    logits = states @ item_weight[1:].T  # (N, I)
+    if item_bias is not None:
+        logits = logits + item_bias[1:]
+    return F.cross_entropy(logits, target[keep] - 1)
+
+
+def sampled_bce_loss(
+    hidden: Tensor,
+    target: Tensor,
+    item_weight: Tensor,
+    num_items: int,
+    item_bias: Tensor | None = None,
+    num_negatives: int = 1,
+) -> Tensor:
+    """Binary cross-entropy of the true next item against uniformly sampled negatives.
+
+    One positive and ``num_negatives`` negatives per non-padding position (SASRec's original
+    objective). Negatives are drawn uniformly from 1..I and may occasionally hit an item of
+    the sequence; the paper resamples those, which matters little for large catalogues.
+    """
+    keep = target > 0  # (B, L)
+    if not bool(keep.any()):
+        return _no_targets(hidden)
+    states = hidden[keep]  # (N, D)
+    positives = target[keep]  # (N,)
+    negatives = torch.randint(
+        1, num_items + 1, (positives.shape[0], num_negatives), device=target.device
+    )  # (N, K)
+    pos_logits = (states * item_weight[positives]).sum(-1)  # (N,)
+    neg_logits = (states.unsqueeze(1) * item_weight[negatives]).sum(-1)  # (N, K)
+    if item_bias is not None:
+        pos_logits = pos_logits + item_bias[positives]
+        neg_logits = neg_logits + item_bias[negatives]
+    pos_loss = F.binary_cross_entropy_with_logits(pos_logits, torch.ones_like(pos_logits))
+    neg_loss = F.binary_cross_entropy_with_logits(
+        neg_logits, torch.zeros_like(neg_logits), reduction="none"
+    ).sum(-1)
+    return pos_loss + neg_loss.mean()
+
+
+def _pair_logits(
+    states: Tensor,
+    positives: Tensor,
+    negatives: Tensor,
+    item_weight: Tensor,
+    item_bias: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """Logits of each position's target (N,) and of the shared negatives (N, K).
+
+    One embedding lookup of the N + K rows: its backward allocates the dense (I + 1, D)
+    gradient once (indexing allocates it twice, and once more per extra gather).
+    """
+    n = len(positives)
+    items = torch.cat([positives, negatives])  # (N + K,)
+    rows = F.embedding(items, item_weight)  # (N + K, D)
+    pos_logits = (states * rows[:n]).sum(-1)  # (N,)
+    neg_logits = states @ rows[n:].T  # (N, K)
+    if item_bias is not None:
+        bias = item_bias[items]  # (N + K,)
+        pos_logits = pos_logits + bias[:n]
+        neg_logits = neg_logits + bias[n:]
+    return pos_logits.float(), neg_logits.float()
+
+
+def sampled_softmax_loss(
+    states: Tensor,
+    positives: Tensor,
+    negatives: Tensor,
+    item_weight: Tensor,
+    item_bias: Tensor | None = None,
+    log_q: Tensor | None = None,
+) -> Tensor:
+    """Mean cross-entropy of each target against the shared negatives: (N, 1 + K) logits.
+
+    ``states`` (N, D), ``positives`` (N,) and ``negatives`` (K,) item indices in 1..I,
+    ``log_q`` (K,) the log-probability each negative had to be drawn (popularity sampling)
+    or None. A negative equal to a row's target is masked out of that row.
+    """
+    pos_logits, neg_logits = _pair_logits(states, positives, negatives, item_weight, item_bias)
+    if log_q is not None:
+        neg_logits = neg_logits - log_q.float()
+    collide = negatives.unsqueeze(0) == positives.unsqueeze(1)  # (N, K)
+    neg_logits = neg_logits.masked_fill(collide, float("-inf"))
+    logits = torch.cat([pos_logits.unsqueeze(1), neg_logits], dim=1)  # (N, 1 + K)
+    return torch.logsumexp(logits, dim=1).sub(pos_logits).mean()
+
+
+def gbce_beta(num_negatives: int, num_items: int, t: float) -> float:
+    """gSASRec's beta for K negatives out of I items at calibration ``t``."""
+    alpha = num_negatives / (num_items - 1)
+    return alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
+
+
+def gbce_loss(
+    states: Tensor,
+    positives: Tensor,
+    negatives: Tensor,
+    item_weight: Tensor,
+    num_items: int,
+    t: float,
+    item_bias: Tensor | None = None,
+) -> Tensor:
+    """gBCE per position: ``-(beta * log sigmoid(s+) + sum_k log(1 - sigmoid(s_k))) / (1 + K)``.
+
+    The mean over the 1 + K terms of a position follows gSASRec's code; a negative equal to
+    the row's target is left out (its term is zero).
+    """
+    pos_logits, neg_logits = _pair_logits(states, positives, negatives, item_weight, item_bias)
+    beta = gbce_beta(len(negatives), num_items, t)
+    collide = negatives.unsqueeze(0) == positives.unsqueeze(1)  # (N, K)
+    neg_terms = F.softplus(neg_logits).masked_fill(collide, 0.0).sum(1)  # -log(1 - sigmoid)
+    per_position = -beta * F.logsigmoid(pos_logits) + neg_terms
+    return (per_position / (1 + len(negatives))).mean()
