@@ -114,6 +114,16 @@ class Settings(BaseSettings):
             "unset",
         ),
     )
+    ann_min_items: int = Field(
+        default=200_000,
+        ge=1,
+        json_schema_extra=_doc(
+            "catalogue size from which a sequence model is also exported with its user encoder "
+            "and an item index (checked at registration: recall@10 >= 0.95), and served "
+            "through the index instead of scoring every item",
+            "`200000`",
+        ),
+    )
     service_url: str | None = Field(
         default=None,
         json_schema_extra=_doc("service the retrain flow tells to reload on promotion", "unset"),
