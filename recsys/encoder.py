@@ -234,7 +234,9 @@ def check_retrieval(
     if not passed:
         reason = (
             f"item index recall@{RECALL_K} = {share:.3f} against exact scoring on "
-            f"{len(queries)} test users, below {MIN_RECALL:g}"
+            f"{len(queries)} test users, below {MIN_RECALL:g} (with {index.params.probes} of "
+            f"{index.params.lists} cells searched); to serve this catalogue by scoring every "
+            "item, set RECSYS_ANN_MIN_ITEMS above its size"
         )
     return RetrievalCheck(
         passed,

@@ -273,6 +273,7 @@ def test_an_item_index_below_the_recall_floor_makes_the_version_unservable(
     assert not check["passed"] and check["recall_at_10"] < 0.95
     assert record.error is not None and "item index" in record.error
     assert f"recall@10 = {check['recall_at_10']:.3f}" in record.error
+    assert "RECSYS_ANN_MIN_ITEMS" in record.error  # how to serve it anyway: every item scored
     with pytest.raises(registry.RegistryError, match="unservable"):
         registry.promote(engine, record.version, actor="x", reason="try")
     with pytest.raises(registry.RegistryError, match="recall@10"):
