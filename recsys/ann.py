@@ -11,13 +11,11 @@ faiss only; no torch.
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +23,6 @@ import numpy as np
 import numpy.typing as npt
 
 from recsys.errors import RecsysError
-
-logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -98,7 +94,7 @@ class ItemIndex:
 
     def with_probes(self, probes: int) -> ItemIndex:
         """The same index, searched through ``probes`` cells."""
-        return ItemIndex(self._index, dataclasses.replace(self.params, probes=probes))
+        return ItemIndex(self._index, replace(self.params, probes=probes))
 
     @property
     def size(self) -> int:
