@@ -2,8 +2,10 @@
 
 A version's folder holds the ONNX graph, the weights (``.npz``), the config, the id maps,
 the training popularity, the metrics and the evaluation report, plus a manifest of every
-file's sha256. Nothing in it needs unpickling. This module never imports torch: the
-``recommend`` path and the service load and score artifacts through it.
+file's sha256; a sequence model over a large catalogue also carries its user encoder, the
+item vectors it scores with and their nearest-neighbour index (:mod:`recsys.ann`). Nothing
+in it needs unpickling. This module never imports torch: the ``recommend`` path and the
+service load and score artifacts through it.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from recsys.errors import RecsysError
+
+if TYPE_CHECKING:
+    from recsys.ann import ItemIndex
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +40,9 @@ METRICS_FILE = "metrics.json"
 EVALUATION_FILE = "evaluation.json"
 REPORT_FILE = "report.md"
 MANIFEST_FILE = "manifest.json"
+ENCODER_FILE = "encoder.onnx"
+OUTPUT_VECTORS_FILE = "output_vectors.npy"
+INDEX_FILE = "items.index"
 # Written before the manifest; the manifest then records a sha256 for each of them.
 ARTIFACT_FILES = (
     ONNX_FILE,
@@ -47,6 +55,9 @@ ARTIFACT_FILES = (
     EVALUATION_FILE,
     REPORT_FILE,
 )
+# Only in an artifact served through its item index (the config's ``retrieval`` says so).
+RETRIEVAL_FILES = (ENCODER_FILE, OUTPUT_VECTORS_FILE, INDEX_FILE)
+ENCODER_OUTPUT = "vectors"
 
 FloatArray = npt.NDArray[np.float32]
 Int64Array = npt.NDArray[np.int64]
@@ -87,7 +98,8 @@ def write_manifest(folder: Path) -> dict[str, str]:
     missing = [name for name in ARTIFACT_FILES if not (folder / name).is_file()]
     if missing:
         raise ArtifactIntegrityError(f"artifact in {folder} lacks {', '.join(missing)}")
-    hashes = {name: sha256_file(folder / name) for name in ARTIFACT_FILES}
+    names = [*ARTIFACT_FILES, *(n for n in RETRIEVAL_FILES if (folder / n).is_file())]
+    hashes = {name: sha256_file(folder / name) for name in names}
     write_json(folder / MANIFEST_FILE, {"sha256": hashes})
     return hashes
 
@@ -105,7 +117,8 @@ def verify(folder: Path, onnx_sha256: str | None = None) -> None:
         raise ArtifactIntegrityError(
             f"{folder / MANIFEST_FILE} does not match the registry's ONNX sha256 {onnx_sha256}"
         )
-    for name in ARTIFACT_FILES:
+    optional = [name for name in RETRIEVAL_FILES if name in recorded]
+    for name in (*ARTIFACT_FILES, *optional):
         path = folder / name
         if name not in recorded:
             raise ArtifactIntegrityError(f"{folder / MANIFEST_FILE} has no sha256 for {name}")
@@ -155,7 +168,20 @@ class Artifact:
         )
         if len(artifact.item_ids) != artifact.num_items or len(popularity) != artifact.num_items:
             raise ArtifactIntegrityError(f"{folder}: id maps disagree with the config")
+        if artifact.retrieval is not None:
+            unlisted = [name for name in RETRIEVAL_FILES if artifact.manifest_sha256(name) is None]
+            if unlisted:
+                raise ArtifactIntegrityError(
+                    f"{folder}: served through an item index but the manifest lacks "
+                    f"{', '.join(unlisted)}"
+                )
         return artifact
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The artifact's files (the manifest aside)."""
+        present = [name for name in RETRIEVAL_FILES if (self.folder / name).is_file()]
+        return (*ARTIFACT_FILES, *present)
 
     def manifest_sha256(self, name: str) -> str | None:
         """The sha256 the manifest records for one of the artifact's files."""
@@ -213,18 +239,58 @@ class Artifact:
         return unit
 
     @property
+    def retrieval(self) -> dict[str, Any] | None:
+        """How the artifact's item index was built and checked; None when every request
+        scores every item (a small catalogue, or a model whose scores are no product)."""
+        value = self.config.get("retrieval")
+        return dict(value) if value else None
+
+    @property
     def session(self) -> Any:
         """The onnxruntime session, created on first use."""
         if self._session is None:
-            import onnxruntime as ort
-
-            options = ort.SessionOptions()
-            if self.threads:
-                options.intra_op_num_threads = self.threads
-            self._session = ort.InferenceSession(
-                str(self.folder / ONNX_FILE), options, providers=["CPUExecutionProvider"]
-            )
+            self._session = self._new_session(str(self.folder / ONNX_FILE))
         return self._session
+
+    def _new_session(self, graph: str | bytes) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+    @cached_property
+    def _encoder_session(self) -> Any:
+        if self.retrieval is None:
+            raise RecsysError(f"v{self.version} ({self.family}) has no item index")
+        return self._new_session(str(self.folder / ENCODER_FILE))
+
+    def encode(self, history: Int64Array) -> FloatArray:
+        """User vectors (B, D) of left-padded histories (B, L): the encoder graph, which is
+        the scoring graph without its product with :attr:`output_vectors`."""
+        feeds = self._feeds(history, None)
+        (vectors,) = self._encoder_session.run([ENCODER_OUTPUT], {"history": feeds["history"]})
+        return np.asarray(vectors, dtype=np.float32)
+
+    @cached_property
+    def output_vectors(self) -> FloatArray:
+        """The item vectors (I, D) the scores are inner products with, memory-mapped."""
+        vectors: FloatArray = np.load(
+            self.folder / OUTPUT_VECTORS_FILE, mmap_mode="r", allow_pickle=False
+        )
+        if vectors.ndim != 2 or vectors.shape[0] != self.num_items:
+            raise ArtifactIntegrityError(f"{self.folder}: output vectors disagree with the config")
+        return vectors
+
+    @cached_property
+    def index(self) -> ItemIndex:
+        """The nearest-neighbour index over :attr:`output_vectors`, loaded on first use."""
+        from recsys.ann import ItemIndex
+
+        if self.retrieval is None:
+            raise RecsysError(f"v{self.version} ({self.family}) has no item index")
+        return ItemIndex.load(self.folder / INDEX_FILE, self.retrieval, threads=self.threads)
 
     def score(self, history: Int64Array | None, users: Int64Array | None) -> FloatArray:
         """Scores (B, I) for left-padded histories (B, L) and/or user indices (B,)."""
@@ -247,7 +313,6 @@ class Artifact:
     @cached_property
     def _top_session(self) -> Any:
         import onnx
-        import onnxruntime as ort
 
         proto = onnx.load(str(self.folder / ONNX_FILE))
         graph = proto.graph
@@ -264,12 +329,7 @@ class Artifact:
                 onnx.helper.make_tensor_value_info("top_columns", onnx.TensorProto.INT64, None),
             ]
         )
-        options = ort.SessionOptions()
-        if self.threads:
-            options.intra_op_num_threads = self.threads
-        return ort.InferenceSession(
-            proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
+        return self._new_session(proto.SerializeToString())
 
     def _feeds(self, history: Int64Array | None, users: Int64Array | None) -> dict[str, Any]:
         feeds: dict[str, Any] = {}

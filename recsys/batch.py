@@ -1,9 +1,9 @@
 """Batch scoring: top-k for every user through onnxruntime, stored in ``recommendations``.
 
 Histories come from one extracted snapshot, are translated into the artifact's indices and
-ranked in batches by :func:`recsys.ranking.rank_rows`, under the rules of every ranking (seen
-and unavailable items excluded, the training popularity for users the model cannot
-personalise). The new
+ranked in batches by :func:`recsys.retrieval.rank_rows` (the item index's candidates when the
+artifact has one), under the rules of every ranking (seen and unavailable items excluded, the
+training popularity for users the model cannot personalise). The new
 lists replace the previous batch in one transaction, so readers see either the old batch or
 the new one, never a mix. No torch import.
 """
@@ -27,7 +27,7 @@ from recsys.data.extract import extract
 from recsys.data.splits import Ragged, left_padded
 from recsys.db.catalogue import unavailable_items
 from recsys.db.schema import recommendations_table
-from recsys.ranking import rank_rows
+from recsys.retrieval import rank_rows
 
 logger = logging.getLogger(__name__)
 

@@ -40,8 +40,10 @@ from recsys.artifacts import (
     write_json,
     write_manifest,
 )
+from recsys.config import get_settings
 from recsys.data.features import SideInfo
 from recsys.data.splits import EvalSet, left_padded
+from recsys.encoder import RetrievalCheck, uses_index, write_retrieval
 from recsys.errors import RecsysError
 from recsys.models import build_model, spec
 from recsys.models.base import Query, Recommender
@@ -99,6 +101,7 @@ class ExportedArtifact:
     opset: int
     parity: Parity
     files: dict[str, str] = field(default_factory=dict)
+    retrieval: RetrievalCheck | None = None  # the item index's checks, when it has one
 
 
 def example_inputs(model: Recommender, batch_size: int = EXAMPLE_BATCH) -> tuple[Tensor, ...]:
@@ -239,14 +242,17 @@ def write_artifact(
     version: int,
     code_version: str,
     check: bool = True,
+    ann_min_items: int | None = None,
 ) -> ExportedArtifact:
     """Export ``outcome.model`` to ``folder`` with everything needed to trust and reload it.
 
     Files: model.onnx (with metadata), weights.npz, config.json, id_maps.json,
     popularity.json, item_vectors.npy (similar items, explanations), metrics.json,
-    evaluation.json, report.md and manifest.json (sha256 of every file). Parity is measured
-    here; a failed check is returned, not raised, so the caller can record the version as
-    unservable with the reason.
+    evaluation.json, report.md and manifest.json (sha256 of every file). A sequence model
+    over at least ``ann_min_items`` items (``RECSYS_ANN_MIN_ITEMS`` when None) also gets
+    encoder.onnx, output_vectors.npy and items.index (:mod:`recsys.encoder`). Parity (and the
+    index's recall) is measured here; a failed check is returned, not raised, so the caller
+    can record the version as unservable with the reason.
     """
     folder.mkdir(parents=True, exist_ok=False)
     model = outcome.model.cpu().eval()  # training returns it there; export and parity need it
@@ -267,12 +273,27 @@ def write_artifact(
     }
     onnx_path = folder / ONNX_FILE
     export_onnx(model, onnx_path, metadata=metadata)
+    batches = parity_batches(model, data.test) if check else []
     parity = (
-        check_parity(model, onnx_path, parity_batches(model, data.test))
+        check_parity(model, onnx_path, batches)
         if check
         else Parity(False, None, None, [], PARITY_ATOL, "parity not checked")
     )
     logger.info("exported %s v%d: parity %s", outcome.name, version, parity)
+    min_items = get_settings().ann_min_items if ann_min_items is None else ann_min_items
+    retrieval = None
+    if check and uses_index(model, min_items):
+        retrieval = write_retrieval(
+            model,
+            folder,
+            batches,
+            data.test,
+            data.valid,
+            metadata=metadata,
+            opset=OPSET,
+            atol=PARITY_ATOL,
+        )
+        logger.info("%s v%d: item index %s", outcome.name, version, retrieval)
 
     state = {name: tensor.detach().cpu().numpy() for name, tensor in model.state_dict().items()}
     with (folder / WEIGHTS_FILE).open("wb") as handle:
@@ -297,6 +318,7 @@ def write_artifact(
             "exporter": EXPORTER,
             "recsys_version": __version__,
             "side_feature_names": side_names,
+            "retrieval": None if retrieval is None else retrieval.index,
         },
     )
     write_json(
@@ -332,12 +354,15 @@ def write_artifact(
         folder / EVALUATION_FILE,
         {"training": summary, "test": outcome.test.to_dict(per_user=True)},
     )
-    (folder / REPORT_FILE).write_text(evaluation_report(outcome, version, parity), "utf-8")
+    report = evaluation_report(outcome, version, parity, retrieval)
+    (folder / REPORT_FILE).write_text(report, "utf-8")
     files = write_manifest(folder)
-    return ExportedArtifact(folder, files[ONNX_FILE], OPSET, parity, files)
+    return ExportedArtifact(folder, files[ONNX_FILE], OPSET, parity, files, retrieval)
 
 
-def evaluation_report(outcome: Outcome, version: int, parity: Parity) -> str:
+def evaluation_report(
+    outcome: Outcome, version: int, parity: Parity, retrieval: RetrievalCheck | None = None
+) -> str:
     """The version's evaluation report in markdown: data, split, training, metrics, parity."""
     summary = outcome.to_dict()
     snap = summary["snapshot"]
@@ -378,6 +403,8 @@ def evaluation_report(outcome: Outcome, version: int, parity: Parity) -> str:
     ]
     if parity.reason:
         lines.append(f"- reason: {parity.reason}")
+    if retrieval is not None:
+        lines += retrieval.report_lines()
     lines += ["", "## Data quality", "", outcome.quality.to_markdown(), ""]
     return "\n".join(lines)
 

@@ -193,12 +193,18 @@ def score_rows(
     scores[~rows] = artifact.popularity
     which = np.flatnonzero(rows)
     if len(which):
-        tails = [knowns[int(r)][-artifact.max_len :] for r in which]
-        window = np.zeros((len(which), max(1, max(len(t) for t in tails))), dtype=np.int64)
-        for n, tail in enumerate(tails):
-            window[n, window.shape[1] - len(tail) :] = tail
+        window = history_window(artifact, [knowns[int(r)] for r in which])
         scores[which] = artifact.score(window, users[which])  # (B', I)
     return scores, [None if p else POPULAR for p in rows.tolist()]
+
+
+def history_window(artifact: Artifact, knowns: Sequence[IntArray]) -> IntArray:
+    """The last ``max_len`` known items of each history, left-padded to the longest, (B, L)."""
+    tails = [known[-artifact.max_len :] for known in knowns]
+    window = np.zeros((len(tails), max(1, max((len(t) for t in tails), default=0))), np.int64)
+    for n, tail in enumerate(tails):
+        window[n, window.shape[1] - len(tail) :] = tail
+    return window
 
 
 def top_columns(scores: FloatArray, k: int) -> IntArray:
@@ -252,6 +258,7 @@ def rank_scores(
     unknown_items: Sequence[str] = (),
     user_id: str | None = None,
     known_user: bool | None = None,
+    candidates: IntArray | None = None,
 ) -> Ranking:
     """The top-``k`` list of one writable score row (I,).
 
@@ -259,24 +266,29 @@ def rank_scores(
     the catalogue's unavailable items are never returned: their scores become ``-inf``, and a
     list with fewer such items than ``k`` is shorter. The filters' soft part is asked of the
     ``catalogue`` and backfilled when too strict. With ``explain_with`` (the known history's
-    item indices) each item says which history items it is most similar to. The last four
-    arguments are carried into the result.
+    item indices) each item says which history items it is most similar to. The next four
+    arguments are carried into the result. With ``candidates`` (C,), ``scores`` holds those
+    columns' scores only, (C,), and the list is ranked among them by the same rules (an
+    item index's nearest items, see :mod:`recsys.retrieval`).
     """
-    if len(excluded):
-        scores[excluded] = -np.inf
-    if filters.exclude_items:
-        scores[item_columns(artifact, filters.exclude_items)] = -np.inf
-    if catalogue is not None and len(catalogue.unavailable):
-        scores[catalogue.unavailable] = -np.inf
+    hidden = [excluded, item_columns(artifact, filters.exclude_items)]
+    if catalogue is not None:
+        hidden.append(catalogue.unavailable)
+    for columns in hidden:
+        if len(columns):
+            where = columns if candidates is None else _members(candidates, columns)
+            scores[where] = -np.inf
     soft: BoolArray | None = None
     warnings: Sequence[str] = ()
     if filters.soft:
         if catalogue is None:
             raise RecsysError("soft filters (genres, attributes, years, prices) need a catalogue")
         soft, warnings = catalogue.mask(filters)
-    columns, backfilled = select(scores, k, soft)
-    chosen = columns.tolist()
-    values = scores[columns].tolist()
+        if soft is not None and candidates is not None:
+            soft = soft[candidates]
+    picked, backfilled = select(scores, k, soft)
+    values = scores[picked].tolist()
+    chosen = (picked if candidates is None else candidates[picked]).tolist()
     passing = len(chosen) - backfilled
     ids = artifact.item_ids
     titles = catalogue.titles if catalogue is not None else None
@@ -304,6 +316,16 @@ def rank_scores(
         user_id,
         known_user,
     )
+
+
+def _members(candidates: IntArray, columns: IntArray) -> BoolArray:
+    """Which ``candidates`` are among ``columns``: by binary search when ``columns`` is sorted
+    (the catalogue's unavailable items, perhaps many), else by ``np.isin``."""
+    if len(columns) > 1 and bool((columns[1:] >= columns[:-1]).all()):
+        at = np.minimum(np.searchsorted(columns, candidates), len(columns) - 1)
+        found: BoolArray = columns[at] == candidates
+        return found
+    return np.isin(candidates, columns)
 
 
 def explanations(
@@ -431,11 +453,11 @@ def rank_rows(
         popular = artifact.popular_columns[:wanted]
         columns[cold] = popular
         values[cold] = artifact.popularity[popular]
-    chosen, chosen_values = _without_seen(columns, values, counts, seen, num_items, k, unavailable)
+    chosen, chosen_values = without_seen(columns, values, counts, seen, num_items, k, unavailable)
     return chosen, chosen_values, rows
 
 
-def _without_seen(
+def without_seen(
     columns: IntArray,
     values: FloatArray,
     counts: IntArray,

@@ -16,7 +16,7 @@ from pathlib import Path
 import bentoml
 
 from recsys import registry
-from recsys.artifacts import ARTIFACT_FILES, MANIFEST_FILE, Artifact
+from recsys.artifacts import MANIFEST_FILE, Artifact
 from recsys.config import get_settings
 from recsys.db.engine import create_engine
 
@@ -36,7 +36,7 @@ def save_champion(ref: int | str = registry.CHAMPION) -> str:
     metadata = {key: artifact.config[key] for key in keys}
     metadata["onnx_sha256"] = artifact.manifest_sha256("model.onnx") or ""
     with bentoml.models.create(MODEL_NAME, labels=labels, metadata=metadata) as model:
-        for name in (*ARTIFACT_FILES, MANIFEST_FILE):
+        for name in (*artifact.files, MANIFEST_FILE):
             shutil.copy2(artifact.folder / name, Path(model.path) / name)
     return str(model.tag)
 

@@ -4,8 +4,9 @@ Everything a request needs that is not HTTP lives here: id maps, each user's his
 from the live database (an event recorded a moment ago counts), the catalogue the filters
 read, similar items from the model's item representations, and the atomic swap to a new
 champion. The ranking itself (cold starts, seen and excluded items, filters with backfill,
-explanations) is :mod:`recsys.ranking`'s, the same as the CLI's and the batch's. Imports
-neither torch nor bentoml.
+explanations) is :mod:`recsys.ranking`'s, the same as the CLI's and the batch's, reached
+through :mod:`recsys.retrieval` (the item index's candidates when the artifact has one).
+Imports neither torch nor bentoml.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from recsys import ranking, registry
+from recsys import ranking, registry, retrieval
 from recsys.artifacts import ONNX_FILE, Artifact
 from recsys.catalogue import Catalogue
 from recsys.config import DEFAULT_FUTURE_TOLERANCE_SECONDS
@@ -101,6 +102,9 @@ class LoadedModel:
             self.artifact.score(history, np.ones(rows, dtype=np.int64))
         if self.artifact.unit_vectors is not None:
             self.artifact.unit_vectors[:1] @ self.artifact.unit_vectors[:8].T
+        if self.artifact.retrieval is not None:  # the encoder and the index, loaded and run
+            history = np.ones((1, 1), dtype=np.int64)
+            self.artifact.index.search(self.artifact.encode(history), 10)
 
 
 def load_model(engine: Engine, ref: int | str = registry.CHAMPION, threads: int = 1) -> LoadedModel:
@@ -403,7 +407,7 @@ class Scorer:
                 by_model.setdefault(id(route[0]), []).append(i)
             for rows in by_model.values():
                 model = routes[rows[0]][0]
-                rankings = ranking.recommend_many(
+                rankings = retrieval.recommend_many(
                     model.artifact, [requests[i] for i in rows], catalogue=model.catalogue
                 )
                 for i, ranked in zip(rows, rankings, strict=True):
@@ -453,7 +457,7 @@ class Scorer:
         model, arm, experiment = _route(self.model, self._arms, user_id or session_id)
         _check_k(k)
         _check_list("item_ids", item_ids)
-        ranked = ranking.recommend(
+        ranked = retrieval.recommend(
             model.artifact,
             item_ids,
             k=k,
@@ -547,7 +551,7 @@ class Scorer:
         model = self.model
         _check_list("item_ids", item_ids)
         history = _retry_on_disconnect(lambda: user_history(self.engine, user_id)) or []
-        return ranking.score_items(model.artifact, history, item_ids, user_id=user_id)
+        return retrieval.score_items(model.artifact, history, item_ids, user_id=user_id)
 
     def record_events(self, events: Sequence[Event]) -> Recorded:
         """Store events after the checks an import applies (ids, time range, value range).

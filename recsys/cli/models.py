@@ -126,6 +126,13 @@ def train_model(
         f"{'passed' if parity.get('passed') else 'FAILED'}, max |diff| "
         f"{parity.get('max_abs_diff')}; artifact {record.artifact_path}"
     )
+    index = parity.get("retrieval")
+    if index:
+        typer.echo(
+            f"item index: {'passed' if index['passed'] else 'FAILED'}, recall@10 "
+            f"{index['recall_at_10']} on {index['users']} test users ({index['index']['probes']} "
+            f"of {index['index']['lists']} cells searched)"
+        )
     if decision is not None:
         verdict = "promoted to champion" if decision.promoted else "not promoted"
         typer.echo(f"gate: {verdict}: {decision.reason}")

@@ -25,7 +25,7 @@ def recommend(
     from recsys import registry
     from recsys.catalogue import Catalogue
     from recsys.db.queries import user_history
-    from recsys.ranking import recommend as rank
+    from recsys.retrieval import recommend as rank
 
     engine = current_engine()
     artifact = registry.load_artifact(engine, version_ref(version))

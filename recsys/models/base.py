@@ -83,6 +83,19 @@ class Recommender(nn.Module):
         """Scores of all items, (B, I); higher is better."""
         raise NotImplementedError
 
+    def output_vectors(self) -> Tensor | None:
+        """The item table (I, D) that ``score`` takes inner products with, or None.
+
+        A model that gives one also gives :meth:`encode`, with ``score(query) ==
+        encode(query) @ output_vectors().T``: a large catalogue is then served through a
+        nearest-neighbour index over these vectors instead of scoring every item.
+        """
+        return None
+
+    def encode(self, query: Query) -> Tensor:
+        """User vectors (B, D): ``score`` without its final product with ``output_vectors``."""
+        raise NotImplementedError(f"{type(self).__name__} scores are not a product with items")
+
     def item_vectors(self) -> Tensor | None:
         """Item representations (I, D), row ``j`` for item index ``j + 1``, or None.
 

@@ -120,5 +120,15 @@ class Caser(Recommender):
         z = self._encode(last)  # (B, D)
         return z @ self.output_items.weight[1:].T + self.output_bias[1:]  # (B, I)
 
+    def encode(self, query: Query) -> Tensor:
+        assert query.history is not None, "Caser scores histories"
+        window = self.config.window
+        z = self._encode(F.pad(query.history, (window - 1, 0))[:, -window:])  # (B, D)
+        return torch.cat([z, torch.ones_like(z[:, :1])], dim=1)  # (B, D + 1): 1 meets the bias
+
+    def output_vectors(self) -> Tensor:
+        weights = self.output_items.weight[1:]  # (I, D)
+        return torch.cat([weights, self.output_bias[1:, None]], dim=1).detach()  # (I, D + 1)
+
     def item_vectors(self) -> Tensor:
         return self.items.weight[1:].detach()  # (I, D) the input embeddings

@@ -110,14 +110,19 @@ class GRU4Rec(Recommender):
     def prepare_training(self, train: TrainSet) -> None:
         self.objective.prepare(train)
 
-    def score(self, query: Query) -> Tensor:
+    def encode(self, query: Query) -> Tensor:
         assert query.history is not None, "GRU4Rec scores histories"
         history = query.history[:, -self.config.max_len :]  # (B, L)
         out, pads, _ = self._run(history)  # (B, L, D)
         # Output at the last item (index 0 for an empty history, whose scores are arbitrary).
         last = (history.shape[1] - 1 - pads).clamp(min=0)  # (B,)
-        final = out.gather(1, last.view(-1, 1, 1).expand(-1, 1, out.shape[2])).squeeze(1)
-        return final @ self.items.weight[1:].T  # (B, I)
+        return out.gather(1, last.view(-1, 1, 1).expand(-1, 1, out.shape[2])).squeeze(1)
+
+    def score(self, query: Query) -> Tensor:
+        return self.encode(query) @ self.items.weight[1:].T  # (B, I)
+
+    def output_vectors(self) -> Tensor:
+        return self.items.weight[1:].detach()  # (I, D) the tied output layer
 
     def item_vectors(self) -> Tensor:
         return self.items.weight[1:].detach()  # (I, D) the input embeddings

@@ -115,11 +115,16 @@ class SASRec(Recommender):
     def prepare_training(self, train: TrainSet) -> None:
         self.objective.prepare(train)
 
-    def score(self, query: Query) -> Tensor:
+    def encode(self, query: Query) -> Tensor:
         assert query.history is not None, "SASRec scores histories"
         history = query.history[:, -self.config.max_len :]  # (B, L)
-        hidden = self._encode(history)  # (B, L, D)
-        return hidden[:, -1] @ self.items.weight[1:].T  # (B, I)
+        return self._encode(history)[:, -1]  # (B, D) the last position's hidden state
+
+    def score(self, query: Query) -> Tensor:
+        return self.encode(query) @ self.items.weight[1:].T  # (B, I)
+
+    def output_vectors(self) -> Tensor:
+        return self.items.weight[1:].detach()  # (I, D) the shared item embedding
 
     def item_vectors(self) -> Tensor:
         return self.items.weight[1:].detach()  # (I, D) the input embeddings

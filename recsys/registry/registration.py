@@ -2,9 +2,10 @@
 
 A version is reserved (``pending``, invisible), its artifact written into a ``.partial``
 folder and renamed into place, and only then made visible in one transaction (``ready``, or
-``unservable`` when the ONNX graph failed parity). A registration that raises marks its
-row ``failed`` and removes its folder; one that dies leaves an invisible ``pending`` row and
-a ``.partial`` folder that :func:`recsys.registry.housekeeping.sweep` clears.
+``unservable`` when the ONNX graph failed parity, or its item index the recall check). A
+registration that raises marks its row ``failed`` and removes its folder; one that dies
+leaves an invisible ``pending`` row and a ``.partial`` folder that
+:func:`recsys.registry.housekeeping.sweep` clears.
 """
 
 from __future__ import annotations
@@ -47,9 +48,13 @@ def register(
     *,
     artifacts_dir: Path,
     flow_run_id: str | None = None,
+    ann_min_items: int | None = None,
 ) -> ModelRecord:
     """Export ``outcome`` to ONNX with parity, write its artifact and register the version.
 
+    A sequence model over at least ``ann_min_items`` items (``RECSYS_ANN_MIN_ITEMS`` when
+    None) also gets its item index, whose recall@10 against exact scoring is recorded with
+    the parity (``parity["retrieval"]``); under 0.95 the version is unservable.
     Atomic for readers: the version becomes visible only in the final transaction, after the
     artifact folder is complete and in place. Returns the record (``ready`` or
     ``unservable``); raises after marking the row ``failed`` if anything goes wrong.
@@ -60,9 +65,18 @@ def register(
     partial = partial_folder(artifacts_dir, version, outcome.name)
     final = artifact_folder(artifacts_dir, version, outcome.name)
     try:
-        exported = write_artifact(outcome, partial, version=version, code_version=code_version())
+        exported = write_artifact(
+            outcome,
+            partial,
+            version=version,
+            code_version=code_version(),
+            ann_min_items=ann_min_items,
+        )
         partial.rename(final)
-        _finalize(engine, version, outcome, exported.parity.to_dict(), final, exported.onnx_sha256)
+        parity = exported.parity.to_dict()
+        if exported.retrieval is not None:
+            parity["retrieval"] = exported.retrieval.to_dict()
+        _finalize(engine, version, outcome, parity, final, exported.onnx_sha256)
     except BaseException as exc:
         shutil.rmtree(partial, ignore_errors=True)
         shutil.rmtree(final, ignore_errors=True)
@@ -99,7 +113,13 @@ def _finalize(
     onnx_sha256: str,
 ) -> None:
     summary = outcome.to_dict()
-    servable = bool(parity["passed"])
+    retrieval = parity.get("retrieval")
+    error = None
+    if not parity["passed"]:
+        error = f"ONNX parity failed: {parity['reason']}"
+    elif retrieval is not None and not retrieval["passed"]:
+        error = f"item index check failed: {retrieval['reason']}"
+    servable = error is None
     from recsys.export import OPSET
 
     with engine.begin() as conn:
@@ -138,7 +158,7 @@ def _finalize(
                 onnx_sha256=onnx_sha256,
                 opset=OPSET,
                 parity=parity,
-                error=None if servable else f"ONNX parity failed: {parity['reason']}",
+                error=error,
             )
         )
 

@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from sqlalchemy import select
 
-from recsys import ranking, registry
+from recsys import ranking, registry, retrieval
 from recsys.artifacts import ONNX_FILE, Artifact
 from recsys.batch import batch_recommend
 from recsys.db.events import Event, record_events
@@ -269,10 +269,15 @@ def test_ranking_score_items_answers_the_asked_items_in_order(tiny: Artifact) ->
 
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Home, dict[str, int]]:
-    """The serving tests' home with a NeuMF version too, then events the models never saw:
-    a user of new items only (cold-1) and a new user of known items (late-1)."""
+    """The serving tests' home with a NeuMF version and a SASRec served through its item
+    index too, then events the models never saw: a user of new items only (cold-1) and a new
+    user of known items (late-1)."""
     home = make_home(tmp_path_factory.mktemp("ranking") / "home")
-    versions = {"sasrec": home.champion, "neumf": home.register("neumf")}
+    versions = {
+        "sasrec": home.champion,
+        "neumf": home.register("neumf"),
+        "sasrec-index": home.register("sasrec", ann_min_items=1),
+    }
     record_events(home.engine, [Event("cold-1", "new-item-1"), Event("cold-1", "new-item-2")])
     record_events(
         home.engine,
@@ -294,7 +299,7 @@ def _batch_lists(home: Home) -> dict[str, list[tuple[str, float]]]:
     return lists
 
 
-@pytest.mark.parametrize("family", ["sasrec", "neumf"])
+@pytest.mark.parametrize("family", ["sasrec", "neumf", "sasrec-index"])
 def test_ranking_cli_batch_and_api_agree_on_the_same_users(
     two_models: tuple[Home, dict[str, int]], family: str
 ) -> None:
@@ -303,16 +308,17 @@ def test_ranking_cli_batch_and_api_agree_on_the_same_users(
     home, versions = two_models
     version = versions[family]
     artifact = registry.load_artifact(home.engine, version)
+    assert (artifact.retrieval is not None) == family.endswith("-index")
     scorer = Scorer(home.engine)
     scorer.reload(version)
     k = 30  # deep enough into the popularity list to meet its ties
     batch_recommend(home.engine, artifact, k=k)
     batch = _batch_lists(home)
     # cold-1 knows no item the model knows; late-1 is a user the model never saw.
-    cold = {"cold-1"} if family == "sasrec" else {"cold-1", "late-1"}
+    cold = {"cold-1", "late-1"} if family == "neumf" else {"cold-1"}
     for user_id in ["u1", "u7", "u42", "cold-1", "late-1"]:
         history = user_history(home.engine, user_id) or []
-        cli = ranking.recommend(artifact, history, user_id=user_id, k=k)
+        cli = retrieval.recommend(artifact, history, user_id=user_id, k=k)
         api = scorer.recommend(user_id, k=k)
         assert (cli.fallback == "popular") == (user_id in cold), (family, user_id)
         assert api.fallback == cli.fallback and api.known_user is True

@@ -1,4 +1,5 @@
-"""A home with a registered, promoted SASRec champion on synthetic data, for serving tests."""
+"""A home with a registered, promoted SASRec champion on synthetic data, for serving tests
+(and one whose champion is served through its item index)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,11 @@ class Home:
     def env(self) -> dict[str, str]:
         return {"RECSYS_HOME": str(self.path), "RECSYS_DATABASE_URL": self.url}
 
-    def register(self, name: str = "sasrec", promote: bool = False) -> int:
+    def register(
+        self, name: str = "sasrec", promote: bool = False, ann_min_items: int | None = None
+    ) -> int:
+        """Train ``name`` briefly and register it; ``ann_min_items=1`` gives a sequence model
+        its item index whatever the catalogue's size."""
         config = SASRecConfig(embedding_dim=32, max_len=20) if name == "sasrec" else None
         outcome = train_and_evaluate(
             create_engine(self.url),
@@ -47,27 +52,34 @@ class Home:
             train_overrides={"max_epochs": 3, "threads": 1, "progress": False},
         )
         version = registration.register(
-            self.engine, outcome, artifacts_dir=self.path / "artifacts"
+            self.engine, outcome, artifacts_dir=self.path / "artifacts", ann_min_items=ann_min_items
         ).version
         if promote:
             registry.promote(self.engine, version, actor="tests", reason="serving fixture")
         return version
 
 
-def make_home(path: Path) -> Home:
+def make_home(path: Path, ann_min_items: int | None = None) -> Home:
     url = f"sqlite:///{path / 'recsys.db'}"
     upgrade(create_engine(url))
     engine = create_engine(url)
     batch = generate(SyntheticConfig(num_users=200, num_items=90, num_interactions=6000, seed=3))
     ingest(engine, batch, path / "rejects")
     home = Home(path, url, engine, champion=0)
-    home.champion = home.register("sasrec", promote=True)
+    home.champion = home.register("sasrec", promote=True, ann_min_items=ann_min_items)
     return home
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Home:
     return make_home(tmp_path_factory.mktemp("serving") / "home")
+
+
+@pytest.fixture(scope="module")
+def indexed_home(tmp_path_factory: pytest.TempPathFactory) -> Home:
+    """The same world, its SASRec champion registered with an item index (as a catalogue of
+    RECSYS_ANN_MIN_ITEMS items or more would be)."""
+    return make_home(tmp_path_factory.mktemp("indexed") / "home", ann_min_items=1)
 
 
 def free_port() -> int:

@@ -7,13 +7,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
-from recsys import registry
+from recsys import ranking, registry
+from recsys.ann import MIN_RECALL, recall
 from recsys.artifacts import ONNX_FILE
+from recsys.db import catalogue as catalogue_state
 from recsys.db.engine import create_engine
 from recsys.db.events import Event, record_events
 from recsys.db.migrate import upgrade
@@ -252,14 +255,16 @@ def _without_float_noise(answer: Any) -> Any:
     return dataclasses.replace(answer, items=items, recommendation_id=None)
 
 
-@pytest.mark.parametrize("family", ["sasrec", "neumf"])
+@pytest.mark.parametrize("family", ["sasrec", "neumf", "sasrec-index"])
 def test_scorer_recommend_many_answers_each_query_as_recommend_alone(
-    home: Any, family: str
+    home: Any, family: str, request: pytest.FixtureRequest
 ) -> None:
     """The batched path behind the service: histories of every length, unknown users, a bad
     request among good ones, filters and explanations; each answer equals a lone call."""
+    if family == "sasrec-index":
+        home = request.getfixturevalue("indexed_home")
     scorer = Scorer(home.engine)
-    version = home.champion if family == "sasrec" else home.register(family)
+    version = home.register(family) if family == "neumf" else home.champion
     scorer.reload(version)
     queries = [
         RecommendQuery("u1"),
@@ -341,3 +346,49 @@ def test_scorer_reads_again_when_its_connection_was_killed(
         assert scorer.score("u1", ["i2"]).user_id == "u1"
     finally:
         engine.dispose()
+
+
+def test_scorer_answers_from_the_item_index_by_the_rules_of_exact_ranking(
+    indexed_home: Any,
+) -> None:
+    """A champion registered with its item index: the scorer loads and warms the encoder and
+    the index, and its lists are exact ranking's (recall@10) under every rule."""
+    home = indexed_home
+    scorer = Scorer(home.engine)
+    assert scorer.reload()["version"] == home.champion
+    model = scorer.model
+    artifact = model.artifact
+    assert artifact.retrieval is not None and "index" in artifact.__dict__  # warmed at load
+    users = [f"u{n}" for n in range(1, 61)]
+    answers = scorer.recommend_many([RecommendQuery(user, k=10) for user in users])
+    histories = {user: user_history(home.engine, user) or [] for user in users}
+    exact = [
+        ranking.recommend(artifact, histories[user], user_id=user, k=10, catalogue=model.catalogue)
+        for user in users
+    ]
+    found = np.asarray([a.item_ids for a in answers if isinstance(a, Ranking)])
+    assert found.shape == (len(users), 10)
+    assert recall(found, np.asarray([e.item_ids for e in exact])) >= MIN_RECALL
+    for user, answer in zip(users, answers, strict=True):
+        assert isinstance(answer, Ranking) and not set(answer.item_ids) & set(histories[user])
+
+    drama = scorer.recommend("u3", k=10, filters=Filters(include_genres=("Drama",)), explain=True)
+    genres = model.catalogue.genres["Drama"]
+    assert all(genres[artifact.item_index[i] - 1] for i in drama.item_ids)
+    assert all(item.because for item in drama.items)
+    excluded = scorer.recommend("u3", k=10, filters=Filters(exclude_items=tuple(drama.item_ids)))
+    assert not set(excluded.item_ids) & set(drama.item_ids)
+    assert len(excluded.items) == 10
+    assert scorer.recommend_session(["i1", "i2"], k=5).fallback is None
+    scores = scorer.score("u3", drama.item_ids[:3])
+    assert [s.score for s in scores.scores] == pytest.approx(drama.scores[:3], abs=1e-4)
+
+    gone = answers[0].item_ids[0] if isinstance(answers[0], Ranking) else ""
+    with home.engine.begin() as conn:
+        conn.execute(
+            items_table.update().where(items_table.c.external_id == gone).values(available=False)
+        )
+        catalogue_state.bump(conn)
+    assert scorer.refresh_catalogue() is True
+    for user in users[:10]:
+        assert gone not in scorer.recommend(user, k=20).item_ids

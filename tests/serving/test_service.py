@@ -106,6 +106,22 @@ def test_serving_import_path_never_imports_torch_pandas_or_pyarrow(home: Any) ->
     assert report == {"loaded": [], "version": home.champion}
 
 
+def test_serving_an_indexed_champion_loads_the_index_library_but_not_torch(
+    indexed_home: Any,
+) -> None:
+    """The item index path (encoder graph, faiss) of a large catalogue stays off torch too."""
+    done = subprocess.run(
+        [sys.executable, "-c", SERVE_LIGHT, indexed_home.url, *HEAVY, "faiss"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **indexed_home.env},
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"loaded": ["faiss"], "version": indexed_home.champion}
+
+
 def imported_modules(log: str) -> set[str]:
     """The modules named by ``-X importtime`` lines: every import a process made, once each."""
     return {

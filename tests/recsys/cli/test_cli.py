@@ -363,6 +363,44 @@ def test_cli_recommend_scores_through_onnxruntime_without_torch(
     assert table.returncode == 0 and "sasrec v1" in table.stdout
 
 
+RECOMMEND_THROUGH_THE_INDEX = """
+import json, sys
+from typer.testing import CliRunner
+from recsys.cli import app
+result = CliRunner().invoke(app, ["recommend", sys.argv[1], "-k", "5", "--json"])
+assert result.exit_code == 0, result.output
+loaded = [name for name in ("faiss", "torch") if name in sys.modules]
+print(json.dumps({"loaded": loaded, "out": result.stdout.splitlines()[-1]}))
+"""
+
+
+def test_cli_train_over_a_large_catalogue_recommends_through_the_item_index(
+    recsys_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECSYS_ANN_MIN_ITEMS", "1")  # every catalogue counts as large
+    runner.invoke(
+        app, ["generate", "synthetic", "--users", "150", "--items", "60", "--interactions", "4000"]
+    )
+    trained = _json_ok("train", "--model", "sasrec", "--epochs", "2", "--set", "max_len=20")
+    index = trained["parity"]["retrieval"]
+    assert trained["status"] == "ready" and index["passed"] and index["recall_at_10"] >= 0.95
+    runner.invoke(app, ["models", "promote", "1"])
+    done = subprocess.run(
+        [sys.executable, "-c", RECOMMEND_THROUGH_THE_INDEX, "u3"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **recsys_env},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["loaded"] == ["faiss"], "the index was not searched, or torch was loaded"
+    data = json.loads(report["out"])
+    assert data["version"] == 1 and data["fallback"] is None and len(data["items"]) == 5
+    table = runner.invoke(app, ["models", "show", "1"])
+    assert table.exit_code == 0 and "retrieval" in table.stdout
+
+
 def test_cli_retrain_and_batch_run_the_flows(recsys_env: dict[str, str]) -> None:
     runner.invoke(
         app, ["generate", "synthetic", "--users", "120", "--items", "50", "--interactions", "3000"]

@@ -113,6 +113,30 @@ def test_contract_score_shape_is_batch_by_items(name: str, checkerboard: Split) 
         assert scores.dtype == torch.float32
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+def test_contract_output_vectors_times_encode_are_the_scores(
+    name: str, checkerboard: Split
+) -> None:
+    """A model with ``output_vectors`` (served through an item index when the catalogue is
+    large) scores exactly as its user vectors times them; the others have none."""
+    model = _build(name)
+    if model.batch_kind == "fit":
+        model.fit(checkerboard.train)
+    model.eval()
+    vectors = model.output_vectors()
+    if vectors is None:
+        with pytest.raises(NotImplementedError):
+            model.encode(_query(model, 2, 4))
+        return
+    assert vectors.shape[0] == NUM_ITEMS and not vectors.requires_grad
+    with torch.no_grad():
+        for batch, length in ((1, 3), (5, 7)):
+            query = _query(model, batch, length)
+            users = model.encode(query)
+            assert users.shape == (batch, vectors.shape[1])
+            torch.testing.assert_close(users @ vectors.T, model.score(query))
+
+
 @pytest.mark.parametrize("name", [n for n in MODELS if MODELS[n].batch_kind != "fit"])
 def test_contract_loss_finite_and_falling(name: str, checkerboard: Split) -> None:
     model = _build(name)

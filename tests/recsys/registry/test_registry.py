@@ -7,7 +7,7 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from torch import Tensor
 
 from recsys import registry
+from recsys.ann import ItemIndex
 from recsys.artifacts import ONNX_FILE, ArtifactIntegrityError, sha256_file
 from recsys.data.ingest import ingest
 from recsys.data.synthetic import SyntheticConfig, generate
@@ -224,6 +225,58 @@ def test_a_version_failing_parity_is_registered_unservable_and_never_served(
     with pytest.raises(registry.RegistryError, match="unservable"):
         registry.promote(engine, record.version, actor="x", reason="try")
     with pytest.raises(registry.RegistryError, match="unservable"):
+        registry.load_artifact(engine, record.version)
+
+
+def test_a_large_catalogue_gets_an_item_index_whose_recall_is_recorded(
+    engine: Engine, database_url: str, tmp_path: Path, arts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECSYS_ANN_MIN_ITEMS", "1")  # every catalogue counts as large
+    populate(engine, tmp_path)
+    outcome = trained(database_url, "sasrec")
+    record = registration.register(engine, outcome, artifacts_dir=arts)
+
+    assert record.status == "ready" and record.error is None
+    assert record.parity is not None and record.parity["passed"]
+    check = record.parity["retrieval"]
+    assert check["passed"] and check["recall_at_10"] >= 0.95 and check["min_recall"] == 0.95
+    assert check["users"] > 0 and check["max_abs_diff"] <= check["atol"]
+    assert check["index"]["library"] == "faiss"
+    artifact = registry.load_artifact(engine, record.version)
+    assert artifact.retrieval == check["index"]
+    index = Path(record.artifact_path or "") / "items.index"
+    index.write_bytes(index.read_bytes()[:-8])
+    with pytest.raises(ArtifactIntegrityError, match=r"items\.index does not match"):
+        registry.load_artifact(engine, record.version)
+
+
+def test_an_item_index_below_the_recall_floor_makes_the_version_unservable(
+    engine: Engine, database_url: str, tmp_path: Path, arts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECSYS_ANN_MIN_ITEMS", "1")
+    build = ItemIndex.build.__func__  # type: ignore[attr-defined]
+
+    def corrupted(cls: type[ItemIndex], vectors: np.ndarray, *args: Any, **kw: Any) -> ItemIndex:
+        """A real index whose rows point at the wrong items: searching more cells cannot
+        repair it, so it fails the check whatever the registration tries."""
+        order = np.random.default_rng(0).permutation(len(vectors))
+        return build(cls, np.ascontiguousarray(vectors[order]), *args, **kw)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(ItemIndex, "build", classmethod(corrupted))
+    populate(engine, tmp_path)
+    outcome = trained(database_url, "sasrec")
+    record = registration.register(engine, outcome, artifacts_dir=arts)
+
+    assert record.status == "unservable"
+    assert record.parity is not None and record.parity["passed"]  # the graph itself is fine
+    check = record.parity["retrieval"]
+    assert not check["passed"] and check["recall_at_10"] < 0.95
+    assert record.error is not None and "item index" in record.error
+    assert f"recall@10 = {check['recall_at_10']:.3f}" in record.error
+    assert "RECSYS_ANN_MIN_ITEMS" in record.error  # how to serve it anyway: every item scored
+    with pytest.raises(registry.RegistryError, match="unservable"):
+        registry.promote(engine, record.version, actor="x", reason="try")
+    with pytest.raises(registry.RegistryError, match="recall@10"):
         registry.load_artifact(engine, record.version)
 
 
