@@ -2,7 +2,8 @@
 
 The library never imports Prefect or BentoML, so flows run as ``python -m flows NAME JSON``
 (the parameters as one JSON object, the result as one JSON line on stdout), a bento is built
-by ``python -m serving.bento``, and the service is ``bentoml serve``. Options are declared
+by ``python -m serving.bento``, the service is ``bentoml serve`` and the dashboard is
+``python -m ui``. Options are declared
 once, in the CLI; the flows' entry points take the parameters their functions declare.
 """
 
@@ -64,6 +65,16 @@ def serve_command(target: str, host: str, port: int) -> list[str]:
 
 def exec_serve(target: str, host: str, port: int) -> NoReturn:
     command = serve_command(target, host, port)
+    os.execv(command[0], command)
+
+
+def ui_command(host: str, port: int) -> list[str]:
+    """The dashboard (``python -m ui``) on ``host:port``."""
+    return [sys.executable, "-m", "ui", "--host", host, "--port", str(port)]
+
+
+def exec_ui(host: str, port: int) -> NoReturn:
+    command = ui_command(host, port)
     os.execv(command[0], command)
 
 

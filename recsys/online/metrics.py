@@ -247,8 +247,10 @@ def rates_over_time(
     attributed: pd.DataFrame | None = None,
 ) -> list[RatePoint]:
     """Click-through and conversion rates at k, with Wilson 95% intervals, per version and arm
-    in periods of ``period_ms`` from ``since_ms`` (an impression belongs to the period it was
-    shown in; its clicks count whenever they came). Reads what :func:`online_metrics` reads."""
+    and per period of ``period_ms`` (periods start at multiples of it since the epoch: UTC
+    hours, days; the first may hold less than a period, from ``since_ms``). An impression
+    belongs to the period it was shown in; its clicks count whenever they came. Reads what
+    :func:`online_metrics` reads."""
     if period_ms <= 0:
         raise ValueError(f"period_ms must be positive, got {period_ms}")
     shown = _impressions(engine, since_ms, until_ms, None)
@@ -256,9 +258,7 @@ def rates_over_time(
         return []
     credited = _credited(engine, since_ms) if attributed is None else _since(attributed, since_ms)
     first_click, converted = _responses(credited, click_events, conversion_events, k)
-    shown = shown.assign(
-        period=(shown["shown_at"].astype(np.int64) - since_ms) // period_ms * period_ms + since_ms
-    )
+    shown = shown.assign(period=shown["shown_at"].astype(np.int64) // period_ms * period_ms)
     out: list[RatePoint] = []
     for key, group in shown.groupby(["period", "model_version", "arm"], dropna=False, sort=True):
         period, version, arm = cast(tuple[Any, Any, Any], key)

@@ -188,5 +188,11 @@ def test_rates_over_time_split_the_same_counts_by_period(logged: sa.Engine) -> N
     assert points == rates_over_time(logged, **kinds, since_ms=0, period_ms=3_000)
     totals = {g.model_version: g.impressions for g in online_metrics(logged, **kinds)}
     assert totals == {1: 2, 2: 2}
+    # Periods start at multiples of the period, whatever the range's start.
+    late = rates_over_time(logged, **kinds, since_ms=1_500, period_ms=3_000, attributed=found)
+    assert [(p.period_start_ms, p.model_version, p.impressions) for p in late] == [
+        (0, 2, 1),  # #3 at 2 s
+        (3_000, 1, 1),
+    ]
     with pytest.raises(ValueError, match="period_ms"):
         rates_over_time(logged, **kinds, since_ms=0, period_ms=0)

@@ -1,0 +1,81 @@
+"""Everything a page needs, made once per process: the engine, the settings, the values kept
+fresh in the background, the champion's artifact, the admin check, the explorer and the
+Prefect API."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from functools import partial
+
+from sqlalchemy import Engine
+
+from recsys.config import Settings
+from ui import computed
+from ui.artifacts import ArtifactCache
+from ui.auth import Admins
+from ui.cache import Keyed, Refreshing
+from ui.explorer import Explorer
+from ui.prefect_api import PrefectApi
+
+# How old a value may get before a page starts a new computation (and whatever the store
+# does meanwhile, at most how often it is recomputed).
+DATA_MAX_AGE, DATA_MIN_AGE = 600.0, 30.0
+ONLINE_MAX_AGE, ONLINE_MIN_AGE = 120.0, 10.0
+
+
+class Dashboard:
+    def __init__(
+        self, settings: Settings, engine: Engine, prefect: PrefectApi | None = None
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.data: Refreshing[computed.DataSummary] = Refreshing(
+            "data",
+            partial(computed.data_summary, engine),
+            token=partial(computed.data_token, engine),
+            max_age=DATA_MAX_AGE,
+            min_age=DATA_MIN_AGE,
+        )
+        self.online: Keyed[computed.OnlineView] = Keyed("online", self._online)
+        self.experiments: Keyed[computed.ExperimentView] = Keyed("experiment", self._experiment)
+        self.drift: Refreshing[computed.DriftView] = Refreshing(
+            "drift",
+            partial(computed.drift_view, engine, settings),
+            token=partial(computed.online_token, engine),
+            max_age=ONLINE_MAX_AGE,
+            min_age=ONLINE_MIN_AGE,
+        )
+        self.artifacts = ArtifactCache(engine)
+        self.admins = Admins(engine, settings.admin_secret)
+        self.explorer = Explorer(settings, engine, self.artifacts)
+        self.prefect = prefect
+
+    def _online(self, key: Hashable) -> Refreshing[computed.OnlineView]:
+        return Refreshing(
+            f"online-{key}",
+            partial(computed.online_view, self.engine, self.settings, str(key)),
+            token=partial(computed.online_token, self.engine),
+            max_age=ONLINE_MAX_AGE,
+            min_age=ONLINE_MIN_AGE,
+        )
+
+    def _experiment(self, key: Hashable) -> Refreshing[computed.ExperimentView]:
+        assert isinstance(key, int)
+        return Refreshing(
+            f"experiment-{key}",
+            partial(computed.experiment_view, self.engine, self.settings, key),
+            token=partial(computed.online_token, self.engine),
+            max_age=ONLINE_MAX_AGE,
+            min_age=ONLINE_MIN_AGE,
+        )
+
+    def warm_up(self) -> None:
+        """Start the slow computations now, so the first visitor finds them done."""
+        self.data.start()
+        self.online[computed.DEFAULT_RANGE].start()
+        self.drift.start()
+
+    def changed_online(self) -> None:
+        """An action here changed the experiments or the champion: recompute what shows them."""
+        self.experiments.invalidate()
+        self.drift.invalidate()
