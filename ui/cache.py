@@ -4,8 +4,10 @@ the background, so a page reads the last one at once.
 A :class:`Refreshing` value is computed in a thread of its own. A reader gets the latest value
 without waiting, and starts a new computation when that one is older than ``max_age``, or when
 the store changed (``token``, a cheap query asked at most every ``token_every`` seconds) and
-it is older than ``min_age``. Only the very first read (or one after :meth:`invalidate`) waits
-for a computation, at most ``wait`` seconds.
+it is older than ``min_age`` and than ``load`` times its own computation took (so a value
+that takes 3 s to count is recomputed at most every 30 s however busy the store: a tenth of
+a core). Only the very first read (or one after :meth:`invalidate`) waits for a computation,
+at most ``wait`` seconds.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ class Refreshing(Generic[T]):
         compute: Callable[[], T],
         *,
         max_age: float = 300.0,
-        min_age: float = 10.0,
+        min_age: float = 2.0,
+        load: float = 10.0,
         token: Callable[[], Hashable] | None = None,
         token_every: float = 2.0,
         wait: float = 60.0,
@@ -53,6 +56,7 @@ class Refreshing(Generic[T]):
         self._compute = compute
         self.max_age = max_age
         self.min_age = min_age
+        self.load = load
         self._token = token
         self.token_every = token_every
         self.wait = wait
@@ -122,7 +126,8 @@ class Refreshing(Generic[T]):
             return True
         age = time.monotonic() - self._computed_at
         changed = self._token_now is not None and self._token_now != self._token_seen
-        return age > self.max_age or (changed and age > self.min_age)
+        settle = max(self.min_age, self.load * (self._seconds or 0.0))
+        return age > self.max_age or (changed and age > settle)
 
     def _launch(self) -> None:
         if self._running:

@@ -36,12 +36,20 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
     board = dashboard(request)
     base = request.scope.get("root_path", "").rstrip("/")
     url = make_url(board.settings.database_url).render_as_string(hide_password=True)
+    home = str(board.settings.home)
+
+    def in_home(text: Any) -> Any:
+        """Paths under the home written as ``$RECSYS_HOME/...`` (shorter, and the same on
+        every machine)."""
+        return text.replace(home, "$RECSYS_HOME") if isinstance(text, str) else text
+
     return templates.TemplateResponse(
         request,
         template,
         {
             "base": base,
-            "database": url,
+            "database": in_home(url),
+            "in_home": in_home,
             "done": request.query_params.get("done"),
             **context,
         },
@@ -70,10 +78,9 @@ def interval(estimate: Any) -> str:
     registry metric (value, ci_low, ci_high)."""
     if estimate is None:
         return "-"
-    if isinstance(estimate, dict):
-        value, low, high = estimate.get("value"), estimate.get("ci_low"), estimate.get("ci_high")
-    else:
-        value, low, high = estimate.value, estimate.low, estimate.high
+    if not isinstance(estimate, dict):
+        estimate = estimate.report()  # rounded as the CLI's reports round it
+    value, low, high = estimate.get("value"), estimate.get("ci_low"), estimate.get("ci_high")
     if value is None:
         return "-"
     if low is None or high is None:

@@ -17,10 +17,11 @@ from ui.cache import Keyed, Refreshing
 from ui.explorer import Explorer
 from ui.prefect_api import PrefectApi
 
-# How old a value may get before a page starts a new computation (and whatever the store
-# does meanwhile, at most how often it is recomputed).
-DATA_MAX_AGE, DATA_MIN_AGE = 600.0, 30.0
-ONLINE_MAX_AGE, ONLINE_MIN_AGE = 120.0, 10.0
+# How old a value may get before a page starts a new computation, and after a change in the
+# store how soon it may be recomputed (at least; ten times its last computation, see
+# ui.cache).
+DATA_MAX_AGE, DATA_MIN_AGE = 600.0, 2.0
+ONLINE_MAX_AGE, ONLINE_MIN_AGE = 120.0, 2.0
 
 
 class Dashboard:

@@ -25,7 +25,7 @@ def test_config_no_other_module_reads_recsys_variables() -> None:
     reads = re.compile(r"(?:environ(?:\.get)?\s*[\[(]|getenv\s*\()\s*[\"']RECSYS_")
     offenders = [
         str(path.relative_to(ROOT))
-        for folder in ("recsys", "serving", "flows", "migrations")
+        for folder in ("recsys", "serving", "flows", "ui", "migrations")
         for path in (ROOT / folder).rglob("*.py")
         if path.name != "config.py" and reads.search(path.read_text(encoding="utf-8"))
     ]
