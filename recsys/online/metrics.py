@@ -81,15 +81,22 @@ def coverage(lists: Sequence[Sequence[str]], catalogue: int, seed: int = 0) -> E
     if n == 0 or catalogue == 0:
         return Estimate(None, None, None, n)
     codes, flat_lengths = _codes(lists)
-    value = len(np.unique(codes)) / catalogue
+    distinct = int(codes.max(initial=-1)) + 1
+    value = distinct / catalogue
     rng = np.random.default_rng(seed)
-    offsets = np.concatenate([[0], np.cumsum(flat_lengths)])
+    lengths = np.asarray(flat_lengths, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
     size = min(n, MAX_COVERAGE_SAMPLE)
     found = []
     for _ in range(COVERAGE_RESAMPLES):
         picked = rng.integers(0, n, size=size)
-        parts = [codes[offsets[j] : offsets[j + 1]] for j in picked]
-        found.append(len(np.unique(np.concatenate(parts))) if parts else 0)
+        # The items of the picked lists, in one gather: each list's start, then its positions.
+        counts = lengths[picked]
+        ends = np.cumsum(counts)
+        positions = np.arange(ends[-1] if len(ends) else 0) + np.repeat(
+            offsets[picked] - (ends - counts), counts
+        )
+        found.append(int(np.count_nonzero(np.bincount(codes[positions], minlength=distinct))))
     # A smaller sample shows fewer distinct items: centre the resamples on the full value.
     spread = np.asarray(found, dtype=np.float64) - float(np.mean(found))
     low, high = np.percentile(spread, [2.5, 97.5]) / catalogue + value

@@ -196,3 +196,29 @@ def test_rates_over_time_split_the_same_counts_by_period(logged: sa.Engine) -> N
     ]
     with pytest.raises(ValueError, match="period_ms"):
         rates_over_time(logged, **kinds, since_ms=0, period_ms=0)
+
+
+def test_coverage_resamples_count_the_distinct_items_of_the_lists_they_pick() -> None:
+    """The gathered resamples count what a list-by-list count of the same picks counts."""
+    import numpy as np
+
+    from recsys.online.metrics import COVERAGE_RESAMPLES, MAX_COVERAGE_SAMPLE, coverage
+
+    rng = np.random.default_rng(3)
+    lists = [
+        [f"i{j}" for j in rng.choice(300, size=int(rng.integers(0, 12)), replace=False)]
+        for _ in range(500)
+    ]
+    found = coverage(lists, catalogue=400, seed=11)
+    every = {item for shown in lists for item in shown}
+    assert found.value == len(every) / 400 and found.n == 500
+
+    picks = np.random.default_rng(11)
+    counts = []
+    for _ in range(COVERAGE_RESAMPLES):
+        picked = picks.integers(0, len(lists), size=min(len(lists), MAX_COVERAGE_SAMPLE))
+        counts.append(len({item for j in picked for item in lists[j]}))
+    spread = np.asarray(counts, dtype=np.float64) - float(np.mean(counts))
+    low, high = np.percentile(spread, [2.5, 97.5]) / 400 + len(every) / 400
+    assert (found.low, found.high) == pytest.approx((max(0.0, low), min(1.0, high)))
+    assert coverage([[], []], catalogue=10).value == 0.0
