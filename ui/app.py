@@ -53,6 +53,7 @@ def create_app(
         if warm_up:
             board.warm_up()
         yield
+        board.close()
 
     app = FastAPI(
         title="recsys dashboard",

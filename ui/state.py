@@ -1,6 +1,6 @@
 """Everything a page needs, made once per process: the engine, the settings, the values kept
-fresh in the background, the champion's artifact, the admin check, the explorer and the
-Prefect API."""
+fresh in the background (computed in the worker process), the champion's artifact, the admin
+check, the explorer and the Prefect API."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ui.auth import Admins
 from ui.cache import Keyed, Refreshing
 from ui.explorer import Explorer
 from ui.prefect_api import PrefectApi
+from ui.worker import Worker
 
 # How old a value may get before a page starts a new computation, and after a change in the
 # store how soon it may be recomputed (at least; ten times its last computation, see
@@ -30,9 +31,10 @@ class Dashboard:
     ) -> None:
         self.settings = settings
         self.engine = engine
+        self.worker = Worker(settings)
         self.data: Refreshing[computed.DataSummary] = Refreshing(
             "data",
-            partial(computed.data_summary, engine),
+            partial(self.worker.call, "data"),
             token=partial(computed.data_token, engine),
             max_age=DATA_MAX_AGE,
             min_age=DATA_MIN_AGE,
@@ -41,7 +43,7 @@ class Dashboard:
         self.experiments: Keyed[computed.ExperimentView] = Keyed("experiment", self._experiment)
         self.drift: Refreshing[computed.DriftView] = Refreshing(
             "drift",
-            partial(computed.drift_view, engine, settings),
+            partial(self.worker.call, "drift"),
             token=partial(computed.online_token, engine),
             max_age=ONLINE_MAX_AGE,
             min_age=ONLINE_MIN_AGE,
@@ -54,7 +56,7 @@ class Dashboard:
     def _online(self, key: Hashable) -> Refreshing[computed.OnlineView]:
         return Refreshing(
             f"online-{key}",
-            partial(computed.online_view, self.engine, self.settings, str(key)),
+            partial(self.worker.call, "online", str(key)),
             token=partial(computed.online_token, self.engine),
             max_age=ONLINE_MAX_AGE,
             min_age=ONLINE_MIN_AGE,
@@ -64,7 +66,7 @@ class Dashboard:
         assert isinstance(key, int)
         return Refreshing(
             f"experiment-{key}",
-            partial(computed.experiment_view, self.engine, self.settings, key),
+            partial(self.worker.call, "experiment", key),
             token=partial(computed.online_token, self.engine),
             max_age=ONLINE_MAX_AGE,
             min_age=ONLINE_MIN_AGE,
@@ -80,3 +82,6 @@ class Dashboard:
         """An action here changed the experiments or the champion: recompute what shows them."""
         self.experiments.invalidate()
         self.drift.invalidate()
+
+    def close(self) -> None:
+        self.worker.close()

@@ -41,7 +41,7 @@ def api_keys(home: Home) -> dict[str, str]:
     }
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def client(home: Home, api_keys: dict[str, str]) -> Iterator[TestClient]:
     settings = get_settings(
         home=home.path,
