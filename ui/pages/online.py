@@ -33,11 +33,7 @@ def online_page(request: Request, range: str = DEFAULT_RANGE) -> Response:
         ctr_chart = charts.rates(v.points, "ctr", v.period_ms, v.since_ms, v.until_ms)
         conversion_chart = charts.rates(v.points, "conversion", v.period_ms, v.since_ms, v.until_ms)
     champion = registry.alias_version(board.engine, registry.CHAMPION)
-    servable = [
-        r.version
-        for r in registry.list_versions(board.engine)
-        if r.status == registry.SERVABLE and r.version != champion
-    ]
+    servable = [v for v in registry.servable_versions(board.engine) if v != champion]
     return render(
         request,
         "online.html",
