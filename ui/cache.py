@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -37,6 +37,15 @@ class Result(Generic[T]):
     @property
     def ready(self) -> bool:
         return self.value is not None
+
+
+@dataclass(frozen=True)
+class Timed:
+    """A computed value with how long its computation took where it ran (a computation
+    waiting its turn elsewhere returns this, so the wait is not counted)."""
+
+    value: Any
+    seconds: float
 
 
 class Refreshing(Generic[T]):
@@ -156,6 +165,9 @@ class Refreshing(Generic[T]):
                 return  # invalidated meanwhile: a newer computation owns the state
             self._running = False
             self._seconds = time.monotonic() - started
+            if isinstance(value, Timed):
+                self._seconds = value.seconds
+                value = value.value
             if error is None:
                 self._value = value
                 self._computed_at = time.monotonic()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -20,6 +21,7 @@ from sqlalchemy import Engine
 from recsys.config import Settings
 from recsys.db.engine import create_engine
 from ui import computed
+from ui.cache import Timed
 
 _state: dict[str, Any] = {}
 
@@ -37,9 +39,11 @@ def _start(settings: Settings) -> None:
     _state["engine"] = create_engine(settings.database_url)
 
 
-def _run(task: str, *args: Any) -> Any:
+def _run(task: str, *args: Any) -> Timed:
     engine: Engine = _state["engine"]
-    return TASKS[task](engine, _state["settings"], *args)
+    started = time.perf_counter()
+    value = TASKS[task](engine, _state["settings"], *args)
+    return Timed(value, time.perf_counter() - started)
 
 
 class Worker:
@@ -49,7 +53,8 @@ class Worker:
         self._lock = threading.Lock()
 
     def call(self, task: str, *args: Any) -> Any:
-        """Run ``task`` in the worker process and return its result (or raise its error)."""
+        """Run ``task`` in the worker process and return its result with the time it took
+        there (:class:`ui.cache.Timed`), or raise its error."""
         with self._lock:
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(

@@ -120,3 +120,11 @@ def test_a_slow_computation_is_repeated_at_most_every_load_times_its_duration() 
     assert value.get().value == 1
     token["now"] = 2
     assert not value.get().refreshing  # 50 s at least before a change is counted again
+
+
+def test_a_timed_result_counts_its_own_duration_not_its_wait() -> None:
+    from ui.cache import Timed
+
+    value = Refreshing("w", lambda: Timed(7, 0.25), max_age=60)
+    got = value.get()
+    assert got.value == 7 and got.seconds == 0.25
