@@ -50,7 +50,7 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
             "base": base,
             "database": in_home(url),
             "in_home": in_home,
-            "done": request.query_params.get("done"),
+            "done": board.saying(request.query_params.get("done")),
             **context,
         },
         status_code=status_code,
@@ -154,4 +154,5 @@ def perform(
         return render(request, "message.html", 409, title="Not done", error=str(exc), back=back)
     board.changed_online()
     base = request.scope.get("root_path", "").rstrip("/")
-    return RedirectResponse(f"{base}{back}?{urlencode({'done': done})}", status_code=303)
+    token = board.said(done)
+    return RedirectResponse(f"{base}{back}?{urlencode({'done': token})}", status_code=303)

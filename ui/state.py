@@ -4,6 +4,8 @@ check, the explorer and the Prefect API."""
 
 from __future__ import annotations
 
+import secrets
+import threading
 from collections.abc import Hashable
 from functools import partial
 
@@ -23,6 +25,7 @@ from ui.worker import Worker
 # ui.cache).
 DATA_MAX_AGE, DATA_MIN_AGE = 600.0, 2.0
 ONLINE_MAX_AGE, ONLINE_MIN_AGE = 120.0, 2.0
+SAID_KEPT = 100  # messages of the latest actions, for the pages they redirect to
 
 
 class Dashboard:
@@ -52,6 +55,8 @@ class Dashboard:
         self.admins = Admins(engine, settings.admin_secret)
         self.explorer = Explorer(settings, engine, self.artifacts)
         self.prefect = prefect
+        self._said: dict[str, str] = {}
+        self._said_lock = threading.Lock()
 
     def _online(self, key: Hashable) -> Refreshing[computed.OnlineView]:
         return Refreshing(
@@ -85,3 +90,17 @@ class Dashboard:
 
     def close(self) -> None:
         self.worker.close()
+
+    def said(self, message: str) -> str:
+        """Keep what an action did for the page it leads to; the token that names it (a link
+        cannot make the dashboard say what no action did)."""
+        token = secrets.token_urlsafe(12)
+        with self._said_lock:
+            self._said[token] = message
+            while len(self._said) > SAID_KEPT:
+                self._said.pop(next(iter(self._said)))
+        return token
+
+    def saying(self, token: str | None) -> str | None:
+        with self._said_lock:
+            return None if token is None else self._said.get(token)

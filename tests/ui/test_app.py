@@ -69,6 +69,8 @@ def test_every_page_renders_with_its_server_time(client: TestClient, home: Home)
         assert f'data-version="{version}"' in models
     assert f'id="champion">v{home.champion}<' in models
     assert "$RECSYS_HOME/artifacts/models/v000001-pop" in client.get("/models/1").text
+    # A link cannot make the dashboard say that something was done.
+    assert "key expired" not in client.get("/models", params={"done": "key expired"}).text
     flows = client.get("/flows").text
     assert 'id="no-prefect"' in flows and "PREFECT_API_URL" in flows
 

@@ -100,8 +100,13 @@ def prefect_url() -> Iterator[str]:
                 "schedules": [{"schedule": {"cron": "0 3 * * *"}}],
             },
         ).json()
-        for _ in range(3):
-            httpx.post(f"{url}/deployments/{deployment['id']}/create_flow_run", json={})
+        for state in ("COMPLETED", "FAILED", "RUNNING"):
+            run = httpx.post(f"{url}/deployments/{deployment['id']}/create_flow_run", json={})
+            for step in ("RUNNING", state) if state != "RUNNING" else ("RUNNING",):
+                httpx.post(
+                    f"{url}/flow_runs/{run.json()['id']}/set_state",
+                    json={"state": {"type": step, "name": step.title()}, "force": True},
+                ).raise_for_status()
         yield url
 
 
@@ -245,7 +250,6 @@ def run(
         expect(page.locator("#champion")).to_have_text(f"v{home.champion}")
         assert page.locator("canvas[data-chart=headline-metric]").bounding_box()
         assert page.locator("canvas[data-chart=champion-timeline]").bounding_box()
-        shot("models")
 
         visit(f"/models/{home.champion}")
         shown = cli(home.env, "models", "show", str(home.champion))
@@ -328,7 +332,10 @@ def run(
 
         # Flows: the deployment and its runs, linked into the Prefect UI.
         visit("/flows")
-        expect(page.locator('[data-deployment="retrain/nightly"] tbody tr')).to_have_count(3)
+        runs = page.locator('[data-deployment="retrain/nightly"] tbody tr')
+        expect(runs).to_have_count(3)
+        for state in ("Completed", "Failed", "Running"):
+            expect(runs.filter(has_text=state)).to_have_count(1)
         link = page.locator('[data-deployment="retrain/nightly"] h2 a')
         assert link.get_attribute("href", timeout=5000).startswith(  # type: ignore[union-attr]
             prefect_url.removesuffix("/api")
@@ -356,6 +363,9 @@ def run(
         move = registry.alias_history(home.engine)[-1]
         assert move.reason == "browser test: pop for a day" and "key 'alice'" in move.actor
         assert admin_key not in page.content()
+        visit("/models")  # the champion's history now holds the move
+        expect(page.locator("#moves tbody tr").first).to_contain_text("browser test: pop")
+        shot("models")
 
         # The service gone: the explorer answers from the champion's graph in process, as
         # `recsys recommend` does.

@@ -3,8 +3,8 @@
 (function () {
   "use strict";
 
-  function utc(ms) {
-    return new Date(ms).toISOString().slice(0, 16).replace("T", " ");
+  function utc(ms, seconds) {
+    return new Date(ms).toISOString().slice(0, seconds ? 19 : 16).replace("T", " ");
   }
 
   function noteOf(context) {
@@ -29,7 +29,8 @@
       if (scales[name].recsysTime) {
         timeAxis = true;
         scales[name].ticks = Object.assign({}, scales[name].ticks, {
-          callback: function (value) { return utc(value); },
+          // Seconds when the axis spans less than an hour (moves made in one sitting).
+          callback: function (value) { return utc(value, this.max - this.min < 3600000); },
           maxTicksLimit: 8
         });
       }
@@ -45,7 +46,7 @@
       callbacks: {
         title: function (items) {
           if (timeAxis && items.length) {
-            return utc(items[0].parsed.x) + " UTC";
+            return utc(items[0].parsed.x, true) + " UTC";
           }
           return items.length ? items[0].label : "";
         },
