@@ -71,7 +71,7 @@ def demo(
     home = "" if settings.home == Path(".recsys").resolve() else f"RECSYS_HOME={settings.home} "
     typer.echo(
         "\nThe dashboard on this data (data, models, the champion's history, an explorer):\n"
-        f"   {home}recsys ui --port 8080        # then open http://127.0.0.1:8080\n"
+        f"   {home}recsys ui --port 8080   (or: make ui)   then open http://127.0.0.1:8080\n"
         "   (with `recsys serve` running and RECSYS_SERVICE_URL=http://127.0.0.1:3000 and a read "
         "key in RECSYS_API_KEY, its explorer asks the service)"
     )
