@@ -1,6 +1,7 @@
 """The recommendation explorer: what the running service answers for a user, an anonymous
 session or an item, and, when it cannot be asked, the same from the champion's ONNX graph in
-this process (:mod:`recsys.ranking`, onnxruntime, no torch). Every answer says which one
+this process (:mod:`recsys.retrieval` and :mod:`recsys.ranking`, as the service and
+``recsys recommend`` rank: onnxruntime, no torch). Every answer says which one
 answered and why.
 
 The service is ``RECSYS_SERVICE_URL``, asked with ``RECSYS_API_KEY`` (a ``read`` key). Its
@@ -15,7 +16,7 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine
 
-from recsys import ranking
+from recsys import ranking, retrieval
 from recsys.config import Settings
 from recsys.db.queries import user_history
 from recsys.errors import RecsysError
@@ -113,7 +114,7 @@ class Explorer:
     def _recommend_here(self, user_id: str, k: int, filters: Filters) -> dict[str, Any]:
         artifact = self.artifacts.champion()
         history = user_history(self.engine, user_id)
-        ranked = ranking.recommend(
+        ranked = retrieval.recommend(
             artifact,
             history or [],
             user_id=user_id,
@@ -127,7 +128,7 @@ class Explorer:
 
     def _session_here(self, item_ids: list[str], k: int, filters: Filters) -> dict[str, Any]:
         artifact = self.artifacts.champion()
-        ranked = ranking.recommend(
+        ranked = retrieval.recommend(
             artifact,
             item_ids,
             k=k,

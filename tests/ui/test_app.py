@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from recsys import keys, ranking, registry
+from recsys import keys, registry, retrieval
 from recsys.catalogue import Catalogue
 from recsys.config import get_settings
 from recsys.db.queries import user_history
@@ -182,7 +182,7 @@ def test_the_explorer_answers_in_process_when_the_service_does_not(
     page = client.get("/explore", params={"user": "u1", "k": 5}).text
     assert 'data-source="in-process"' in page and "did not answer" in page
     artifact = registry.load_artifact(home.engine, registry.CHAMPION)
-    expected = ranking.recommend(
+    expected = retrieval.recommend(
         artifact,
         user_history(home.engine, "u1") or [],
         user_id="u1",
