@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-all demo bench lint typecheck clean
+.PHONY: test test-all demo ui bench lint typecheck clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -25,6 +25,9 @@ test-all: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/recsys demo $(if $(DATA),--data $(DATA),)
+
+ui: $(STAMP)
+	$(BIN)/recsys ui --port $(or $(PORT),8080)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py

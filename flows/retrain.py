@@ -12,11 +12,14 @@ before Prefect starts, so a retrain started while another runs stops at once (ex
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
 import sys
-from contextlib import ExitStack
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -24,7 +27,12 @@ from typing import Any
 
 import httpx
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Engine
 
@@ -143,15 +151,100 @@ def train_task(
     overrides: dict[str, Any] = {"threads": threads, "progress": False}
     if budget_seconds is not None:
         overrides["budget_seconds"] = budget_seconds
-    return train_and_evaluate(
-        engine,
-        name,
-        protocol,
-        snapshot=snapshot,
-        data=data,
-        train_overrides=overrides,
-        nproc=nproc,
-    )
+    with training_progress(name):
+        return train_and_evaluate(
+            engine,
+            name,
+            protocol,
+            snapshot=snapshot,
+            data=data,
+            train_overrides=overrides,
+            nproc=nproc,
+        )
+
+
+PROGRESS = "progress"  # what the forwarded lines start with (`recsys demo` shows them)
+
+
+class _Progress(logging.Handler):
+    """The training loop's lines of one thread (one candidate) as the task run's log lines,
+    and its epochs (of the maximum, or of the time budget, whichever is further) as the
+    progress artifact ``training-NAME``."""
+
+    def __init__(self, name: str, run_logger: Any, artifact_id: Any) -> None:
+        super().__init__(logging.INFO)
+        self.name, self.run_logger, self.artifact_id = name, run_logger, artifact_id
+        self.thread = threading.get_ident()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread != self.thread:
+            return  # another candidate training at the same time
+        try:
+            found: dict[str, Any] | None = getattr(record, "progress", None)
+            if found is None:
+                self.run_logger.info("%s %s: %s", PROGRESS, self.name, record.getMessage())
+                return
+            budget = found.get("budget_seconds")
+            done = found["epoch"] / found["max_epochs"]
+            left = ""
+            if budget:
+                done = max(done, found["seconds"] / budget)
+                left = f", {max(0.0, budget - found['seconds']):.0f} s left of {budget:g} s"
+            self.run_logger.info(
+                "%s %s: epoch %d/%d, valid %s %.4f (best %.4f at epoch %d), %.0f s%s",
+                PROGRESS,
+                self.name,
+                found["epoch"],
+                found["max_epochs"],
+                found["metric"],
+                found["valid"],
+                found["best"],
+                found["best_epoch"],
+                found["seconds"],
+                left,
+            )
+            if self.artifact_id is not None:
+                update_progress_artifact(self.artifact_id, min(100.0, 100.0 * done))
+        except Exception:  # progress must never fail a training
+            self.handleError(record)
+
+
+@contextmanager
+def training_progress(name: str) -> Iterator[None]:
+    """While a candidate trains in this thread: its epochs in the task run's logs and as a
+    progress artifact (both in the Prefect UI)."""
+    run_logger = get_run_logger()
+    artifact_id: Any  # a UUID: the call is synchronous here
+    try:
+        artifact_id = create_progress_artifact(
+            0.0, key=f"training-{name}", description=f"{name}: epochs of its maximum or budget"
+        )
+    except Exception:  # no artifact is no reason to stop
+        artifact_id = None
+    handler = _Progress(name, run_logger, artifact_id)
+    training = logging.getLogger("recsys.training")
+    with _listening:  # candidates train at once: the level is restored after the last one
+        if not _listeners:
+            _saved_level[:] = [training.level]
+            if not training.isEnabledFor(logging.INFO):
+                training.setLevel(logging.INFO)
+        _listeners.append(handler)
+        training.addHandler(handler)
+    try:
+        yield
+    finally:
+        with _listening:
+            training.removeHandler(handler)
+            _listeners.remove(handler)
+            if not _listeners:
+                training.setLevel(_saved_level[0])
+        if artifact_id is not None:
+            update_progress_artifact(artifact_id, 100.0)
+
+
+_listening = threading.Lock()
+_listeners: list[_Progress] = []
+_saved_level: list[int] = []
 
 
 @task(

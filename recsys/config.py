@@ -130,6 +130,14 @@ class Settings(BaseSettings):
         default=None,
         json_schema_extra=_doc("service the retrain flow tells to reload on promotion", "unset"),
     )
+    api_key: SecretStr | None = Field(
+        default=None,
+        json_schema_extra=_doc(
+            "the key clients started here send to the service (the dashboard's explorer: a "
+            "`read` key), from the environment",
+            "unset",
+        ),
+    )
     poll_seconds: float = Field(
         default=10.0,
         ge=0,
@@ -362,6 +370,11 @@ class Settings(BaseSettings):
         """The admin token in clear, for the one place that compares or sends it."""
         return None if self.admin_token is None else self.admin_token.get_secret_value()
 
+    @property
+    def api_secret(self) -> str | None:
+        """The API key in clear, for the one place that sends it."""
+        return None if self.api_key is None else self.api_key.get_secret_value()
+
 
 def get_settings(**overrides: Any) -> Settings:
     """Read the ``RECSYS_*`` variables now; ``overrides`` (field names) win over them."""
@@ -372,7 +385,8 @@ def get_settings(**overrides: Any) -> Settings:
         where = first["loc"][0] if first["loc"] else "?"
         name = str(where) if str(where).startswith(ENV_PREFIX) else _variable(str(where))
         raw = first.get("input")
-        shown = "" if name == _variable("admin_token") else f", got {raw!r}"
+        secret = name in (_variable("admin_token"), _variable("api_key"))
+        shown = "" if secret else f", got {raw!r}"
         raise SettingsError(f"{name}: {first['msg'].lower()}{shown}") from None
 
 

@@ -407,6 +407,34 @@ def recommend_many(
     ]
 
 
+def similar_items(
+    artifact: Artifact,
+    column: int,
+    k: int,
+    *,
+    filters: Filters = NO_FILTERS,
+    catalogue: Catalogue | None = None,
+) -> Ranking:
+    """The ``k`` items nearest item ``column`` by cosine of the model's item representations
+    (the scores are those similarities), the item itself and unavailable items excluded.
+
+    The caller checks that the model has representations (``artifact.unit_vectors``) and
+    finds the item's column (``artifact.item_index[item_id] - 1``).
+    """
+    unit = artifact.unit_vectors
+    if unit is None:
+        raise RecsysError(f"v{artifact.version} ({artifact.family}) has no item representations")
+    similarity = (unit @ unit[column]).astype(np.float32)  # (I,)
+    return rank_scores(
+        artifact,
+        similarity,
+        k,
+        excluded=np.asarray([column], dtype=np.int64),
+        filters=filters,
+        catalogue=catalogue,
+    )
+
+
 def score_items(
     artifact: Artifact, history: Sequence[str], item_ids: Sequence[str], *, user_id: str | None
 ) -> ItemScores:

@@ -9,10 +9,12 @@ run ends there); nothing here knows about Prefect.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -212,7 +214,9 @@ def write_report(
     *,
     home: Path,
 ) -> tuple[RetrainSummary, str]:
-    """Write the run's report under ``home`` and into each candidate's artifact folder.
+    """Write the run's report under ``home`` and into each candidate's artifact folder, and
+    beside it the same as data (``.json``: the summary and the quality report, for readers
+    such as the dashboard).
 
     Returns the summary with its ``report_path`` and the report (markdown).
     """
@@ -220,6 +224,12 @@ def write_report(
     path = report_path(home, summary.flow_run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(report, encoding="utf-8")
+    data = {
+        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "summary": replace(summary, report_path=str(path)).to_dict(),
+        "quality": None if quality is None else quality.to_dict(),
+    }
+    path.with_suffix(".json").write_text(json.dumps(data, default=str), encoding="utf-8")
     for row in summary.candidates:
         if row.get("artifact"):
             (Path(row["artifact"]) / REPORT_FILE).write_text(report, encoding="utf-8")

@@ -213,8 +213,26 @@ def _epochs(
             best_state = _cpu_copy(model)
         bar.update(1)
         bar.set_postfix(loss=f"{history[-1].loss:.4f}", valid=f"{valid:.4f}", best=best_epoch)
+        # One line per epoch (with its numbers as ``progress``, which the retrain flow shows).
+        progress = {
+            "model": type(model).__name__,
+            "epoch": epoch,
+            "max_epochs": config.max_epochs,
+            "loss": history[-1].loss,
+            "metric": config.valid_metric,
+            "valid": valid,
+            "best": best_valid,
+            "best_epoch": best_epoch,
+            "seconds": elapsed,
+            "budget_seconds": config.budget_seconds,
+        }
         logger.info(
-            "epoch %d loss %.4f valid %s %.4f", epoch, history[-1].loss, config.valid_metric, valid
+            "%s epoch %d/%d loss %.4f valid %s %.4f (best %.4f at %d), %.0f s",
+            *(progress[k] for k in ("model", "epoch", "max_epochs", "loss", "metric", "valid")),
+            best_valid,
+            best_epoch,
+            elapsed,
+            extra={"progress": progress},
         )
         if out_of_time:
             stopped = "budget"

@@ -496,14 +496,8 @@ class Scorer:
         idx = artifact.item_index.get(item_id)
         if idx is None:
             raise NotFoundError("item_id", f"unknown item {item_id!r}")
-        similarity = (unit @ unit[idx - 1]).astype(np.float32)  # (I,)
-        ranked = ranking.rank_scores(
-            artifact,
-            similarity,
-            k,
-            excluded=np.asarray([idx - 1], dtype=np.int64),
-            filters=filters or Filters(),
-            catalogue=model.catalogue,
+        ranked = ranking.similar_items(
+            artifact, idx - 1, k, filters=filters or Filters(), catalogue=model.catalogue
         )
         return self._shown(
             "similar_items",

@@ -6,9 +6,9 @@ per command group: :mod:`.data` (schema, imports, generation, stats), :mod:`.mod
 (training, evaluation, the registry, recommendations), :mod:`.sources` (application
 databases as sources), :mod:`.online` (online metrics), :mod:`.experiments`
 (champion against challenger), :mod:`.flows` (retrain, batch, schedule), :mod:`.deploy`
-(the deployments on work pools), :mod:`.serving` (the service, bentos, API keys) and
-:mod:`.demo`; what they share is in :mod:`.output`, and every child process starts in
-:mod:`.runner`.
+(the deployments on work pools), :mod:`.serving` (the service, bentos, API keys), :mod:`.ui`
+(the dashboard) and :mod:`.demo`; what they share is in :mod:`.output`, and every child
+process starts in :mod:`.runner`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from recsys.cli import (
     online,
     serving,
     sources,
+    ui,
 )
 
 app = typer.Typer(
@@ -48,7 +49,7 @@ def _main(
     )
 
 
-for group in (data, sources, models, online, experiments, flows, deploy, serving, demo):
+for group in (data, sources, models, online, experiments, flows, deploy, serving, ui, demo):
     group.register(app)
 
 

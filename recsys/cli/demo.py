@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -53,7 +54,11 @@ def demo(
         _demo_synthetic(settings, engine, users, items, interactions)
 
     typer.echo(f"3. running the retrain flow (Prefect) on {models}, {budget_seconds:g}s each ...")
-    result = run_flow("retrain", {"models": model_list(models), "budget_seconds": budget_seconds})
+    result = run_flow(
+        "retrain",
+        {"models": model_list(models), "budget_seconds": budget_seconds},
+        on_log=_show_progress,
+    )
     typer.echo(f"   {result['status']}: {result['reason']}")
     for row in result.get("candidates", []):
         typer.echo(
@@ -63,6 +68,25 @@ def demo(
     typer.echo(f"   report: {result.get('report_path')}")
     _demo_service(settings, engine)
     typer.echo(f"done in {time.perf_counter() - started:.1f}s; nothing left running")
+    home = "" if settings.home == Path(".recsys").resolve() else f"RECSYS_HOME={settings.home} "
+    typer.echo(
+        "\nThe dashboard on this data (data, models, the champion's history, an explorer):\n"
+        f"   {home}recsys ui --port 8080   (or: make ui)   then open http://127.0.0.1:8080\n"
+        "   (with `recsys serve` running and RECSYS_SERVICE_URL=http://127.0.0.1:3000 and a read "
+        "key in RECSYS_API_KEY, its explorer asks the service)"
+    )
+
+
+# A retrain's progress lines (flows.retrain forwards the training loop's epochs to the run's
+# log as "progress NAME: epoch ..."), without Prefect's prefix and colours.
+_PROGRESS = re.compile(r" - progress (.+)$")
+_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _show_progress(line: str) -> None:
+    found = _PROGRESS.search(_COLOURS.sub("", line))
+    if found:
+        typer.echo(f"   {found.group(1)}")
 
 
 def _demo_synthetic(

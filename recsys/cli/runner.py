@@ -2,7 +2,8 @@
 
 The library never imports Prefect or BentoML, so flows run as ``python -m flows NAME JSON``
 (the parameters as one JSON object, the result as one JSON line on stdout), a bento is built
-by ``python -m serving.bento``, and the service is ``bentoml serve``. Options are declared
+by ``python -m serving.bento``, the service is ``bentoml serve`` and the dashboard is
+``python -m ui``. Options are declared
 once, in the CLI; the flows' entry points take the parameters their functions declare.
 """
 
@@ -12,6 +13,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -24,12 +27,40 @@ def _command(name: str, parameters: dict[str, Any]) -> list[str]:
     return [sys.executable, "-m", "flows", name, json.dumps(parameters)]
 
 
-def run_flow(name: str, parameters: dict[str, Any]) -> dict[str, Any]:
+def run_flow(
+    name: str, parameters: dict[str, Any], *, on_log: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Run flow entry point ``name`` in a child process and return its JSON result.
 
-    A failure is a :class:`RecsysError` with the child's one-line reason.
+    ``on_log`` receives each line the child logs (Prefect's console lines) as it comes. A
+    failure is a :class:`RecsysError` with the child's one-line reason.
     """
-    done = subprocess.run(_command(name, parameters), capture_output=True, text=True)
+    command = _command(name, parameters)
+    if on_log is None:
+        return _result(name, subprocess.run(command, capture_output=True, text=True))
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
+    ) as child:
+        streams = {"out": child.stdout, "err": child.stderr}
+        seen: dict[str, list[str]] = {"out": [], "err": []}
+
+        def follow(which: str) -> None:
+            for line in streams[which] or ():
+                seen[which].append(line)
+                on_log(line.rstrip("\n"))
+
+        readers = [
+            threading.Thread(target=follow, args=(w,), name=f"{name}-{w}", daemon=True)
+            for w in streams
+        ]
+        for reader in readers:
+            reader.start()
+        child.wait()
+        for reader in readers:
+            reader.join()
+    done = subprocess.CompletedProcess(
+        command, child.returncode, "".join(seen["out"]), "".join(seen["err"])
+    )
     return _result(name, done)
 
 
@@ -64,6 +95,16 @@ def serve_command(target: str, host: str, port: int) -> list[str]:
 
 def exec_serve(target: str, host: str, port: int) -> NoReturn:
     command = serve_command(target, host, port)
+    os.execv(command[0], command)
+
+
+def ui_command(host: str, port: int) -> list[str]:
+    """The dashboard (``python -m ui``) on ``host:port``."""
+    return [sys.executable, "-m", "ui", "--host", host, "--port", str(port)]
+
+
+def exec_ui(host: str, port: int) -> NoReturn:
+    command = ui_command(host, port)
     os.execv(command[0], command)
 
 

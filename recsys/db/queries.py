@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, Select, Table, bindparam, func, select
 
-from recsys.db.schema import imports_table, interactions_table, items_table, users_table
+from recsys.db.schema import (
+    imports_table,
+    interactions_table,
+    items_table,
+    source_watermarks_table,
+    users_table,
+)
 
 if TYPE_CHECKING:
     from recsys.data.extract import IdMap
@@ -32,9 +38,9 @@ def stats(engine: Engine) -> dict[str, Any]:
             .group_by(events.event_type)
             .order_by(events.event_type)
         ).all()
-        first, last = conn.execute(
-            select(func.min(events.occurred_at), func.max(events.occurred_at))
-        ).one()
+        # Apart: SQLite answers a lone min() or max() from the index, both together by a scan.
+        first = conn.execute(select(func.min(events.occurred_at))).scalar()
+        last = conn.execute(select(func.max(events.occurred_at))).scalar()
         active_users = conn.execute(select(func.count(func.distinct(events.user_id)))).scalar_one()
         active_items = conn.execute(select(func.count(func.distinct(events.item_id)))).scalar_one()
         imports = conn.execute(select(func.count()).select_from(imports_table)).scalar_one()
@@ -141,3 +147,186 @@ def active_users(engine: Engine, *, min_events: int, limit: int) -> list[str]:
     )
     with engine.connect() as conn:
         return [str(user_id) for user_id in conn.execute(query).scalars()]
+
+
+DAY_MS = 86_400_000
+
+
+def events_per_day(engine: Engine) -> list[tuple[int, str, int]]:
+    """Events per UTC day and event type: (the day's start in epoch ms, type, count), by day."""
+    events = interactions_table.c
+    day = events.occurred_at // DAY_MS
+    query = (
+        select(day, events.event_type, func.count())
+        .group_by(day, events.event_type)
+        .order_by(day, events.event_type)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return [(int(d) * DAY_MS, str(kind), int(count)) for d, kind, count in rows]
+
+
+def recent_imports(engine: Engine, *, limit: int = 50) -> list[dict[str, Any]]:
+    """The latest runs of the importers and of the source syncs (one row per loaded chunk),
+    newest first, with their counts, rejects per reason and rejects file."""
+    c = imports_table.c
+    query = select(imports_table).order_by(c.id.desc()).limit(limit)
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return [
+        {
+            "id": r.id,
+            "kind": r.kind,
+            "source": r.source,
+            "started_at": r.started_at,
+            "finished_at": r.finished_at,
+            "rows_read": r.rows_read,
+            "rows_inserted": r.rows_inserted,
+            "rows_rejected": r.rows_rejected,
+            "rows_out_of_order": r.rows_out_of_order,
+            "rejects_by_reason": dict(r.rejects_by_reason or {}),
+            "rejects_path": r.rejects_path,
+        }
+        for r in rows
+    ]
+
+
+def import_run(engine: Engine, import_id: int) -> dict[str, Any] | None:
+    """One row of ``imports`` (as :func:`recent_imports` gives it), or None."""
+    with engine.connect() as conn:
+        row = conn.execute(select(imports_table).where(imports_table.c.id == import_id)).first()
+    return None if row is None else {k: row._mapping[k] for k in row._mapping}
+
+
+def source_syncs(engine: Engine, *, kind: str = "source") -> list[dict[str, Any]]:
+    """Per database source: its watermark (column, value, when it moved) and the totals of
+    its loaded chunks (``imports`` rows of ``kind``), with rejects per reason and the latest
+    rejects file."""
+    c = imports_table.c
+    totals = (
+        select(
+            c.source,
+            func.count(),
+            func.max(c.id),
+            func.max(c.finished_at),
+            func.sum(c.rows_read),
+            func.sum(c.rows_inserted),
+            func.sum(c.rows_rejected),
+        )
+        .where(c.kind == kind)
+        .group_by(c.source)
+    )
+    w = source_watermarks_table.c
+    out: dict[str, dict[str, Any]] = {}
+    with engine.connect() as conn:
+        for name, chunks, last_id, last_at, read, inserted, rejected in conn.execute(totals):
+            out[str(name)] = {
+                "name": str(name),
+                "chunks": int(chunks),
+                "last_import_id": int(last_id),
+                "last_loaded_at": last_at,
+                "rows_read": int(read or 0),
+                "rows_inserted": int(inserted or 0),
+                "rows_rejected": int(rejected or 0),
+                "rejects_by_reason": {},
+                "rejects_path": None,
+                "watermark": None,
+            }
+        reasons = select(c.source, c.id, c.rejects_by_reason, c.rejects_path).where(
+            c.kind == kind, c.rejects_path.is_not(None)
+        )
+        for name, import_id, by_reason, path in conn.execute(reasons.order_by(c.id)):
+            entry = out[str(name)]
+            for reason, count in (by_reason or {}).items():
+                entry["rejects_by_reason"][reason] = (
+                    entry["rejects_by_reason"].get(reason, 0) + count
+                )
+            entry["rejects_path"], entry["rejects_import_id"] = path, import_id
+        for name, column, value, updated_at in conn.execute(
+            select(w.name, w.column_name, w.value, w.updated_at)
+        ):
+            entry = out.setdefault(
+                str(name),
+                {"name": str(name), "chunks": 0, "rows_read": 0, "rows_inserted": 0,
+                 "rows_rejected": 0, "rejects_by_reason": {}, "rejects_path": None},
+            )  # fmt: skip
+            entry["watermark"] = {"column": column, "value": value, "updated_at": updated_at}
+    return sorted(out.values(), key=lambda entry: entry["name"])
+
+
+def find_users(engine: Engine, prefix: str, *, limit: int = 20) -> list[str]:
+    """External user ids starting with ``prefix``, in id order (the unique index serves it)."""
+    u = users_table.c
+    query = (
+        select(u.external_id)
+        .where(u.external_id.startswith(prefix, autoescape=True))
+        .order_by(u.external_id)
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        return [str(v) for v in conn.execute(query).scalars()]
+
+
+def find_items(engine: Engine, text: str, *, limit: int = 20) -> list[tuple[str, str | None]]:
+    """Items whose external id starts with ``text`` or whose title contains it:
+    (id, title), ids first."""
+    i = items_table.c
+    by_id = (
+        select(i.external_id, i.title)
+        .where(i.external_id.startswith(text, autoescape=True))
+        .order_by(i.external_id)
+        .limit(limit)
+    )
+    by_title = (
+        select(i.external_id, i.title)
+        .where(func.lower(i.title).contains(text.lower(), autoescape=True))
+        .order_by(i.external_id)
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        found = dict(conn.execute(by_id).all())
+        for item_id, title in conn.execute(by_title):
+            found.setdefault(item_id, title)
+    return [(str(k), v) for k, v in list(found.items())[:limit]]
+
+
+def user_events(engine: Engine, user_id: str, *, limit: int = 100) -> list[dict[str, Any]]:
+    """A user's latest events, newest first: item id, title, event type, value, time (ms)."""
+    events = interactions_table.c
+    query = (
+        select(
+            items_table.c.external_id,
+            items_table.c.title,
+            events.event_type,
+            events.value,
+            events.occurred_at,
+        )
+        .select_from(
+            interactions_table.join(users_table, users_table.c.id == events.user_id).join(
+                items_table, items_table.c.id == events.item_id
+            )
+        )
+        .where(users_table.c.external_id == user_id)
+        .order_by(events.occurred_at.desc(), events.id.desc())
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return [
+        {"item_id": str(item), "title": title, "event_type": kind, "value": value,
+         "occurred_at": int(at)}
+        for item, title, kind, value, at in rows
+    ]  # fmt: skip
+
+
+def item_titles(engine: Engine, item_ids: Sequence[str]) -> dict[str, str | None]:
+    """Titles of the given external item ids (ids not in the store are absent)."""
+    if not item_ids:
+        return {}
+    i = items_table.c
+    query = select(i.external_id, i.title).where(
+        i.external_id.in_(bindparam("ids", expanding=True))
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query, {"ids": list(dict.fromkeys(item_ids))}).all()
+    return {str(k): v for k, v in rows}

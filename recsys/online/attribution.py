@@ -45,10 +45,7 @@ def attribute(
     engine: Engine, *, window_seconds: float, since_ms: int = 0, until_ms: int | None = None
 ) -> AttributionResult:
     """Rebuild the attributions of the events in [since, until) (until: no end)."""
-    window_ms = int(window_seconds * 1000)
-    events = _events(engine, since_ms, until_ms)
-    shown = _shown(engine, since_ms - window_ms, until_ms)
-    found = credit(events, shown, window_ms)
+    events, found = _attribution(engine, window_seconds, since_ms, until_ms)
     with engine.begin() as conn:
         t = attributions_table.c
         stmt = delete(attributions_table).where(t.occurred_at >= since_ms)
@@ -67,6 +64,27 @@ def attribute(
         since_ms=since_ms,
         until_ms=until_ms,
     )
+
+
+def attributions(
+    engine: Engine, *, window_seconds: float, since_ms: int = 0, until_ms: int | None = None
+) -> pd.DataFrame:
+    """What :func:`attribute` would store for the events in [since, until), read-only: the
+    rows (interaction_id, impression_id, rank, event_type, occurred_at, named) as a frame.
+
+    For readers that may not write (a dashboard): the online metrics, an experiment's status
+    and the drift signals take it as ``attributed`` instead of reading the table.
+    """
+    return _attribution(engine, window_seconds, since_ms, until_ms)[1]
+
+
+def _attribution(
+    engine: Engine, window_seconds: float, since_ms: int, until_ms: int | None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    window_ms = int(window_seconds * 1000)
+    events = _events(engine, since_ms, until_ms)
+    shown = _shown(engine, since_ms - window_ms, until_ms)
+    return events, credit(events, shown, window_ms)
 
 
 def credit(events: pd.DataFrame, shown: pd.DataFrame, window_ms: int) -> pd.DataFrame:

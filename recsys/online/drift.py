@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 from sqlalchemy import Engine, select
 
 from recsys.db.schema import impressions_table, interactions_table, items_table, users_table
@@ -159,12 +160,14 @@ def drift_signals(
     conversion_events: Sequence[str],
     now_ms: int | None = None,
     k: int = 10,
+    attributed: pd.DataFrame | None = None,
 ) -> Drift:
     """Every signal of the champion over ``[now - window, now)``; see the module's text.
 
     Raises :class:`RegistryError` when there is no champion. The click-through signal reads
     ``attributions``: run :func:`recsys.online.attribution.attribute` from the baseline's
-    start (:func:`windows`) first.
+    start (:func:`windows`) first, or pass what
+    :func:`recsys.online.attribution.attributions` computed from there as ``attributed``.
     """
     now = int(time.time() * 1000) if now_ms is None else now_ms
     since, baseline_since = windows(now, window_seconds, baseline_seconds)
@@ -209,6 +212,7 @@ def drift_signals(
             click_events=click_events,
             conversion_events=conversion_events,
             k=k,
+            attributed=attributed,
         ),
     ]
     return Drift(version, now, since, baseline_since, snapshot_at, signals)
@@ -340,6 +344,7 @@ def _ctr_signal(
     click_events: Sequence[str],
     conversion_events: Sequence[str],
     k: int,
+    attributed: pd.DataFrame | None,
 ) -> Signal:
     def clicks(start: int, end: int) -> tuple[int, int]:
         groups = online_metrics(
@@ -349,6 +354,7 @@ def _ctr_signal(
             since_ms=start,
             until_ms=end,
             k=k,
+            attributed=attributed,
         )
         mine = [g for g in groups if g.model_version == version and g.ctr.value is not None]
         hits = sum(round((g.ctr.value or 0.0) * g.ctr.n) for g in mine)

@@ -100,6 +100,13 @@ def get_experiment(engine: Engine, experiment_id: int | None = None) -> Experime
     return Experiment(**row._asdict())
 
 
+def list_experiments(engine: Engine, limit: int = 20) -> list[Experiment]:
+    """The latest experiments, newest first."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(table).order_by(table.c.id.desc()).limit(limit)).all()
+    return [Experiment(**row._asdict()) for row in rows]
+
+
 def start_experiment(
     engine: Engine, challenger: int, share: float, *, actor: str, reason: str
 ) -> Experiment:

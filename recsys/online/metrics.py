@@ -81,15 +81,22 @@ def coverage(lists: Sequence[Sequence[str]], catalogue: int, seed: int = 0) -> E
     if n == 0 or catalogue == 0:
         return Estimate(None, None, None, n)
     codes, flat_lengths = _codes(lists)
-    value = len(np.unique(codes)) / catalogue
+    distinct = int(codes.max(initial=-1)) + 1
+    value = distinct / catalogue
     rng = np.random.default_rng(seed)
-    offsets = np.concatenate([[0], np.cumsum(flat_lengths)])
+    lengths = np.asarray(flat_lengths, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
     size = min(n, MAX_COVERAGE_SAMPLE)
     found = []
     for _ in range(COVERAGE_RESAMPLES):
         picked = rng.integers(0, n, size=size)
-        parts = [codes[offsets[j] : offsets[j + 1]] for j in picked]
-        found.append(len(np.unique(np.concatenate(parts))) if parts else 0)
+        # The items of the picked lists, in one gather: each list's start, then its positions.
+        counts = lengths[picked]
+        ends = np.cumsum(counts)
+        positions = np.arange(ends[-1] if len(ends) else 0) + np.repeat(
+            offsets[picked] - (ends - counts), counts
+        )
+        found.append(int(np.count_nonzero(np.bincount(codes[positions], minlength=distinct))))
     # A smaller sample shows fewer distinct items: centre the resamples on the full value.
     spread = np.asarray(found, dtype=np.float64) - float(np.mean(found))
     low, high = np.percentile(spread, [2.5, 97.5]) / catalogue + value
@@ -141,23 +148,45 @@ def online_metrics(
     until_ms: int | None = None,
     k: int = 10,
     experiment_id: int | None = None,
+    attributed: pd.DataFrame | None = None,
 ) -> list[ArmMetrics]:
     """Metrics of the impressions shown in [since, until), per (version, arm, experiment).
 
     Reads the ``attributions`` table: run :func:`recsys.online.attribution.attribute` over
-    the range first.
+    the range first; or pass what :func:`recsys.online.attribution.attributions` computed for
+    it as ``attributed``, and nothing is read from that table.
     """
     shown = _impressions(engine, since_ms, until_ms, experiment_id)
-    credited = _credited(engine, since_ms)
-    catalogue = _catalogue_size(engine)
+    if shown.empty:
+        return []
+    credited = _credited(engine, since_ms) if attributed is None else _since(attributed, since_ms)
+    return arm_metrics(
+        shown,
+        credited,
+        _catalogue_size(engine),
+        click_events=click_events,
+        conversion_events=conversion_events,
+        k=k,
+    )
+
+
+def arm_metrics(
+    shown: pd.DataFrame,
+    credited: pd.DataFrame,
+    catalogue: int,
+    *,
+    click_events: Sequence[str],
+    conversion_events: Sequence[str],
+    k: int = 10,
+) -> list[ArmMetrics]:
+    """:func:`online_metrics` of impressions already read (``shown``: id, model_version, arm,
+    experiment_id, fallback, items) and their credited events (``credited``: impression_id,
+    rank, event_type), with ``catalogue`` items in the store."""
     out: list[ArmMetrics] = []
     if shown.empty:
         return out
     keys = ["model_version", "arm", "experiment_id"]
-    clicks = credited[credited["event_type"].isin(list(click_events))]
-    buys = credited[credited["event_type"].isin(list(conversion_events))]
-    first_click = clicks[clicks["rank"] <= k].groupby("impression_id")["rank"].min()
-    converted = set(buys.loc[buys["rank"] <= k, "impression_id"])
+    first_click, converted = _responses(credited, click_events, conversion_events, k)
     for key, group in shown.groupby(keys, dropna=False, sort=True):
         version, arm, experiment = cast(tuple[Any, Any, Any], key)
         ids = group["id"]
@@ -176,6 +205,79 @@ def online_metrics(
                 fallback_share=proportion(int(group["fallback"].notna().sum()), len(group)),
                 k=k,
                 clicked=clicked.astype(np.float64),
+            )
+        )
+    return out
+
+
+def _responses(
+    credited: pd.DataFrame, click_events: Sequence[str], conversion_events: Sequence[str], k: int
+) -> tuple[pd.Series, set[str]]:
+    """The rank of each impression's first click within ``k``, and the converted impressions."""
+    clicks = credited[credited["event_type"].isin(list(click_events))]
+    buys = credited[credited["event_type"].isin(list(conversion_events))]
+    first_click = clicks[clicks["rank"] <= k].groupby("impression_id")["rank"].min()
+    return first_click, set(buys.loc[buys["rank"] <= k, "impression_id"])
+
+
+@dataclass(frozen=True)
+class RatePoint:
+    """Click-through and conversion at k of one version and arm in one period."""
+
+    period_start_ms: int
+    model_version: int
+    arm: str | None
+    impressions: int
+    ctr: Estimate
+    conversion: Estimate
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "period_start_ms": self.period_start_ms,
+            "model_version": self.model_version,
+            "arm": self.arm,
+            "impressions": self.impressions,
+            "ctr": self.ctr.report(),
+            "conversion": self.conversion.report(),
+        }
+
+
+def rates_over_time(
+    engine: Engine,
+    *,
+    click_events: Sequence[str],
+    conversion_events: Sequence[str],
+    since_ms: int,
+    period_ms: int,
+    until_ms: int | None = None,
+    k: int = 10,
+    attributed: pd.DataFrame | None = None,
+) -> list[RatePoint]:
+    """Click-through and conversion rates at k, with Wilson 95% intervals, per version and arm
+    and per period of ``period_ms`` (periods start at multiples of it since the epoch: UTC
+    hours, days; the first may hold less than a period, from ``since_ms``). An impression
+    belongs to the period it was shown in; its clicks count whenever they came. Reads what
+    :func:`online_metrics` reads."""
+    if period_ms <= 0:
+        raise ValueError(f"period_ms must be positive, got {period_ms}")
+    shown = _impressions(engine, since_ms, until_ms, None)
+    if shown.empty:
+        return []
+    credited = _credited(engine, since_ms) if attributed is None else _since(attributed, since_ms)
+    first_click, converted = _responses(credited, click_events, conversion_events, k)
+    shown = shown.assign(period=shown["shown_at"].astype(np.int64) // period_ms * period_ms)
+    out: list[RatePoint] = []
+    for key, group in shown.groupby(["period", "model_version", "arm"], dropna=False, sort=True):
+        period, version, arm = cast(tuple[Any, Any, Any], key)
+        ids = group["id"]
+        out.append(
+            RatePoint(
+                period_start_ms=int(period),
+                model_version=int(version),
+                arm=None if pd.isna(arm) else str(arm),
+                impressions=len(group),
+                ctr=proportion(int(ids.isin(first_click.index).sum()), len(group)),
+                conversion=proportion(int(ids.isin(converted).sum()), len(group)),
             )
         )
     return out
@@ -236,16 +338,16 @@ def _impressions(
     engine: Engine, since_ms: int, until_ms: int | None, experiment_id: int | None
 ) -> pd.DataFrame:
     m = impressions_table.c
-    stmt = select(m.id, m.model_version, m.arm, m.experiment_id, m.fallback, m["items"]).where(
-        m.shown_at >= since_ms
-    )
+    stmt = select(
+        m.id, m.model_version, m.arm, m.experiment_id, m.fallback, m["items"], m.shown_at
+    ).where(m.shown_at >= since_ms)
     if until_ms is not None:
         stmt = stmt.where(m.shown_at < until_ms)
     if experiment_id is not None:
         stmt = stmt.where(m.experiment_id == experiment_id)
     with engine.connect() as conn:
         rows = conn.execute(stmt).all()
-    columns = ["id", "model_version", "arm", "experiment_id", "fallback", "items"]
+    columns = ["id", "model_version", "arm", "experiment_id", "fallback", "items", "shown_at"]
     return pd.DataFrame(rows, columns=columns, dtype=object)
 
 
@@ -256,6 +358,13 @@ def _credited(engine: Engine, since_ms: int) -> pd.DataFrame:
             select(a.impression_id, a.rank, a.event_type).where(a.occurred_at >= since_ms)
         ).all()
     frame = pd.DataFrame(rows, columns=["impression_id", "rank", "event_type"])
+    return frame.astype({"rank": np.int64})
+
+
+def _since(attributed: pd.DataFrame, since_ms: int) -> pd.DataFrame:
+    """The credited events of an attributions frame that :func:`_credited` would read."""
+    rows = attributed[attributed["occurred_at"].astype(np.int64) >= since_ms]
+    frame = rows[["impression_id", "rank", "event_type"]].reset_index(drop=True)
     return frame.astype({"rank": np.int64})
 
 

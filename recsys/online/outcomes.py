@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import pandas as pd
 from sqlalchemy import Engine, update
 
 from recsys import registry
@@ -49,10 +50,16 @@ def experiment_status(
     window_seconds: float,
     k: int = 10,
     until_ms: int | None = None,
+    attributed: pd.DataFrame | None = None,
 ) -> ExperimentStatus:
     """Each arm's online metrics since the start, and challenger minus champion on the
-    click-through and conversion rates (interval and p-value)."""
-    attribute(engine, window_seconds=window_seconds, since_ms=experiment.started_ms)
+    click-through and conversion rates (interval and p-value).
+
+    Rebuilds the attributions since the start first, unless ``attributed`` brings them
+    (:func:`recsys.online.attribution.attributions` from the start: nothing is written).
+    """
+    if attributed is None:
+        attribute(engine, window_seconds=window_seconds, since_ms=experiment.started_ms)
     groups = online_metrics(
         engine,
         click_events=click_events,
@@ -61,6 +68,7 @@ def experiment_status(
         until_ms=until_ms,
         k=k,
         experiment_id=experiment.id,
+        attributed=attributed,
     )
     arms: dict[str, ArmMetrics] = {}
     for group in groups:

@@ -36,6 +36,7 @@ from recsys.registry.store import (
     move_alias,
     promote,
     rollback,
+    servable_versions,
 )
 
 __all__ = [
@@ -62,4 +63,5 @@ __all__ = [
     "move_alias",
     "promote",
     "rollback",
+    "servable_versions",
 ]

@@ -178,6 +178,15 @@ def list_versions(engine: Engine, *, include_hidden: bool = False) -> list[Model
     return [ModelRecord.from_row(r, tuple(sorted(by_version.get(r.version, [])))) for r in rows]
 
 
+def servable_versions(engine: Engine) -> list[int]:
+    """The numbers of the versions that may be served (promoted, tried), newest first; one
+    indexed query, for choosers that need nothing else of them."""
+    c = model_versions_table.c
+    query = select(c.version).where(c.status == SERVABLE).order_by(c.version.desc())
+    with engine.connect() as conn:
+        return [int(v) for v in conn.execute(query).scalars()]
+
+
 def aliases(engine: Engine) -> dict[str, int]:
     with engine.connect() as conn:
         rows = conn.execute(select(model_aliases_table.c.alias, model_aliases_table.c.version))

@@ -202,3 +202,32 @@ def test_the_retrain_flow_trains_a_candidate_in_two_processes(flow_home: dict[st
     (row,) = result["candidates"]
     assert row["model"] == "gru4rec" and row["status"] == "ready"
     assert len(registry.list_versions(engine())) == 1  # registered once
+
+
+def test_training_progress_reaches_the_run_logs_and_a_progress_artifact(
+    flow_home: dict[str, str],
+) -> None:
+    """Each epoch of a candidate is a line of its task run's log in Prefect (model, epoch,
+    validation score, time left of the budget) and moves its progress artifact."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    result = retrain_flow(models=["gru4rec"], budget_seconds=30.0)
+    run_id = UUID(result["flow_run_id"])
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["training-gru4rec"]))
+        )
+    lines = [log.message for log in logs if log.message.startswith("progress gru4rec: epoch")]
+    assert lines, [log.message for log in logs]
+    assert lines[0].startswith("progress gru4rec: epoch 1/")
+    assert "valid ndcg@10" in lines[0] and "s left of 30 s" in lines[0]
+    assert artifacts and artifacts[0].type == "progress" and artifacts[0].data == 100.0

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_packages_import_and_console_script_is_installed() -> None:
-    for name in ("recsys", "flows", "serving"):
+    for name in ("recsys", "flows", "serving", "ui"):
         importlib.import_module(name)
     scripts = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")}
     assert scripts.get("recsys") == "recsys.cli:main"

@@ -4,12 +4,12 @@ Every command in a ```bash block of README.md is run, in order, by one of the te
 in a fresh working folder that holds the files the commands name (a small MovieLens-format
 folder at ``path/to/ml-100k``, a sequences file, ``events.csv`` with its items and users),
 with ``RECSYS_HOME`` in a temporary folder and the project's venv first on ``PATH``. Ports the
-README names (3000, 3001, 4200) are replaced by free ones, and the production block's database
-URL by a fresh PostgreSQL database. Servers (``recsys serve``, ``bentoml serve``,
-``prefect server start``, ``prefect worker start``, ``recsys schedule``) are started in the
-background, waited for and checked, then stopped. Blocks of another language (``sh`` for
-the Docker and Kubernetes commands, TOML) are not commands here. ``make test`` and ``make
-demo`` are what ``.ci/run`` runs.
+README names (3000, 3001, 4200, 8080) are replaced by free ones, and the production block's
+database URL by a fresh PostgreSQL database. Servers (``recsys serve``, ``recsys ui``,
+``bentoml serve``, ``prefect server start``, ``prefect worker start``, ``recsys schedule``)
+are started in the background, waited for and checked, then stopped. Blocks of another
+language (``sh`` for the Docker and Kubernetes commands, TOML) are not commands here.
+``make test`` and ``make demo`` are what ``.ci/run`` runs.
 
 A command exiting non-zero, or a curl answering anything but 200, fails the test with its
 output. The fast test checks that the README parses into commands and that each one has a
@@ -42,9 +42,10 @@ README = REPO_ROOT / "README.md"
 PRODUCTION_HEADING = "In production"
 # Commands .ci/run runs itself (the test suite cannot run itself or the demo inside it).
 RUN_BY_CI = {"make demo", "make test"}
-README_PORTS = ("3000", "3001", "4200")
+README_PORTS = ("3000", "3001", "4200", "8080")
 SERVER_PATTERNS = (
     re.compile(r"(^|\s)recsys serve\b"),
+    re.compile(r"(^|\s)recsys ui\b"),
     re.compile(r"(^|\s)bentoml serve\b"),
     re.compile(r"(^|\s)prefect server start\b"),
     re.compile(r"(^|\s)prefect worker start\b"),
@@ -282,7 +283,8 @@ class Walk:
                 if re.search(r"Worker '[^']+' started!", log.read_text()):
                     return
             elif port:
-                probe = "readyz" if self.services_need_a_model else "healthz"
+                needs_model = self.services_need_a_model and "recsys ui" not in text
+                probe = "readyz" if needs_model else "healthz"
                 if _answers(f"http://127.0.0.1:{port.group(1)}/{probe}"):
                     return
             time.sleep(0.5)

@@ -25,7 +25,7 @@ def test_config_no_other_module_reads_recsys_variables() -> None:
     reads = re.compile(r"(?:environ(?:\.get)?\s*[\[(]|getenv\s*\()\s*[\"']RECSYS_")
     offenders = [
         str(path.relative_to(ROOT))
-        for folder in ("recsys", "serving", "flows", "migrations")
+        for folder in ("recsys", "serving", "flows", "ui", "migrations")
         for path in (ROOT / folder).rglob("*.py")
         if path.name != "config.py" and reads.search(path.read_text(encoding="utf-8"))
     ]
@@ -87,10 +87,13 @@ def test_config_bad_value_is_an_error_naming_the_variable(
 
 def test_config_admin_token_never_shows_in_clear(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECSYS_ADMIN_TOKEN", "very-secret-token")
+    monkeypatch.setenv("RECSYS_API_KEY", "rsk_abc_secret-key")
     settings = get_settings()
     assert settings.admin_secret == "very-secret-token"
-    assert "very-secret-token" not in repr(settings) and "very-secret-token" not in str(settings)
-    assert "very-secret-token" not in settings.model_dump_json()
+    assert settings.api_secret == "rsk_abc_secret-key"
+    for secret in ("very-secret-token", "rsk_abc_secret-key"):
+        assert secret not in repr(settings) and secret not in str(settings)
+        assert secret not in settings.model_dump_json()
 
 
 def test_config_overrides_win_and_settings_are_frozen() -> None:

@@ -3,6 +3,7 @@ as plain functions on SQLite and PostgreSQL: no Prefect here (tests/flows runs t
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -122,6 +123,9 @@ def test_retrain_steps_fail_skip_conclude_and_report(engine: Engine, tmp_path: P
     assert reported.report_path == str(path) and path.read_text() == report
     assert (Path(record.artifact_path or "") / retrain.REPORT_FILE).read_text() == report
     assert "# Retrain: promoted" in report and "## Gate decision" in report
+    data = json.loads(path.with_suffix(".json").read_text())
+    assert data["summary"]["status"] == "promoted" and data["summary"]["report_path"] == str(path)
+    assert data["quality"]["interactions"] == quality.interactions and data["quality"]["ok"]
     assert set(reported.to_dict()) == {
         "status",
         "reason",

@@ -217,6 +217,22 @@ def test_ranking_explanations_name_the_closest_history_items(tiny: Artifact) -> 
     assert [item.because for item in cold.items] == [(), ()]
 
 
+def test_ranking_similar_items_rank_by_cosine_without_the_item_itself(tiny: Artifact) -> None:
+    tiny.__dict__["unit_vectors"] = np.array(
+        [[1, 0], [0.8, 0.6], [0, 1], [-1, 0], [0.6, 0.8], [0.6, -0.8]], dtype=np.float32
+    )  # a, b, c, d, e, f (unit length)
+    out = ranking.similar_items(tiny, 0, 3, catalogue=Shelf(unavailable=["b"]))
+    assert out.item_ids == ["e", "f", "c"] and out.scores == pytest.approx([0.6, 0.6, 0.0])
+    assert [item.title for item in out.items] == ["Title e", "Title f", "Title c"]
+    filtered = ranking.similar_items(
+        tiny, 0, 2, filters=Filters(include_genres=("x",)), catalogue=Shelf(passing=["c"])
+    )
+    assert filtered.item_ids == ["c", "b"] and filtered.backfilled == 1
+    tiny.__dict__["unit_vectors"] = None
+    with pytest.raises(RecsysError, match="no item representations"):
+        ranking.similar_items(tiny, 0, 3)
+
+
 def test_ranking_many_requests_share_one_run_and_each_equals_its_own(tiny: Artifact) -> None:
     requests = [
         Request(["a", "c"], user_id="u1", k=3),

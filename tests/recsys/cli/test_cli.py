@@ -149,6 +149,11 @@ def test_cli_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path: Path) -> 
     assert "imported with the CSV importer: 6,000 new" in out
     assert "imported again with the CSV importer: 0 new, 6,000 already stored" in out
     assert "running the retrain flow" in out and "report: " in out
+    # The retrain's progress while it trains: model, epoch, validation, time left.
+    progress = [line for line in out.splitlines() if line.startswith("   sasrec: epoch ")]
+    assert progress and "valid ndcg@10" in progress[0] and "s left of 5 s" in progress[0]
+    assert out.index(progress[0]) < out.index(" v1 sasrec ")
+    assert "recsys ui --port 8080" in out.split("nothing left running")[1]
     assert out.count(" v1 sasrec ") + out.count(" v2 gru4rec ") + out.count(" v3 ease ") == 3
     assert "anonymous session" in out and "fallback: popular" in out and "why #1" in out
     assert "stopped the service" in out

@@ -150,3 +150,75 @@ def test_recent_metrics_feed_the_retrain_report(logged: sa.Engine) -> None:
         )
         is same
     )  # measuring failed: the retrain goes on without it
+
+
+def test_attributions_read_only_give_the_metrics_the_table_gives(logged: sa.Engine) -> None:
+    """A reader that may not write (the dashboard) computes the same numbers in memory."""
+    from recsys.online.attribution import attributions
+
+    found = attributions(logged, window_seconds=WINDOW)
+    assert _attributions(logged) == set()  # nothing written
+    assert len(found) == 4 and int(found["named"].sum()) == 1
+    kinds = {"click_events": ["click"], "conversion_events": ["purchase"]}
+    in_memory = online_metrics(logged, **kinds, attributed=found)
+    attribute(logged, window_seconds=WINDOW)
+    stored = online_metrics(logged, **kinds)
+    assert [g.report() for g in in_memory] == [g.report() for g in stored]
+    later = online_metrics(logged, **kinds, since_ms=4_000, attributed=found)
+    assert [g.report() for g in later] == [
+        g.report() for g in online_metrics(logged, **kinds, since_ms=4_000)
+    ]
+
+
+def test_rates_over_time_split_the_same_counts_by_period(logged: sa.Engine) -> None:
+    from recsys.online.attribution import attributions
+    from recsys.online.metrics import rates_over_time
+
+    found = attributions(logged, window_seconds=WINDOW)
+    kinds = {"click_events": ["click"], "conversion_events": ["purchase"]}
+    points = rates_over_time(logged, **kinds, since_ms=0, period_ms=3_000, attributed=found)
+    assert [(p.period_start_ms, p.model_version, p.impressions) for p in points] == [
+        (0, 1, 1),  # #1 at 1 s
+        (0, 2, 2),  # #3 at 2 s, #4 at 1 s
+        (3_000, 1, 1),  # #2 at 5 s
+    ]
+    assert [p.ctr.value for p in points] == [1.0, 0.0, 1.0]
+    assert points[1].conversion.value == 0.5 and points[1].conversion.low is not None
+    attribute(logged, window_seconds=WINDOW)
+    assert points == rates_over_time(logged, **kinds, since_ms=0, period_ms=3_000)
+    totals = {g.model_version: g.impressions for g in online_metrics(logged, **kinds)}
+    assert totals == {1: 2, 2: 2}
+    # Periods start at multiples of the period, whatever the range's start.
+    late = rates_over_time(logged, **kinds, since_ms=1_500, period_ms=3_000, attributed=found)
+    assert [(p.period_start_ms, p.model_version, p.impressions) for p in late] == [
+        (0, 2, 1),  # #3 at 2 s
+        (3_000, 1, 1),
+    ]
+    with pytest.raises(ValueError, match="period_ms"):
+        rates_over_time(logged, **kinds, since_ms=0, period_ms=0)
+
+
+def test_coverage_resamples_count_the_distinct_items_of_the_lists_they_pick() -> None:
+    """The gathered resamples count what a list-by-list count of the same picks counts."""
+    import numpy as np
+
+    from recsys.online.metrics import COVERAGE_RESAMPLES, MAX_COVERAGE_SAMPLE, coverage
+
+    rng = np.random.default_rng(3)
+    lists = [
+        [f"i{j}" for j in rng.choice(300, size=int(rng.integers(0, 12)), replace=False)]
+        for _ in range(500)
+    ]
+    found = coverage(lists, catalogue=400, seed=11)
+    every = {item for shown in lists for item in shown}
+    assert found.value == len(every) / 400 and found.n == 500
+
+    picks = np.random.default_rng(11)
+    counts = []
+    for _ in range(COVERAGE_RESAMPLES):
+        picked = picks.integers(0, len(lists), size=min(len(lists), MAX_COVERAGE_SAMPLE))
+        counts.append(len({item for j in picked for item in lists[j]}))
+    spread = np.asarray(counts, dtype=np.float64) - float(np.mean(counts))
+    low, high = np.percentile(spread, [2.5, 97.5]) / 400 + len(every) / 400
+    assert (found.low, found.high) == pytest.approx((max(0.0, low), min(1.0, high)))
+    assert coverage([[], []], catalogue=10).value == 0.0

@@ -137,6 +137,37 @@ def test_a_significant_click_through_drop_trips(champion: Champion) -> None:
     assert check(champion.engine, Thresholds(min_samples=100, ctr_drop=0.9)).tripped == []
 
 
+def test_attributions_computed_in_memory_give_the_same_signals(champion: Champion) -> None:
+    """A reader that may not write (the dashboard) passes the attributions it computed."""
+    from recsys.db.schema import attributions_table
+    from recsys.online.attribution import attributions
+
+    baseline(champion, ctr=0.4)
+    traffic(champion, start_ms=NOW_MS - HOUR_MS, end_ms=NOW_MS, lists=400, ctr=0.1,
+            seed=8, tag="d")  # fmt: skip
+    stored = check(champion.engine)
+    with champion.engine.begin() as conn:
+        conn.execute(sa.delete(attributions_table))
+    _, baseline_since = windows(NOW_MS, WINDOW_S, BASELINE_S)
+    found = attributions(
+        champion.engine, window_seconds=600, since_ms=baseline_since, until_ms=NOW_MS
+    )
+    in_memory = drift_signals(
+        champion.engine,
+        window_seconds=WINDOW_S,
+        baseline_seconds=BASELINE_S,
+        thresholds=THRESHOLDS,
+        click_events=["click"],
+        conversion_events=["purchase"],
+        now_ms=NOW_MS,
+        attributed=found,
+    )
+    assert in_memory.report() == stored.report()
+    with champion.engine.connect() as conn:
+        count = sa.select(sa.func.count()).select_from(attributions_table)
+        assert conn.execute(count).scalar() == 0  # nothing written
+
+
 def test_no_champion_is_a_clear_error(engine: sa.Engine) -> None:
     with pytest.raises(RegistryError, match="no champion"):
         check(engine)

@@ -67,3 +67,8 @@ def test_one_running_experiment_at_a_time_is_a_database_rule(engine: sa.Engine) 
     assert found is not None and found.challenger_version == 2
     assert get_experiment(engine).id == found.id  # the running one before later stopped ones
     assert "salt" not in found.report()
+    from recsys.online.experiments import list_experiments
+
+    listed = list_experiments(engine)
+    assert [e.status for e in listed] == ["stopped", "stopped", "running"]
+    assert [e.id for e in list_experiments(engine, limit=1)] == [listed[0].id]

@@ -85,6 +85,7 @@ def test_register_records_lineage_metrics_and_artifact(
     assert folder.parent == arts / "models" and folder.is_dir()
     assert sha256_file(folder / ONNX_FILE) == record.onnx_sha256
     assert [r.version for r in registry.list_versions(engine)] == [record.version]
+    assert registry.servable_versions(engine) == [record.version]
 
 
 def test_gate_first_champion_must_beat_popularity_and_later_ones_the_champion(
@@ -296,7 +297,7 @@ def test_a_registration_that_raises_leaves_no_version_and_no_folder(
     monkeypatch.setattr(registration, "_finalize", lost_connection)
     with pytest.raises(ConnectionError):
         registration.register(engine, outcome, artifacts_dir=arts)
-    assert registry.list_versions(engine) == []
+    assert registry.list_versions(engine) == [] and registry.servable_versions(engine) == []
     (hidden,) = registry.list_versions(engine, include_hidden=True)
     assert hidden.status == "failed" and "went away" in (hidden.error or "")
     assert list((arts / "models").iterdir()) == []

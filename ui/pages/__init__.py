@@ -1,0 +1,1 @@
+"""One module per page (a FastAPI router each)."""
