@@ -10,8 +10,8 @@ time is the server's own (``Server-Timing: app;dur``), the page's HTML included.
 computations of those values (at start, in the background) are timed apart. Target: every
 page under 300 ms.
 
-    .venv/bin/python benchmarks/ui.py                          # SQLite and PostgreSQL
-    .venv/bin/python benchmarks/ui.py --backends sqlite --repeat 10
+    .venv/bin/python benchmarks/dashboard.py                          # SQLite and PostgreSQL
+    .venv/bin/python benchmarks/dashboard.py --backends sqlite --repeat 10
 """
 
 from __future__ import annotations
