@@ -1,5 +1,5 @@
 """`recsys ui`: the dashboard starts only on a database at the code's schema (a real start is
-in tests/dashboard/test_browser.py)."""
+in tests/ui/test_browser.py)."""
 
 from __future__ import annotations
 
