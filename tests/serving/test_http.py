@@ -223,6 +223,7 @@ def test_http_model_info_shows_no_paths_and_bad_requests_log_no_tracebacks(
     assert "Traceback" not in served.log.read_text()
 
 
+@pytest.mark.slow
 def test_http_schemathesis_all_checks_pass(served: Served) -> None:
     """The published contract is the real one: every schemathesis check, conformance too."""
     done = subprocess.run(

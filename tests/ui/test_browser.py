@@ -142,6 +142,7 @@ def traffic(service: str, key: str, home: Home) -> int:
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_the_dashboard_in_a_browser(
     tmp_path_factory: pytest.TempPathFactory, prefect_url: str
 ) -> None:

@@ -139,6 +139,7 @@ def test_cli_unreachable_database_is_one_line(tmp_path: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_cli_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path: Path) -> None:
     env = {"RECSYS_HOME": str(tmp_path / "home"), "RECSYS_DATABASE_URL": ""}
     args = ["--users", "300", "--items", "120", "--interactions", "6000", "--budget-seconds", "5"]
@@ -406,6 +407,7 @@ def test_cli_train_over_a_large_catalogue_recommends_through_the_item_index(
     assert table.exit_code == 0 and "retrieval" in table.stdout
 
 
+@pytest.mark.slow
 def test_cli_retrain_and_batch_run_the_flows(recsys_env: dict[str, str]) -> None:
     runner.invoke(
         app, ["generate", "synthetic", "--users", "120", "--items", "50", "--interactions", "3000"]
