@@ -42,6 +42,9 @@ README = REPO_ROOT / "README.md"
 PRODUCTION_HEADING = "In production"
 # Commands .ci/run runs itself (the test suite cannot run itself or the demo inside it).
 RUN_BY_CI = {"make demo", "make test"}
+# Make targets that only run a README command the walkthrough runs itself (from the project's
+# venv, which the walkthrough's folder has not): `make ui` is `recsys ui`.
+SAME_AS = {"make ui": "recsys ui"}
 README_PORTS = ("3000", "3001", "4200", "8080")
 SERVER_PATTERNS = (
     re.compile(r"(^|\s)recsys serve\b"),
@@ -342,7 +345,8 @@ def walk(tmp_path: Path) -> Iterator[Walk]:
 def _blocks(production: bool) -> list[list[Command]]:
     blocks: dict[int, list[Command]] = {}
     for command in readme_commands(README.read_text()):
-        if command.bare in RUN_BY_CI or (command.section == PRODUCTION_HEADING) != production:
+        skipped = command.bare in RUN_BY_CI or command.bare in SAME_AS
+        if skipped or (command.section == PRODUCTION_HEADING) != production:
             continue
         blocks.setdefault(command.block, []).append(command)
     return list(blocks.values())
@@ -388,6 +392,10 @@ def test_readme_commands_parse_and_each_has_a_runner() -> None:
     assert multi.text.count("\n") == 1 and "item_ids" in multi.text  # a quoted body joined
     ci = (REPO_ROOT / ".ci" / "run").read_text()
     assert all(c in ci for c in RUN_BY_CI), "CI must run the README commands tests cannot"
+    bare = {c.bare for c in commands}
+    for make_target, command in SAME_AS.items():
+        assert make_target in bare and any(b.startswith(command) for b in bare), make_target
+        assert f"{make_target.split()[1]}:" in (REPO_ROOT / "Makefile").read_text()
 
 
 def _expected(production: bool) -> list[str]:
