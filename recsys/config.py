@@ -172,6 +172,14 @@ class Settings(BaseSettings):
             "an extra admin credential of the service, from the environment", "unset"
         ),
     )
+    operator: str | None = Field(
+        default=None,
+        max_length=200,
+        json_schema_extra=_doc(
+            "who this process acts for in the champion's history (a team, a job or a person)",
+            "the OS user and host",
+        ),
+    )
     read_auth: Literal["required", "open"] = Field(
         default="required",
         json_schema_extra=_doc(

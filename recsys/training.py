@@ -9,11 +9,10 @@ thread count.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal, Protocol, cast
 
@@ -25,7 +24,7 @@ from tqdm.auto import tqdm
 from recsys import distributed
 from recsys.config import DEVICE_PATTERN, get_settings
 from recsys.data.batches import pair_batches, row_batches, sequence_batches
-from recsys.data.splits import Split
+from recsys.data.splits import Split, TrainSet
 from recsys.devices import CPU, autocast, autocast_dtype, resolve_device, to_device
 from recsys.errors import RecsysError
 from recsys.evaluation import evaluate
@@ -37,12 +36,10 @@ logger = logging.getLogger(__name__)
 EVAL_MAX_LEN = 200
 
 
-class Regularized(Protocol):
-    """A closed-form model whose regularisation is chosen on validation over a grid."""
+class SelfTuned(Protocol):
+    """A closed-form model that chooses its own regularisation on validation (EASE)."""
 
-    lambda_grid: tuple[float, ...]
-
-    def set_regularization(self, l2: float) -> None: ...
+    def search(self, train: TrainSet, validate: Callable[[], float]) -> list[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -99,6 +96,8 @@ class TrainResult:
     stopped: str
     history: list[EpochLog] = field(default_factory=list)
     chosen: dict[str, float] = field(default_factory=dict)
+    # The values a closed-form model's search tried, in order: {"l2", "valid", "seconds"}.
+    searched: list[dict[str, float]] = field(default_factory=list)
     device: str = "cpu"  # where the steps ran
     precision: str = "float32"  # of the steps: float32, or bfloat16 under autocast
 
@@ -279,42 +278,41 @@ def _batches(
 
 
 def _fit(model: Recommender, split: Split, config: TrainConfig, started: float) -> TrainResult:
-    """Closed-form models: fit once, or once per grid value keeping the best on validation."""
-    grid: tuple[float, ...] = getattr(model, "lambda_grid", ())
+    """Closed-form models: fit once, or let the model search its regularisation on validation
+    (each value tried is an entry of the history, the model keeps the best)."""
     chosen: dict[str, float] = {}
-    history: list[EpochLog] = []
-    if not grid:
-        model.fit(split.train)
-        history.append(EpochLog(1, 0.0, validate(model, split, config.valid_metric), 0.0))
+    searched: list[dict[str, float]] = []
+    if getattr(model, "search", None) is not None and cast(Any, model).config.l2 is None:
+
+        def validate_as_it_stands() -> float:
+            return validate(model, split, config.valid_metric)
+
+        trials = cast(SelfTuned, model).search(split.train, validate_as_it_stands)
+        history = [
+            EpochLog(i + 1, 0.0, trial.valid, trial.seconds) for i, trial in enumerate(trials)
+        ]
+        chosen = {"l2": float(cast(Any, model).config.l2)}
+        searched = [
+            {"l2": trial.l2, "valid": trial.valid, "seconds": trial.seconds} for trial in trials
+        ]
     else:
-        set_regularization = cast(Regularized, model).set_regularization
-        best: tuple[float, float, dict[str, Tensor]] | None = None
-        for value in grid:
-            set_regularization(value)
-            model.fit(split.train)
-            valid = validate(model, split, config.valid_metric)
-            history.append(EpochLog(len(history) + 1, 0.0, valid, time.perf_counter() - started))
-            logger.info("l2 %g: valid %s %.4f", value, config.valid_metric, valid)
-            if best is None or valid > best[1]:
-                best = (value, valid, copy.deepcopy(model.state_dict()))
-        assert best is not None
-        set_regularization(best[0])
-        model.load_state_dict(best[2])
-        chosen = {"l2": best[0]}
+        model.fit(split.train)
+        history = [EpochLog(1, 0.0, validate(model, split, config.valid_metric), 0.0)]
     seconds = time.perf_counter() - started
     history[-1].seconds = seconds
-    best_log = max(history, key=lambda log: log.valid)
+    best = max(history, key=lambda log: log.valid)
     model.eval()
     return TrainResult(
         epochs_run=len(history),
-        best_epoch=best_log.epoch,
-        best_valid=best_log.valid,
+        best_epoch=best.epoch,
+        best_valid=best.valid,
         valid_metric=config.valid_metric,
         seconds=seconds,
         seconds_to_best=seconds,
         stopped="fit",
         history=history,
         chosen=chosen,
+        searched=searched,
     )
 
 

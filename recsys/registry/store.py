@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from recsys import __version__
 from recsys.artifacts import Artifact
+from recsys.config import get_settings
 from recsys.db.schema import alias_events_table, model_aliases_table, model_versions_table
 from recsys.errors import RecsysError
 
@@ -136,7 +137,14 @@ def code_version() -> str:
 
 
 def actor(via: str) -> str:
-    """Who moved an alias: the mechanism and the OS user on this host."""
+    """Who moved an alias: the mechanism and ``RECSYS_OPERATOR``, else the OS user on this host.
+
+    In a container the OS user and host name say little (``root@<pod>``), so deployments name
+    the operator instead.
+    """
+    operator = get_settings().operator
+    if operator:
+        return f"{via} ({operator})"
     try:
         user = getpass.getuser()
     except (KeyError, OSError):

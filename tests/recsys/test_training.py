@@ -56,6 +56,28 @@ def test_training_stops_on_patience_and_budget(small_split: Split) -> None:
     assert budget.stopped == "budget" and budget.epochs_run == 1
 
 
+def test_ease_chooses_its_l2_on_validation_inside_the_range_searched(small_split: Split) -> None:
+    model = build_model("ease", small_split.num_users, small_split.num_items)
+    result = train(model, small_split, SMALL)
+    tried = [trial["l2"] for trial in result.searched]
+    assert len(result.history) == len(tried) >= 3 and len(set(tried)) == len(tried)
+    chosen = result.chosen["l2"]
+    assert model.config.l2 == chosen and result.stopped == "fit"
+    assert min(tried) < chosen < max(tried)  # a worse neighbour on each side
+    assert [e.valid for e in result.history] == [trial["valid"] for trial in result.searched]
+    best = max(result.searched, key=lambda trial: trial["valid"])
+    assert chosen == best["l2"] and result.best_valid == best["valid"]
+    assert validate(model, small_split) == pytest.approx(result.best_valid)  # the best kept
+
+
+def test_ease_with_an_l2_fits_it_without_a_search(small_split: Split) -> None:
+    model = build_model("ease", small_split.num_users, small_split.num_items)
+    model.config = replace(model.config, l2=30.0)  # as --set l2=30 builds it
+    result = train(model, small_split, SMALL)
+    assert result.searched == [] and result.chosen == {} and result.epochs_run == 1
+    assert model.config.l2 == 30.0
+
+
 def test_train_config_with_defaults_then_overrides() -> None:
     config = train_config_with({"learning_rate": 0.5, "unknown": 1}, {"batch_size": 7})
     assert (config.learning_rate, config.batch_size) == (0.5, 7)

@@ -144,9 +144,12 @@ def traffic(service: str, key: str, home: Home) -> int:
 
 @pytest.mark.slow
 def test_the_dashboard_in_a_browser(
-    tmp_path_factory: pytest.TempPathFactory, prefect_url: str
+    tmp_path_factory: pytest.TempPathFactory, prefect_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     executable = chromium()
+    # The champion's history names this operator rather than this host's user, in the
+    # screenshots too (every process started below inherits it).
+    monkeypatch.setenv("RECSYS_OPERATOR", "docs walkthrough")
     from playwright.sync_api import expect, sync_playwright
 
     with ExitStack() as stack:
@@ -362,7 +365,10 @@ def run(
         expect(page.locator(".flash.ok")).to_contain_text(f"v{home.champion} -> v{target}")
         assert registry.alias_version(home.engine, registry.CHAMPION) == target
         move = registry.alias_history(home.engine)[-1]
-        assert move.reason == "browser test: pop for a day" and "key 'alice'" in move.actor
+        assert (
+            move.reason == "browser test: pop for a day"
+            and move.actor == "recsys ui, key 'alice' (docs walkthrough)"
+        )
         assert admin_key not in page.content()
         visit("/models")  # the champion's history now holds the move
         expect(page.locator("#moves tbody tr").first).to_contain_text("browser test: pop")

@@ -134,9 +134,7 @@ def test_ease_matches_the_closed_form_with_a_zero_diagonal(l2: float) -> None:
     np.testing.assert_allclose(out, rows @ expected, atol=1e-5)
 
 
-def test_ease_refits_over_the_lambda_grid_reuse_the_gram_matrix(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_ease_refits_reuse_the_gram_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     original = ease_module.gram
 
@@ -148,12 +146,12 @@ def test_ease_refits_over_the_lambda_grid_reuse_the_gram_matrix(
     ease_module._GRAM_CACHE.clear()
     train = train_set(TINY_EVENTS, num_users=4)
     model = EASE(EASEConfig(), num_users=4, num_items=5)
-    for l2 in EASE.lambda_grid[:3]:  # one model re-fitted, as the training loop does
+    for l2 in (0.5, 2.0, 8.0):  # one model re-fitted
         model.set_regularization(l2)
         model.fit(train)
         expected = ease_reference(tiny_matrix(), l2)
         np.testing.assert_allclose(model.weights.numpy()[1:], expected, atol=1e-5)
-    assert model.config == EASEConfig(l2=EASE.lambda_grid[2])  # saved with the weights
+    assert model.config == EASEConfig(l2=8.0)  # saved with the weights
     other = EASE(EASEConfig(l2=7.0), num_users=4, num_items=5)  # or one model per value
     other.fit(train)
     np.testing.assert_allclose(
@@ -162,6 +160,60 @@ def test_ease_refits_over_the_lambda_grid_reuse_the_gram_matrix(
     assert len(calls) == 1
     EASE(EASEConfig(), num_users=4, num_items=5).fit(train_set(TINY_EVENTS, num_users=4))
     assert len(calls) == 2  # another training set: computed afresh
+
+
+def test_ease_without_an_l2_fits_with_the_mean_item_degree() -> None:
+    model = EASE(EASEConfig(), num_users=4, num_items=5)
+    model.fit(train_set(TINY_EVENTS, num_users=4))
+    degree = tiny_matrix().sum(axis=0).mean()  # 9 distinct pairs over 5 items
+    assert model.config.l2 == pytest.approx(degree)
+    np.testing.assert_allclose(
+        model.weights.numpy()[1:], ease_reference(tiny_matrix(), degree), atol=1e-5
+    )
+    assert ease_module.start_l2(torch.from_numpy(tiny_matrix().T @ tiny_matrix())) == degree
+
+
+@pytest.mark.parametrize("optimum", [0.3, 37.0, 2500.0, 1e4])
+def test_log_search_brackets_the_optimum_strictly_inside(optimum: float) -> None:
+    tried: list[float] = []
+
+    def measure(l2: float) -> float:  # unimodal in log λ, peaked at ``optimum``
+        tried.append(l2)
+        return -((np.log10(l2) - np.log10(optimum)) ** 2)
+
+    chosen = ease_module.log_search(measure, 20.0, 0.1, 1e5)
+    assert abs(np.log10(chosen) - np.log10(optimum)) <= 0.1
+    assert min(tried) < chosen < max(tried)  # a worse neighbour on each side
+    assert len(tried) == len(set(tried)) <= 14  # each value once, few of them
+
+
+def test_log_search_stops_at_a_bound() -> None:
+    chosen = ease_module.log_search(lambda l2: -l2, 50.0, 2.0, 1e3)  # best: as low as allowed
+    assert chosen == pytest.approx(2.0)
+
+
+def test_ease_search_fits_every_value_and_keeps_the_best() -> None:
+    train = block_world()
+    x = np.zeros((NUM_USERS + 1, NUM_ITEMS))
+    x[train.user_idx, train.item_idx - 1] = 1
+    model = EASE(EASEConfig(l2_min=0.5, l2_max=500.0), NUM_USERS, NUM_ITEMS)
+    fitted: list[np.ndarray] = []
+
+    def validate() -> float:  # a stand-in score that peaks at λ = 20, read off the weights
+        fitted.append(model.weights.numpy()[1:].copy())
+        assert model.config.l2 is not None
+        return -abs(float(np.log10(model.config.l2)) - np.log10(20.0))
+
+    trials = model.search(train, validate)
+    assert len(trials) == len(fitted) >= 3
+    for trial, weights in zip(trials, fitted, strict=True):  # each value an exact fit
+        np.testing.assert_allclose(weights, ease_reference(x, trial.l2), rtol=1e-3, atol=1e-4)
+    best = max(trials, key=lambda t: t.valid)
+    assert model.config.l2 == best.l2 and abs(np.log10(best.l2 / 20.0)) <= 0.5
+    assert min(t.l2 for t in trials) < best.l2 < max(t.l2 for t in trials)
+    np.testing.assert_allclose(
+        model.weights.numpy()[1:], ease_reference(x, best.l2), rtol=1e-3, atol=1e-4
+    )
 
 
 def test_ease_gram_in_column_blocks_equals_dense(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -406,3 +406,11 @@ def test_load_artifact_refuses_a_file_changed_after_registration(
     weights.write_bytes(weights.read_bytes() + b"\0")
     with pytest.raises(ArtifactIntegrityError, match=r"weights\.npz does not match"):
         registry.load_artifact(engine, record.version)
+
+
+def test_the_actor_names_the_operator_when_one_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RECSYS_OPERATOR", raising=False)
+    assert registry.actor("recsys models promote").startswith("recsys models promote (")
+    assert "@" in registry.actor("x")
+    monkeypatch.setenv("RECSYS_OPERATOR", "ml-oncall")
+    assert registry.actor("recsys models promote") == "recsys models promote (ml-oncall)"
