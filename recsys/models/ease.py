@@ -16,6 +16,7 @@ from torch import Tensor
 from recsys.data.features import SideInfo
 from recsys.data.splits import TrainSet
 from recsys.models.base import BatchKind, InputKind, Query, Recommender
+from recsys.models.space import FloatRange, SearchSpace
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,11 @@ _BLOCK_FLOATS = 1 << 26
 @dataclass(frozen=True)
 class EASEConfig:
     l2: float = 500.0
+
+
+# What `recsys tune` varies (recsys.models.space): λ on a continuous log scale. A trial
+# fits this one l2 (the config's), never the grid above.
+SEARCH_SPACE: SearchSpace = {"l2": FloatRange(1.0, 1e5, log=True)}
 
 
 class EASE(Recommender):
