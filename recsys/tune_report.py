@@ -52,7 +52,7 @@ def plot(result: TuneResult, path: Path) -> Path:
     trials_axis.set_xlabel("trial")
     trials_axis.set_ylabel(f"validation {result.metric}")
     trials_axis.set_title(f"{result.model}: {result.finished} trials, {result.pruned} pruned")
-    trials_axis.legend(loc="lower right")
+    trials_axis.legend(loc="best")
     names = list(result.importances)[::-1]
     importance_axis.barh(names, [result.importances[n] for n in names], color="tab:green")
     importance_axis.set_xlabel("importance (share of the variation)")
