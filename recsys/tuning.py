@@ -53,6 +53,7 @@ WARMUP_EPOCHS = 2
 # A crashed worker's running trial is failed by the next worker after this long unheard.
 HEARTBEAT_SECONDS = 60
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+_SETUP_LOCK = 0x7265_6373_7475_6E65  # "recstune": the advisory lock of the storage's setup
 
 
 @dataclass
@@ -117,14 +118,23 @@ def storage(engine: Engine) -> optuna.storages.RDBStorage:
 def _storage(engine: Engine) -> optuna.storages.RDBStorage:
     url = engine.url
     if url.get_backend_name() == "postgresql":
-        with engine.begin() as connection:
-            connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {OPTUNA_SCHEMA}"))
         kwargs = {"connect_args": {"options": f"-c search_path={OPTUNA_SCHEMA}"}}
-        return optuna.storages.RDBStorage(
-            url.render_as_string(hide_password=False),
-            engine_kwargs=kwargs,
-            heartbeat_interval=HEARTBEAT_SECONDS,
-        )
+        # Two workers starting at once would race on CREATE SCHEMA and on Optuna's own
+        # CREATE TABLEs (PostgreSQL's IF NOT EXISTS is not safe against a concurrent one):
+        # one at a time, under an advisory lock that a dead worker's connection releases.
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _SETUP_LOCK})
+            try:
+                connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {OPTUNA_SCHEMA}"))
+                connection.commit()
+                return optuna.storages.RDBStorage(
+                    url.render_as_string(hide_password=False),
+                    engine_kwargs=kwargs,
+                    heartbeat_interval=HEARTBEAT_SECONDS,
+                )
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _SETUP_LOCK})
+                connection.commit()
     if url.get_backend_name() == "sqlite":
         if not url.database or url.database == ":memory:":
             raise RecsysError("tuning needs a database file or server: SQLite is in memory")
@@ -231,6 +241,12 @@ def tune(
         load_if_exists=True,
     )
     before = len(study.get_trials(deepcopy=False, states=FINISHED))
+    mine: list[int] = []  # the trials this run finished (other workers add theirs meanwhile)
+
+    def count(_: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state in FINISHED:
+            mine.append(trial.number)
+
     if before < trials:
         study.optimize(
             objective(name, data, train_overrides or {}, side=side, deadline=deadline),
@@ -238,13 +254,13 @@ def tune(
             timeout=budget_seconds,
             # A diverging trial (a learning rate too high) fails alone; the study goes on.
             catch=(FloatingPointError,),
-            callbacks=[MaxTrialsCallback(trials, states=FINISHED)],
+            callbacks=[count, MaxTrialsCallback(trials, states=FINISHED)],
         )
-    return _result(study, name, data.protocol, snapshot_digest, started, before)
+    return _result(study, name, data.protocol, snapshot_digest, started, len(mine))
 
 
 def _result(
-    study: optuna.Study, name: str, protocol: str, digest: str, started: float, before: int
+    study: optuna.Study, name: str, protocol: str, digest: str, started: float, ran: int
 ) -> TuneResult:
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not done:
@@ -274,7 +290,7 @@ def _result(
         trials=rows,
         importances=importances(study),
         seconds=time.monotonic() - started,
-        ran=len(study.get_trials(deepcopy=False, states=FINISHED)) - before,
+        ran=ran,
     )
 
 

@@ -125,3 +125,28 @@ def test_nothing_to_tune_and_no_test_set_needed(engine: Engine, blind: Split) ->
         tune(engine, "pop", blind, "x" * 64, trials=1)
     with pytest.raises(RecsysError, match="unknown fields"):
         tuned.split_params("sasrec", {"embedding_size": 3})
+
+
+def test_two_workers_share_one_study_on_postgresql(
+    fresh_postgres_url: str, blind: Split, one_thread: None
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from recsys.db.engine import create_engine
+    from recsys.db.migrate import upgrade
+
+    engine = create_engine(fresh_postgres_url)
+    upgrade(engine)
+
+    def worker(_: int) -> int:
+        return tune(engine, "ease", blind, "w" * 64, trials=6).ran
+
+    with ThreadPoolExecutor(2) as pool:
+        ran = list(pool.map(worker, range(2)))
+    trials = optuna.load_study(
+        study_name=study_name("ease", "loo", "w" * 64), storage=storage(engine)
+    ).get_trials()
+    # Each stops once the study has six; the other may be finishing one more meanwhile.
+    assert 6 <= len(trials) <= 7 and sum(ran) == len(trials)
+    assert sorted(t.number for t in trials) == list(range(len(trials)))
+    engine.dispose()
