@@ -150,3 +150,20 @@ def test_two_workers_share_one_study_on_postgresql(
     assert 6 <= len(trials) <= 7 and sum(ran) == len(trials)
     assert sorted(t.number for t in trials) == list(range(len(trials)))
     engine.dispose()
+
+
+def test_a_crashed_workers_running_trial_is_failed_and_the_study_goes_on(
+    engine: Engine, blind: Split, one_thread: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    monkeypatch.setattr("recsys.tuning.HEARTBEAT_SECONDS", 1)  # stale after 2 s unheard
+    name = study_name("ease", "loo", "c" * 64)
+    crashed = optuna.create_study(study_name=name, storage=storage(engine), direction="maximize")
+    trial = crashed.ask()  # a worker began this trial, beat once, then died
+    crashed._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+    time.sleep(2.5)
+    result = tune(engine, "ease", blind, "c" * 64, trials=2)
+    states = {t["number"]: t["state"] for t in result.trials}
+    assert states[trial.number] == "FAIL"
+    assert result.finished == 2 and result.ran == 2
