@@ -20,6 +20,7 @@ ENTRY_POINTS = {
     "batch": ("flows.batch", "run_once"),
     "sync": ("flows.sync", "run_once"),
     "monitor": ("flows.monitor", "run_once"),
+    "tune": ("flows.tune", "run_once"),
     "schedule": ("flows.deploy", "schedule"),
     "deploy": ("flows.workpools", "deploy"),
 }

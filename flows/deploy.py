@@ -1,11 +1,12 @@
 """The scheduled flows: a Prefect deployment of ``retrain_flow`` on a cron and, beside it, one
 of ``sync_flow`` on its own cron when there are database sources, one of the drift monitor
-(``monitor_flow``, which starts that retrain deployment when the traffic drifts) on another
-and one of the batch (``batch_recommend_flow``); each one run at a time.
+(``monitor_flow``, which starts that retrain deployment when the traffic drifts) on another,
+one of the re-tune (``tune_flow``, weekly) and one of the batch (``batch_recommend_flow``);
+each one run at a time.
 
-``recsys schedule`` (``python -m flows schedule '{...}'``) creates the first three and serves
-their runs from one process; ``apply_only`` just registers them. ``recsys deploy``
-(:mod:`flows.workpools`) puts all four on work pools, whose workers run them; the builders
+``recsys schedule`` (``python -m flows schedule '{...}'``) creates all but the batch and
+serves their runs from one process; ``apply_only`` just registers them. ``recsys deploy``
+(:mod:`flows.workpools`) puts all five on work pools, whose workers run them; the builders
 here take the pool, queue and job variables for that (none: served by ``schedule``).
 """
 
@@ -26,6 +27,7 @@ from flows.common import start_prefect_api
 from flows.monitor import monitor_flow
 from flows.retrain import retrain_flow
 from flows.sync import chosen_sources, sync_flow
+from flows.tune import DEFAULT_BUDGET_SECONDS, DEFAULT_TRIALS, TUNE_MODELS, tune_flow
 from recsys.config import DEFAULT_MODELS, get_settings
 from recsys.errors import RecsysError
 from recsys.models import spec
@@ -45,6 +47,9 @@ MONITOR_TAGS = ["recsys", "drift", "scheduled"]
 DEFAULT_BATCH_NAME = "daily"
 DEFAULT_BATCH_CRON = "0 4 * * *"  # an hour after the nightly retrain
 BATCH_TAGS = ["recsys", "batch", "scheduled"]
+DEFAULT_TUNE_NAME = "weekly"
+DEFAULT_TUNE_CRON = "0 1 * * 0"  # Sunday night, two hours before that day's retrain
+TUNE_TAGS = ["recsys", "tune", "scheduled"]
 # At most one run of each deployment at a time; a run due while one is active (or a backlog
 # of runs missed while nothing was serving) is cancelled rather than queued behind it.
 CONCURRENCY = ConcurrencyLimitConfig(
@@ -199,6 +204,56 @@ def batch_deployment(
     return deployment
 
 
+def tune_deployment(
+    *,
+    name: str = DEFAULT_TUNE_NAME,
+    cron: str = DEFAULT_TUNE_CRON,
+    models: list[str] | None = None,
+    trials: int = DEFAULT_TRIALS,
+    budget_seconds: float = DEFAULT_BUDGET_SECONDS,
+    split: str = "loo",
+    timezone: str = DEFAULT_TIMEZONE,
+    work_pool_name: str | None = None,
+    work_queue_name: str | None = None,
+    job_variables: dict[str, Any] | None = None,
+) -> RunnerDeployment:
+    """The re-tune on ``cron``: each of ``models`` (default: the retrain's families with a
+    search space) for ``trials`` trials or ``budget_seconds``; the retrains after it train
+    with what it found."""
+    chosen = list(models or TUNE_MODELS)
+    for model in chosen:
+        if not spec(model).search_space:
+            raise RecsysError(f"{model} has nothing to tune (no SEARCH_SPACE in its model file)")
+    if split not in SPLITS:
+        raise RecsysError(f"unknown split {split!r}; choose from: {', '.join(SPLITS)}")
+    if trials < 1 or budget_seconds <= 0:
+        raise RecsysError("a re-tune needs at least one trial and a positive budget")
+    deployment = tune_flow.to_deployment(
+        name=name,
+        schedule=Cron(cron, timezone=timezone),
+        concurrency_limit=CONCURRENCY,
+        parameters={
+            "models": chosen,
+            "trials": trials,
+            "budget_seconds": budget_seconds,
+            "split": split,
+        },
+        description=(
+            f"Tune {', '.join(chosen)} on the current data ({split} split, {trials} trials or "
+            f"{budget_seconds:g} s each); the next retrains train with the best settings."
+        ),
+        tags=TUNE_TAGS,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        work_pool_name=work_pool_name,
+        work_queue_name=work_queue_name,
+        job_variables=job_variables,
+    )
+    if not isinstance(deployment, RunnerDeployment):
+        deployment.close()
+        raise RecsysError("tune_deployment is synchronous: call it outside an event loop")
+    return deployment
+
+
 def is_off(cron: str | None) -> bool:
     """``None``, empty or ``"off"``: no deployment on that cron."""
     return cron is None or cron.strip().lower() in ("", SYNC_OFF)
@@ -227,6 +282,8 @@ def schedule(
     sync_sources: list[str] | None = None,
     monitor_cron: str | None = DEFAULT_MONITOR_CRON,
     monitor_name: str = DEFAULT_MONITOR_NAME,
+    tune_cron: str | None = DEFAULT_TUNE_CRON,
+    tune_name: str = DEFAULT_TUNE_NAME,
     apply_only: bool = False,
 ) -> dict[str, Any]:
     """Create the retrain deployment, on ``sync_cron`` (see :func:`sync_cron_for`) the sync
@@ -247,14 +304,22 @@ def schedule(
         watch = monitor_deployment(
             name=monitor_name, cron=monitor_cron, retrain=name, timezone=timezone
         )
+    retune = None
+    if not is_off(tune_cron):
+        assert tune_cron is not None
+        tunable = [m for m in (models or DEFAULT_MODELS) if spec(m).search_space]
+        retune = tune_deployment(
+            name=tune_name, cron=tune_cron, models=tunable or None, split=split, timezone=timezone
+        )
     start_prefect_api()  # a temporary server when PREFECT_API_URL is unset, one at a time
     if not apply_only:
-        others = [d for d in (sync, watch) if d is not None]
+        others = [d for d in (sync, watch, retune) if d is not None]
         serve(deployment, *others)  # registers, then runs until interrupted
         return {
             "name": f"{retrain_flow.name}/{deployment.name}",
             "sync": None if sync is None else f"{sync_flow.name}/{sync.name}",
             "monitor": None if watch is None else f"{monitor_flow.name}/{watch.name}",
+            "tune": None if retune is None else f"{tune_flow.name}/{retune.name}",
             "served": True,
         }
     if get_current_settings().api.url is None:
@@ -282,6 +347,15 @@ def schedule(
             "concurrency_limit": CONCURRENCY.limit,
             "parameters": watch.parameters,
         }
+    tuning = None
+    if retune is not None:
+        tuning = {
+            "deployment_id": str(retune.apply()),
+            "name": f"{tune_flow.name}/{retune.name}",
+            "schedule": tune_cron,
+            "concurrency_limit": CONCURRENCY.limit,
+            "parameters": retune.parameters,
+        }
     return {
         "deployment_id": str(deployment_id),
         "name": f"{retrain_flow.name}/{deployment.name}",
@@ -291,4 +365,5 @@ def schedule(
         "parameters": deployment.parameters,
         "sync": registered,
         "monitor": monitor,
+        "tune": tuning,
     }

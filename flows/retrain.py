@@ -71,8 +71,11 @@ from recsys.retrain import (
     gate_actor,
     model_names,
     train_threads,
+    tuned_settings,
+    with_settings,
     write_report,
 )
+from recsys.tuned import TunedSettings
 
 LOCK_TTL = timedelta(hours=12)
 
@@ -137,6 +140,17 @@ def split_task(snapshot: Snapshot, protocol: Protocol) -> Split:
     return split(snapshot, protocol)
 
 
+@task(
+    name="tuned_settings",
+    retries=DB_RETRIES,
+    retry_delay_seconds=DB_RETRY_DELAYS,
+    retry_condition_fn=transient_database_error,
+    cache_policy=NO_CACHE,
+)
+def tuned_task(engine: Engine, names: list[str]) -> dict[str, TunedSettings | None]:
+    return tuned_settings(engine, names)
+
+
 @task(name="train_and_evaluate", cache_policy=NO_CACHE)
 def train_task(
     engine: Engine,
@@ -147,6 +161,7 @@ def train_task(
     threads: int,
     budget_seconds: float | None = None,
     nproc: int = 1,
+    tuned: TunedSettings | None = None,
 ) -> Outcome:
     overrides: dict[str, Any] = {"threads": threads, "progress": False}
     if budget_seconds is not None:
@@ -160,6 +175,7 @@ def train_task(
             data=data,
             train_overrides=overrides,
             nproc=nproc,
+            tuned=tuned,
         )
 
 
@@ -381,9 +397,11 @@ def retrain_flow(
 
         data = split_task(snapshot, protocol)
         threads = train_threads(len(names))
+        found = tuned_task(engine, names)  # each candidate's latest tuned settings, if any
+        summary = with_settings(step.summary, found)
         futures = [
             train_task.submit(
-                engine, name, protocol, snapshot, data, threads, budget_seconds, nproc
+                engine, name, protocol, snapshot, data, threads, budget_seconds, nproc, found[name]
             )
             for name in names
         ]
@@ -392,7 +410,7 @@ def retrain_flow(
         records = [
             register_task(engine, o, settings.artifacts_dir, run_id, actor) for o in outcomes
         ]
-        step = check_exports_task(engine, step.summary, outcomes, records)
+        step = check_exports_task(engine, summary, outcomes, records)
         if step.ends:
             return _finish(step, quality, None, settings.home)
 

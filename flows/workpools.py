@@ -1,14 +1,14 @@
 """Deployments on work pools: ``recsys deploy`` (``python -m flows deploy '{...}'``).
 
-The retrain, sources sync, drift monitor and batch deployments (the builders of
+The retrain, sources sync, drift monitor, re-tune and batch deployments (the builders of
 :mod:`flows.deploy`: each its cron, a concurrency limit of 1 that cancels a colliding run, its
 parameters) are registered on a named work pool, and the workers of that pool run them
 (``prefect worker start --pool NAME``): in a process beside the worker (a ``process`` pool,
 the default), a container (``docker``) or a Kubernetes Job (``kubernetes``). The retrain
 can go to a pool or a queue of its own, one with GPUs for example, with job variables of its
-own; the rest stays on the main pool. Entrypoints are module paths (``flows.retrain.
-retrain_flow``), so a worker whose Python environment has recsys installed runs them from
-any directory: nothing is pulled and no image is built here.
+own, and so does the re-tune, which trains too; the rest stays on the main pool. Entrypoints
+are module paths (``flows.retrain.retrain_flow``), so a worker whose Python environment has
+recsys installed runs them from any directory: nothing is pulled and no image is built here.
 
 A flow run killed with its worker (a container evicted, a machine lost) stays Running in
 Prefect until something says otherwise. Each flow run sends a heartbeat event every
@@ -50,14 +50,19 @@ from flows.deploy import (
     DEFAULT_NAME,
     DEFAULT_SYNC_NAME,
     DEFAULT_TIMEZONE,
+    DEFAULT_TUNE_CRON,
+    DEFAULT_TUNE_NAME,
     batch_deployment,
     is_off,
     monitor_deployment,
     retrain_deployment,
     sync_cron_for,
     sync_deployment,
+    tune_deployment,
 )
+from recsys.config import DEFAULT_MODELS
 from recsys.errors import RecsysError
+from recsys.models import spec
 
 DEFAULT_POOL = "recsys"
 DEFAULT_POOL_TYPE = "process"
@@ -96,10 +101,13 @@ def deploy(
     batch_cron: str | None = DEFAULT_BATCH_CRON,
     batch_name: str = DEFAULT_BATCH_NAME,
     k: int = 10,
+    tune_cron: str | None = DEFAULT_TUNE_CRON,
+    tune_name: str = DEFAULT_TUNE_NAME,
     crash_after_seconds: int | None = DEFAULT_CRASH_AFTER_SECONDS,
 ) -> dict[str, Any]:
     """Register the deployments on ``pool`` (created as a ``pool_type`` pool when missing),
-    the retrain on ``train_pool``/``train_queue`` when given, and the crash automation
+    the retrain and the re-tune (both train) on ``train_pool``/``train_queue`` when given,
+    and the crash automation
     (``crash_after_seconds`` None or 0: none). Returns what was registered."""
     if get_current_settings().api.url is None:
         raise RecsysError(
@@ -184,6 +192,22 @@ def deploy(
                     **on(pool, queue, common),
                 ),
                 batch_cron,
+            )
+        )
+    if not is_off(tune_cron):
+        assert tune_cron is not None
+        tunable = [m for m in (models or DEFAULT_MODELS) if spec(m).search_space]
+        deployments.append(
+            (
+                tune_deployment(
+                    name=tune_name,
+                    cron=tune_cron,
+                    models=tunable or None,
+                    split=split,
+                    timezone=timezone,
+                    **on(train_pool or pool, train_queue or queue, training),
+                ),
+                tune_cron,
             )
         )
     registered = [describe(d, chosen_cron) for d, chosen_cron in deployments]

@@ -25,6 +25,7 @@ from recsys.evaluation import EvalResult, evaluate
 from recsys.models import build_model, spec
 from recsys.models.base import Recommender, torch_scorer
 from recsys.training import EVAL_MAX_LEN, TrainConfig, TrainResult, train, train_config_with
+from recsys.tuned import TunedSettings, split_params
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class Outcome:
     snapshot: Snapshot
     quality: QualityReport
     seconds: float
+    tuned: dict[str, Any] | None = None  # the tuned settings it trained with (None: defaults)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +67,7 @@ class Outcome:
             "precision": self.training.precision,
             "split": self.split.description,
             "snapshot": self.snapshot.descriptor.to_dict(),
+            "tuned": self.tuned,
         }
 
 
@@ -101,13 +104,16 @@ def train_and_evaluate(
     data: Split | None = None,
     window_days: float | None = None,
     nproc: int = 1,
+    tuned: TunedSettings | None = None,
 ) -> Outcome:
     """Train model family ``name`` on ``engine``'s database and evaluate it on the test set.
 
     Pass ``snapshot``/``data`` to reuse one extraction and split across several models;
     ``window_days`` extracts only the events of the last that many days. ``nproc`` > 1
     trains a learned model in that many processes (:mod:`recsys.distributed`); evaluation
-    and what follows happen once, here.
+    and what follows happen once, here. ``tuned`` (:mod:`recsys.tuned`) replaces the
+    family's default config and training settings with a study's best trial; ``model_config``
+    and ``train_overrides`` still win over it.
     """
     started = time.perf_counter()
     model_spec = spec(name)
@@ -122,8 +128,11 @@ def train_and_evaluate(
             f"the {protocol} split leaves no users to validate or test on: import more data"
         )
     side = side_features(engine, snapshot, data) if model_spec.model.uses_side_features else None
-    model_config = model_config or model_spec.config()
-    config = train_config_with(model_spec.train_defaults, train_overrides or {})
+    tuned_config, tuned_train = split_params(name, tuned.params) if tuned else (None, {})
+    model_config = model_config or tuned_config or model_spec.config()
+    config = train_config_with(
+        model_spec.train_defaults, {**tuned_train, **(train_overrides or {})}
+    )
     build = partial(
         build_model, name, data.num_users, data.num_items, side=side, config=model_config
     )
@@ -147,4 +156,5 @@ def train_and_evaluate(
         snapshot=snapshot,
         quality=quality,
         seconds=time.perf_counter() - started,
+        tuned=None if tuned is None else tuned.to_dict(),
     )

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from recsys.experiment import Outcome
     from recsys.registry import ModelRecord
     from recsys.registry.promotion import GateDecision
+    from recsys.tuned import TunedSettings
 
 LOCK_NAME = "retrain"
 REPORTS_FOLDER = "reports"
@@ -54,6 +55,8 @@ class RetrainSummary:
     bento: str | None = None
     service_reload: dict[str, Any] | None = None
     online: list[dict[str, Any]] = field(default_factory=list)  # the last 7 days, served
+    # Per candidate: the tuned settings it trained with (recsys.tuned), or "defaults".
+    settings: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -67,6 +70,24 @@ def model_names(models: Sequence[str] | None = None) -> list[str]:
     for name in names:
         spec(name)
     return names
+
+
+def tuned_settings(engine: Engine, names: Sequence[str]) -> dict[str, TunedSettings | None]:
+    """The latest tuned settings of each family (None: never tuned, it trains on defaults)."""
+    from recsys.tuned import latest
+
+    return {name: latest(engine, name) for name in names}
+
+
+def with_settings(
+    summary: RetrainSummary, found: dict[str, TunedSettings | None]
+) -> RetrainSummary:
+    """The summary saying which settings each candidate trains with, for the report."""
+    said = {
+        name: "defaults (never tuned)" if tuned is None else tuned.describe()
+        for name, tuned in found.items()
+    }
+    return replace(summary, settings=said)
 
 
 def train_threads(num_models: int) -> int:
@@ -246,6 +267,7 @@ def candidate_row(outcome: Outcome, record: ModelRecord) -> dict[str, Any]:
         "best_valid": round(outcome.training.best_valid, 4),
         "epochs": outcome.training.epochs_run,
         "train_seconds": round(outcome.training.seconds, 1),
+        "settings": "defaults" if outcome.tuned is None else f"tuned #{outcome.tuned['id']}",
         "parity_max_abs_diff": parity.get("max_abs_diff"),
         "artifact": record.artifact_path,
     }
@@ -278,6 +300,10 @@ def render_report(
         ]
     if quality is not None:
         lines += ["## Validation", "", quality.to_markdown(), ""]
+    if summary.settings:
+        lines += ["## Settings (recsys tune)", ""]
+        lines += [f"- {name}: {said}" for name, said in summary.settings.items()]
+        lines.append("")
     if summary.candidates:
         keys = [k for k in summary.candidates[0] if k != "artifact"]
         lines += ["## Candidates (test metrics, 95% bootstrap CI)", ""]

@@ -35,6 +35,11 @@ logger = logging.getLogger(__name__)
 # History length used to evaluate models that read any length (bag-of-items models).
 EVAL_MAX_LEN = 200
 
+# Called after each epoch of a batch model with (epoch, validation score): the tuner reports
+# to its trial there and prunes by raising, which ends the training (the model is put back on
+# the CPU) and reaches train()'s caller. The same loop, the same numbers, no second loop.
+EpochHook = Callable[[int, float], None]
+
 
 class SelfTuned(Protocol):
     """A closed-form model that chooses its own regularisation on validation (EASE)."""
@@ -129,11 +134,18 @@ def validate(model: Recommender, split: Split, metric: str = "ndcg@10") -> float
     return float(result.mean(metric))
 
 
-def train(model: Recommender, split: Split, config: TrainConfig | None = None) -> TrainResult:
+def train(
+    model: Recommender,
+    split: Split,
+    config: TrainConfig | None = None,
+    *,
+    on_epoch: EpochHook | None = None,
+) -> TrainResult:
     """Train ``model`` on ``split.train``, early-stopping on ``split.valid``.
 
     Batch models train on ``config.device`` and are returned on the CPU with the best
-    weights, so export and registration never see another device.
+    weights, so export and registration never see another device. ``on_epoch`` hears each
+    epoch's validation score (see :data:`EpochHook`); ``fit`` models have no epochs.
     """
     config = config or TrainConfig()
     set_threads(config.threads)
@@ -146,7 +158,7 @@ def train(model: Recommender, split: Split, config: TrainConfig | None = None) -
     model.prepare_training(split.train)
     model.to(device)
     try:
-        result = _epochs(model, split, config, started, device, precision)
+        result = _epochs(model, split, config, started, device, precision, on_epoch)
     finally:
         model.to(CPU)
     model.eval()
@@ -160,6 +172,7 @@ def _epochs(
     started: float,
     device: torch.device,
     precision: torch.dtype | None,
+    on_epoch: EpochHook | None = None,
 ) -> TrainResult:
     """The epochs of a batch model already on ``device``; loads the best weights at the end."""
     rng = np.random.default_rng(config.seed)
@@ -233,6 +246,8 @@ def _epochs(
             elapsed,
             extra={"progress": progress},
         )
+        if on_epoch is not None:
+            on_epoch(epoch, valid)
         if out_of_time:
             stopped = "budget"
             break

@@ -3,7 +3,8 @@
 Every command prints a human table by default and one JSON object as its last line with
 ``--json``. User errors exit non-zero with a one-line reason and no traceback. One module
 per command group: :mod:`.data` (schema, imports, generation, stats), :mod:`.models`
-(training, evaluation, the registry, recommendations), :mod:`.sources` (application
+(training, evaluation, the registry, recommendations), :mod:`.tune` (hyper-parameter
+studies), :mod:`.sources` (application
 databases as sources), :mod:`.online` (online metrics), :mod:`.experiments`
 (champion against challenger), :mod:`.flows` (retrain, batch, schedule), :mod:`.deploy`
 (the deployments on work pools), :mod:`.serving` (the service, bentos, API keys), :mod:`.ui`
@@ -28,6 +29,7 @@ from recsys.cli import (
     online,
     serving,
     sources,
+    tune,
     ui,
 )
 
@@ -49,7 +51,7 @@ def _main(
     )
 
 
-for group in (data, sources, models, online, experiments, flows, deploy, serving, ui, demo):
+for group in (data, sources, models, tune, online, experiments, flows, deploy, serving, ui, demo):
     group.register(app)
 
 

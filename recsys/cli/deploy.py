@@ -1,7 +1,7 @@
-"""``recsys deploy``: the retrain, sources sync, drift monitor and batch deployments on a Prefect
-work pool, run by that pool's workers (the flow entry point is :mod:`flows.workpools`, run in
-a child process by :mod:`recsys.cli.runner`). ``recsys schedule`` (:mod:`.flows`) serves the
-same flows from its own process instead."""
+"""``recsys deploy``: the retrain, sources sync, drift monitor, re-tune and batch deployments
+on a Prefect work pool, run by that pool's workers (the flow entry point is
+:mod:`flows.workpools`, run in a child process by :mod:`recsys.cli.runner`).
+``recsys schedule`` (:mod:`.flows`) serves the same flows from its own process instead."""
 
 from __future__ import annotations
 
@@ -81,6 +81,9 @@ def deploy(
         str, typer.Option(help=f"Cron schedule of the batch recommendations; {OFF_HELP}")
     ] = "0 4 * * *",
     k: Annotated[int, typer.Option("-k", "--k", help="Items per user in the batch.", min=1)] = 10,
+    tune_cron: Annotated[
+        str, typer.Option(help=f"Cron schedule of the re-tune (on the retrain's pool); {OFF_HELP}")
+    ] = "0 1 * * 0",
     crash_after: Annotated[
         int,
         typer.Option(
@@ -107,6 +110,7 @@ def deploy(
         "monitor_cron": monitor_cron,
         "batch_cron": batch_cron,
         "k": k,
+        "tune_cron": tune_cron,
         "crash_after_seconds": crash_after,
     }
     result = run_flow("deploy", parameters)

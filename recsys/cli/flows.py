@@ -110,17 +110,25 @@ def schedule(
             "the traffic drifts; 'off' for none."
         ),
     ] = "*/15 * * * *",
+    tune_cron: Annotated[
+        str,
+        typer.Option(
+            help="Cron schedule of the re-tune of the models with a search space (UTC); "
+            "'off' for none."
+        ),
+    ] = "0 1 * * 0",
     apply_only: Annotated[
         bool, typer.Option("--apply-only", help="Register the deployments and exit.")
     ] = False,
 ) -> None:
-    """Create the scheduled retrain deployment, the sources sync deployment and the drift
-    monitor deployment and, unless --apply-only, serve their runs."""
+    """Create the scheduled retrain deployment, the sources sync deployment, the drift
+    monitor deployment and the re-tune deployment and, unless --apply-only, serve their runs."""
     parameters = {
         "cron": cron,
         "models": model_list(models),
         "sync_cron": sync_cron,
         "monitor_cron": monitor_cron,
+        "tune_cron": tune_cron,
         "apply_only": apply_only,
     }
     if apply_only:

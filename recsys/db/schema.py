@@ -379,6 +379,31 @@ class DriftTrigger(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
 
+class TunedSetting(Base):
+    """The best trial of a tuning study (``recsys tune``): the settings it found for a model
+    family on one data snapshot and split, with its validation score (never a test score),
+    how many trials the study had and how long this run took. The retrain trains each
+    candidate with the latest row of its family. The trials themselves are Optuna's, in
+    its own tables (``recsys.tuning.storage``)."""
+
+    __tablename__ = "tuned_settings"
+    __table_args__ = (Index(None, "family", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    family: Mapped[str] = mapped_column(String(64))
+    protocol: Mapped[str] = mapped_column(String(16))
+    snapshot_digest: Mapped[str] = mapped_column(String(64))
+    study_name: Mapped[str] = mapped_column(String(255))
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    metric: Mapped[str] = mapped_column(String(32))
+    best_valid: Mapped[float] = mapped_column(Float)
+    best_trial: Mapped[int] = mapped_column(Integer)
+    trials: Mapped[int] = mapped_column(Integer)
+    pruned: Mapped[int] = mapped_column(Integer)
+    seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 # Core-level handles for bulk statements (the ORM classes type ``__table__`` loosely).
 users_table = cast(Table, User.__table__)
 items_table = cast(Table, Item.__table__)
@@ -397,3 +422,4 @@ event_recommendations_table = cast(Table, EventRecommendation.__table__)
 attributions_table = cast(Table, Attribution.__table__)
 experiments_table = cast(Table, Experiment.__table__)
 drift_triggers_table = cast(Table, DriftTrigger.__table__)
+tuned_settings_table = cast(Table, TunedSetting.__table__)

@@ -5,22 +5,25 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from recsys.data.features import SideInfo
 from recsys.errors import RecsysError
 from recsys.models import caser, ease, gru4rec, mlp, multvae, neumf, pop, sasrec
 from recsys.models.base import BatchKind, Recommender
+from recsys.models.space import SearchSpace
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registered model: its config dataclass, class and suggested training settings."""
+    """A registered model: its config dataclass, class, suggested training settings and what
+    ``recsys tune`` may vary (its file's ``SEARCH_SPACE``; empty: nothing to tune)."""
 
     config: type[Any]
     model: type[Recommender]
     train_defaults: dict[str, Any]
+    search_space: SearchSpace = field(default_factory=dict)
 
     @property
     def batch_kind(self) -> BatchKind:
@@ -29,13 +32,19 @@ class ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {
     "pop": ModelSpec(pop.PopConfig, pop.Pop, pop.TRAIN_DEFAULTS),
-    "ease": ModelSpec(ease.EASEConfig, ease.EASE, ease.TRAIN_DEFAULTS),
-    "mlp": ModelSpec(mlp.MLPConfig, mlp.MLP, mlp.TRAIN_DEFAULTS),
-    "neumf": ModelSpec(neumf.NeuMFConfig, neumf.NeuMF, neumf.TRAIN_DEFAULTS),
-    "caser": ModelSpec(caser.CaserConfig, caser.Caser, caser.TRAIN_DEFAULTS),
-    "gru4rec": ModelSpec(gru4rec.GRU4RecConfig, gru4rec.GRU4Rec, gru4rec.TRAIN_DEFAULTS),
-    "sasrec": ModelSpec(sasrec.SASRecConfig, sasrec.SASRec, sasrec.TRAIN_DEFAULTS),
-    "multvae": ModelSpec(multvae.MultVAEConfig, multvae.MultVAE, multvae.TRAIN_DEFAULTS),
+    "ease": ModelSpec(ease.EASEConfig, ease.EASE, ease.TRAIN_DEFAULTS, ease.SEARCH_SPACE),
+    "mlp": ModelSpec(mlp.MLPConfig, mlp.MLP, mlp.TRAIN_DEFAULTS, mlp.SEARCH_SPACE),
+    "neumf": ModelSpec(neumf.NeuMFConfig, neumf.NeuMF, neumf.TRAIN_DEFAULTS, neumf.SEARCH_SPACE),
+    "caser": ModelSpec(caser.CaserConfig, caser.Caser, caser.TRAIN_DEFAULTS, caser.SEARCH_SPACE),
+    "gru4rec": ModelSpec(
+        gru4rec.GRU4RecConfig, gru4rec.GRU4Rec, gru4rec.TRAIN_DEFAULTS, gru4rec.SEARCH_SPACE
+    ),
+    "sasrec": ModelSpec(
+        sasrec.SASRecConfig, sasrec.SASRec, sasrec.TRAIN_DEFAULTS, sasrec.SEARCH_SPACE
+    ),
+    "multvae": ModelSpec(
+        multvae.MultVAEConfig, multvae.MultVAE, multvae.TRAIN_DEFAULTS, multvae.SEARCH_SPACE
+    ),
 }
 
 

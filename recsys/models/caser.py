@@ -17,6 +17,7 @@ from recsys.models.layers import (
     item_embedding,
 )
 from recsys.models.losses import DEFAULT_GBCE_T, LossKind, LossSpec, NextItemLoss, Sampler
+from recsys.models.space import OPTIMISER_SPACE, Choice, FloatRange, SearchSpace
 
 TRAIN_DEFAULTS = SEQUENCE_TRAIN_DEFAULTS
 
@@ -36,6 +37,18 @@ class CaserConfig:
     num_negatives: int | None = None  # None: 1 per position for bce, 256 shared otherwise
     sampler: Sampler = "uniform"  # how loss=sampled draws its negatives: or "popularity"
     gbce_t: float = DEFAULT_GBCE_T
+
+
+# What `recsys tune` varies (recsys.models.space); the window stays the paper's.
+SEARCH_SPACE: SearchSpace = {
+    "embedding_dim": Choice((25, 50, 100)),
+    "num_horizontal": Choice((4, 8, 16)),
+    "num_vertical": Choice((2, 4, 8)),
+    "dropout": FloatRange(0.0, 0.6),
+    "max_len": Choice((20, 50, 100)),
+    **OPTIMISER_SPACE,
+    "batch_size": Choice((64, 128, 256)),
+}
 
 
 class Caser(Recommender):

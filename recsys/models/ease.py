@@ -18,6 +18,7 @@ from torch import Tensor
 from recsys.data.features import SideInfo
 from recsys.data.splits import TrainSet
 from recsys.models.base import BatchKind, InputKind, Query, Recommender
+from recsys.models.space import FloatRange, SearchSpace
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,11 @@ class SearchTrial:
     l2: float
     valid: float
     seconds: float  # since the search started
+
+
+# What `recsys tune` varies (recsys.models.space): λ on a continuous log scale. A trial
+# fits this one l2 (the config's), never the grid above.
+SEARCH_SPACE: SearchSpace = {"l2": FloatRange(1.0, 1e5, log=True)}
 
 
 class EASE(Recommender):

@@ -17,6 +17,7 @@ from recsys.models.layers import (
     trim_left_padding,
 )
 from recsys.models.losses import DEFAULT_GBCE_T, LossKind, LossSpec, NextItemLoss, Sampler
+from recsys.models.space import OPTIMISER_SPACE, Choice, FloatRange, IntRange, SearchSpace
 
 TRAIN_DEFAULTS = SEQUENCE_TRAIN_DEFAULTS
 
@@ -35,6 +36,18 @@ class GRU4RecConfig:
     num_negatives: int | None = None  # None: 1 per position for bce, 256 shared otherwise
     sampler: Sampler = "uniform"  # how loss=sampled draws its negatives: or "popularity"
     gbce_t: float = DEFAULT_GBCE_T
+
+
+# What `recsys tune` varies (recsys.models.space).
+SEARCH_SPACE: SearchSpace = {
+    "embedding_dim": Choice((32, 64, 128)),
+    "hidden_dim": Choice((64, 100, 200)),
+    "num_layers": IntRange(1, 2),
+    "dropout": FloatRange(0.0, 0.5),
+    "max_len": Choice((20, 50, 100)),
+    **OPTIMISER_SPACE,
+    "batch_size": Choice((64, 128, 256)),
+}
 
 
 class GRU4Rec(Recommender):

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from recsys.data.features import SideInfo
 from recsys.models.base import BatchKind, InputKind, Query, Recommender
+from recsys.models.space import OPTIMISER_SPACE, Choice, FloatRange, SearchSpace
 
 TRAIN_DEFAULTS: dict[str, float | int] = {
     "learning_rate": 1e-3,
@@ -36,6 +37,16 @@ class MLPConfig:
     # its own, drawn for users and items independently: the network must also learn to score
     # from features alone, which is what a new item or user has.
     id_dropout: float = 0.2
+
+
+# What `recsys tune` varies (recsys.models.space).
+SEARCH_SPACE: SearchSpace = {
+    "embedding_dim": Choice((16, 32, 64)),
+    "dropout": FloatRange(0.0, 0.5),
+    "id_dropout": FloatRange(0.0, 0.5),
+    **OPTIMISER_SPACE,
+    "batch_size": Choice((256, 512, 1024)),
+}
 
 
 class MLP(Recommender):

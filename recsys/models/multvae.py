@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from recsys.data.features import SideInfo
 from recsys.models.base import BatchKind, InputKind, Query, Recommender
+from recsys.models.space import OPTIMISER_SPACE, Choice, FloatRange, SearchSpace
 
 # The paper's code: Adam at 1e-3, batches of 500 users, no weight decay on the VAE.
 TRAIN_DEFAULTS: dict[str, float | int] = {
@@ -30,6 +31,17 @@ class MultVAEConfig:
     # β grows linearly from 0 by 1 / total_anneal_steps per training step, capped at beta_max.
     beta_max: float = 0.2
     total_anneal_steps: int = 200_000
+
+
+# What `recsys tune` varies (recsys.models.space).
+SEARCH_SPACE: SearchSpace = {
+    "hidden_dim": Choice((300, 600)),
+    "latent_dim": Choice((100, 200)),
+    "dropout": FloatRange(0.2, 0.7),
+    "beta_max": FloatRange(0.05, 0.5),
+    **OPTIMISER_SPACE,
+    "batch_size": Choice((250, 500)),
+}
 
 
 class MultVAE(Recommender):

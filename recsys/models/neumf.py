@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from recsys.data.features import SideInfo
 from recsys.models.base import BatchKind, InputKind, Query, Recommender
+from recsys.models.space import OPTIMISER_SPACE, Choice, SearchSpace
 
 # The paper: Adam at 1e-3, batches of 256, four sampled negatives per positive.
 TRAIN_DEFAULTS: dict[str, float | int] = {
@@ -35,6 +36,15 @@ class NeuMFConfig:
     mlp_embedding_dim: int = 32
     # Hidden sizes of the MLP tower; each ReLU layer halves in the paper's towers.
     mlp_hidden: tuple[int, ...] = (32, 16)
+
+
+# What `recsys tune` varies (recsys.models.space).
+SEARCH_SPACE: SearchSpace = {
+    "gmf_dim": Choice((8, 16, 32)),
+    "mlp_embedding_dim": Choice((16, 32, 64)),
+    **OPTIMISER_SPACE,
+    "batch_size": Choice((128, 256, 512)),
+}
 
 
 class NeuMF(Recommender):

@@ -20,6 +20,7 @@ from recsys.models.layers import (
     trim_left_padding,
 )
 from recsys.models.losses import DEFAULT_GBCE_T, LossKind, LossSpec, NextItemLoss, Sampler
+from recsys.models.space import OPTIMISER_SPACE, Choice, FloatRange, IntRange, SearchSpace
 
 # Length-grouped batches: SASRec trims all-padding columns, so an epoch on ml-100k takes about
 # two thirds of the time and reaches the same validation NDCG@10 or better.
@@ -40,6 +41,18 @@ class SASRecConfig:
     num_negatives: int | None = None  # None: 1 per position for bce, 256 shared otherwise
     sampler: Sampler = "uniform"  # how loss=sampled draws its negatives: or "popularity"
     gbce_t: float = DEFAULT_GBCE_T
+
+
+# What `recsys tune` varies (recsys.models.space): heads always divide the embedding size.
+SEARCH_SPACE: SearchSpace = {
+    "embedding_dim": Choice((32, 64, 128)),
+    "num_blocks": IntRange(1, 3),
+    "num_heads": Choice((1, 2, 4)),
+    "dropout": FloatRange(0.0, 0.5),
+    "max_len": Choice((50, 100, 200)),
+    **OPTIMISER_SPACE,
+    "batch_size": Choice((64, 128, 256)),
+}
 
 
 class SASRec(Recommender):

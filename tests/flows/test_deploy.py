@@ -19,7 +19,7 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.runner import Runner
 
 import flows.deploy as deploy_module
-from flows.deploy import retrain_deployment, schedule, sync_deployment
+from flows.deploy import retrain_deployment, schedule, sync_deployment, tune_deployment
 from recsys import registry
 from recsys.db.engine import create_engine
 from recsys.errors import RecsysError
@@ -114,7 +114,18 @@ def test_schedule_serves_the_deployment_unless_apply_only(
     served: list[RunnerDeployment] = []
     monkeypatch.setattr(deploy_module, "serve", lambda *d: served.extend(d))
     schedule(cron="0 5 * * *", models=["pop", "ease"])
-    deployment, monitor = served
+    deployment, monitor, retune = served
+    # The weekly re-tune: the retrain's models that have a search space (not popularity).
+    assert retune.name == "weekly" and retune.concurrency_limit == 1
+    assert retune.parameters == {
+        "models": ["ease"],
+        "trials": 30,
+        "budget_seconds": 3600.0,
+        "split": "loo",
+    }
+    assert retune.schedules is not None
+    assert isinstance(retune.schedules[0].schedule, CronSchedule)
+    assert retune.schedules[0].schedule.cron == "0 1 * * 0"
     assert monitor.name == "drift" and monitor.concurrency_limit == 1
     assert monitor.parameters == {"retrain_deployment": "retrain/nightly"}
     assert monitor.schedules is not None
@@ -125,6 +136,22 @@ def test_schedule_serves_the_deployment_unless_apply_only(
     assert deployment.schedules is not None
     cron = deployment.schedules[0].schedule
     assert isinstance(cron, CronSchedule) and cron.cron == "0 5 * * *"
+
+
+def test_schedule_apply_only_registers_the_re_tune(flow_home: dict[str, str]) -> None:
+    printed = schedule(
+        apply_only=True, name="test-tune", models=["pop", "ease"], tune_cron="0 2 * * 6"
+    )
+    tuning = printed["tune"]
+    assert tuning["name"] == "tune/weekly" and tuning["schedule"] == "0 2 * * 6"
+    stored = read_deployment(UUID(tuning["deployment_id"]))
+    assert stored.entrypoint == "flows.tune.tune_flow"
+    assert stored.parameters["models"] == ["ease"]
+    assert {"recsys", "tune"} <= set(stored.tags)
+    assert stored.global_concurrency_limit is not None
+    assert stored.global_concurrency_limit.limit == 1
+    with pytest.raises(RecsysError, match="pop has nothing to tune"):
+        tune_deployment(models=["pop"])
 
 
 def test_retrain_deployment_rejects_unknown_models_and_splits() -> None:
@@ -224,7 +251,7 @@ def test_schedule_serves_the_sync_beside_the_retrain_when_there_are_sources(
     served: list[RunnerDeployment] = []
     monkeypatch.setattr(deploy_module, "serve", lambda *d: served.extend(d))
     result = schedule(cron="0 5 * * *", models=["ease"])
-    retrain, sync, _monitor = served
+    retrain, sync, _monitor, _retune = served
     assert result["sync"] == "sync-sources/frequent"
     assert retrain.name == "nightly" and sync.name == "frequent"
     assert sync.concurrency_limit == 1 and sync.parameters == {"names": None}
@@ -238,7 +265,7 @@ def test_schedule_serves_the_sync_beside_the_retrain_when_there_are_sources(
     assert served[1].schedules is not None and served[1].schedules[0].schedule.cron == "0 * * * *"
     served.clear()
     assert schedule(cron="0 5 * * *", models=["ease"], sync_cron="off")["sync"] is None
-    assert [d.name for d in served] == ["nightly", "drift"]
+    assert [d.name for d in served] == ["nightly", "drift", "weekly"]
     with pytest.raises(SourceConfigError, match="no source named 'clicks'"):
         schedule(models=["ease"], sync_sources=["clicks"])
 
@@ -250,7 +277,7 @@ def test_schedule_leaves_the_sync_out_without_a_sources_file(
     served: list[RunnerDeployment] = []
     monkeypatch.setattr(deploy_module, "serve", lambda *d: served.extend(d))
     assert schedule(models=["ease"])["sync"] is None
-    assert [d.name for d in served] == ["nightly", "drift"]
+    assert [d.name for d in served] == ["nightly", "drift", "weekly"]
     with pytest.raises(SourceConfigError, match="no sources file at"):
         schedule(models=["ease"], sync_cron="*/5 * * * *")  # asked for: the file must exist
 
@@ -300,8 +327,8 @@ def test_schedule_serves_the_drift_monitor_on_its_cron_or_not_at_all(
     monkeypatch.setenv("RECSYS_SOURCES_FILE", str(tmp_path / "none.toml"))
     served: list[RunnerDeployment] = []
     monkeypatch.setattr(deploy_module, "serve", lambda *d: served.extend(d))
-    result = schedule(name="weekly", models=["ease"], monitor_cron="*/5 * * * *")
-    assert result["monitor"] == "drift-monitor/drift"
+    result = schedule(name="weekly", models=["ease"], monitor_cron="*/5 * * * *", tune_cron="off")
+    assert result["monitor"] == "drift-monitor/drift" and result["tune"] is None
     _, monitor = served
     assert monitor.parameters == {"retrain_deployment": "retrain/weekly"}
     assert monitor.schedules is not None
@@ -309,7 +336,7 @@ def test_schedule_serves_the_drift_monitor_on_its_cron_or_not_at_all(
     assert isinstance(cron, CronSchedule) and cron.cron == "*/5 * * * *"
     served.clear()
     for off in ("off", "OFF", "", None):
-        assert schedule(models=["ease"], monitor_cron=off)["monitor"] is None
+        assert schedule(models=["ease"], monitor_cron=off, tune_cron=off)["monitor"] is None
     assert [d.name for d in served] == ["nightly"] * 4
 
 

@@ -38,7 +38,7 @@ def pool_of(name: str) -> Any:
         return client.read_work_pool(name)
 
 
-def test_deploy_puts_the_four_deployments_on_a_new_process_pool_and_training_on_its_queue(
+def test_deploy_puts_the_five_deployments_on_a_new_process_pool_and_training_on_its_queue(
     flow_home: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("RECSYS_SOURCES_FILE", str(tmp_path / "none.toml"))  # no sync
@@ -63,6 +63,7 @@ def test_deploy_puts_the_four_deployments_on_a_new_process_pool_and_training_on_
         "retrain/wp-nightly",
         "drift-monitor/wp-drift",
         "batch-recommend/wp-daily",
+        "tune/weekly",
     }
 
     retrain = stored(by_name["retrain/wp-nightly"]["deployment_id"])
@@ -85,6 +86,12 @@ def test_deploy_puts_the_four_deployments_on_a_new_process_pool_and_training_on_
     # Runs beat at a third of the crash delay; the worker's own variables are kept.
     env = {"RECSYS_THREADS": "4", "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "200"}
     assert retrain.job_variables == {"env": env}
+
+    # The re-tune trains too: on the retrain's queue, with its variables.
+    retune = stored(by_name["tune/weekly"]["deployment_id"])
+    assert retune.entrypoint == "flows.tune.tune_flow"
+    assert retune.work_pool_name == "wp-main" and retune.work_queue_name == "training"
+    assert retune.parameters["models"] == ["ease"] and retune.job_variables == {"env": env}
 
     monitor = stored(by_name["drift-monitor/wp-drift"]["deployment_id"])
     assert monitor.work_pool_name == "wp-main" and monitor.work_queue_name == "default"
@@ -232,7 +239,9 @@ def test_recsys_deploy_prints_the_deployments_and_the_workers_to_start(
     assert [row["name"] for row in result["deployments"]] == [
         "retrain/nightly",
         "drift-monitor/drift",
+        "tune/weekly",
     ]
+    assert result["deployments"][2]["job_variables"]["env"]["RECSYS_THREADS"] == "8"
     assert result["deployments"][0]["job_variables"]["env"]["RECSYS_THREADS"] == "8"
     assert "RECSYS_THREADS" not in result["deployments"][1]["job_variables"]["env"]
 

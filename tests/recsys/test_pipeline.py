@@ -139,7 +139,15 @@ def test_retrain_steps_fail_skip_conclude_and_report(engine: Engine, tmp_path: P
         "bento",
         "service_reload",
         "online",
+        "settings",
     }
+    # Which settings each candidate trained with, in the report.
+    found = {"ease": None}
+    said = retrain.with_settings(reported, found)  # type: ignore[arg-type]
+    assert said.settings == {"ease": "defaults (never tuned)"}
+    assert "## Settings (recsys tune)\n\n- ease: defaults (never tuned)" in (
+        retrain.render_report(said, None, None)
+    )
     local = retrain.report_path(tmp_path, None)
     assert local == tmp_path / "reports" / "retrain-local.md"
 

@@ -36,6 +36,7 @@ TABLES = {
     "attributions",
     "drift_triggers",
     "experiments",
+    "tuned_settings",
 }
 
 
