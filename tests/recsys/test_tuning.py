@@ -14,9 +14,9 @@ from sqlalchemy import Engine, inspect
 from recsys import tuned
 from recsys.data.splits import Split
 from recsys.errors import RecsysError
-from recsys.models import MODELS
+from recsys.models import MODELS, build_model
 from recsys.models.space import Choice, FloatRange, IntRange
-from recsys.training import TrainConfig
+from recsys.training import TrainConfig, train
 from recsys.tune_report import write_report
 from recsys.tuning import storage, study_name, tune
 
@@ -167,3 +167,12 @@ def test_a_crashed_workers_running_trial_is_failed_and_the_study_goes_on(
     states = {t["number"]: t["state"] for t in result.trials}
     assert states[trial.number] == "FAIL"
     assert result.finished == 2 and result.ran == 2
+
+
+def test_a_tuned_ease_l2_is_trained_as_it_is(small_split: Split) -> None:
+    """The retrain builds EASE from tuned settings with ``l2`` set: one fit, no search."""
+    config, train_params = tuned.split_params("ease", {"l2": 37.5})
+    model = build_model("ease", small_split.num_users, small_split.num_items, config=config)
+    result = train(model, small_split, TrainConfig(threads=1, progress=False, **train_params))
+    assert result.searched == [] and result.epochs_run == 1
+    assert model.config.l2 == 37.5
