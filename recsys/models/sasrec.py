@@ -48,7 +48,7 @@ SEARCH_SPACE: SearchSpace = {
     "embedding_dim": Choice((32, 64, 128)),
     "num_blocks": IntRange(1, 3),
     "num_heads": Choice((1, 2, 4)),
-    "dropout": FloatRange(0.0, 0.5),
+    "dropout": FloatRange(0.0, 0.7),
     "max_len": Choice((50, 100, 200)),
     **OPTIMISER_SPACE,
     "batch_size": Choice((64, 128, 256)),
