@@ -40,7 +40,7 @@ from recsys.data.validation import quality_report
 from recsys.errors import RecsysError
 from recsys.models import build_model, spec
 from recsys.models.space import Choice, Dimension, FloatRange, IntRange, SearchSpace
-from recsys.training import train, train_config_with, validate
+from recsys.training import TrainConfig, train, train_config_with, validate
 from recsys.tuned import TunedSettings, record, split_params
 
 logger = logging.getLogger(__name__)
@@ -162,6 +162,28 @@ def _suggest(trial: optuna.Trial, name: str, dimension: Dimension) -> Any:
     raise TypeError(f"unknown search dimension {dimension!r}")
 
 
+def default_trial(name: str) -> dict[str, Any]:
+    """The family's default settings as a point of its search space (a default outside a
+    range is moved to the nearest bound, one not among a choice's options is left to TPE)."""
+    model_spec = spec(name)
+    defaults = {
+        **asdict(TrainConfig()),
+        **model_spec.train_defaults,
+        **asdict(model_spec.config()),
+    }
+    point: dict[str, Any] = {}
+    for key, dimension in model_spec.search_space.items():
+        value = defaults.get(key)
+        if value is None:
+            continue
+        if isinstance(dimension, Choice):
+            if value in dimension.options:
+                point[key] = value
+        else:
+            point[key] = type(dimension.low)(min(max(value, dimension.low), dimension.high))
+    return point
+
+
 def objective(
     name: str,
     data: Split,
@@ -240,6 +262,10 @@ def tune(
         ),
         load_if_exists=True,
     )
+    if not study.get_trials(deepcopy=False):
+        # A new study tries the family's defaults first: the tuned settings then never lose to
+        # them on validation, and TPE starts from a point known to train well.
+        study.enqueue_trial(default_trial(name), skip_if_exists=True)
     before = len(study.get_trials(deepcopy=False, states=FINISHED))
     mine: list[int] = []  # the trials this run finished (other workers add theirs meanwhile)
 

@@ -18,7 +18,7 @@ from recsys.models import MODELS, build_model
 from recsys.models.space import Choice, FloatRange, IntRange
 from recsys.training import TrainConfig, train
 from recsys.tune_report import write_report
-from recsys.tuning import storage, study_name, tune
+from recsys.tuning import default_trial, storage, study_name, tune
 
 # A few epochs on the tiny split: enough for the pruner to compare trials, seconds to run.
 QUICK = {"max_epochs": 4, "patience": 2, "threads": 1}
@@ -176,3 +176,23 @@ def test_a_tuned_ease_l2_is_trained_as_it_is(small_split: Split) -> None:
     result = train(model, small_split, TrainConfig(threads=1, progress=False, **train_params))
     assert result.searched == [] and result.epochs_run == 1
     assert model.config.l2 == 37.5
+
+
+def test_a_new_study_tries_the_defaults_first(
+    engine: Engine, blind: Split, one_thread: None
+) -> None:
+    point = default_trial("sasrec")
+    assert point == {
+        "embedding_dim": 64,
+        "num_blocks": 2,
+        "num_heads": 1,
+        "dropout": 0.2,
+        "max_len": 200,
+        "learning_rate": 3e-3,
+        "weight_decay": 1e-6,  # no zero on a log scale: the nearest bound
+        "batch_size": 128,
+    }
+    assert default_trial("ease") == {}  # l2 unset by default: nothing to start from
+    result = tune(engine, "gru4rec", blind, "d" * 64, trials=2, train_overrides=QUICK)
+    first = min(result.trials, key=lambda t: t["number"])
+    assert first["params"] == default_trial("gru4rec")
