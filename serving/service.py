@@ -29,6 +29,7 @@ from recsys.ranking import Ranking
 from serving.api import (
     BODY_ERRORS,
     Guard,
+    WorkerHeader,
     answered_as_api_errors,
     bearer,
     create_app,
@@ -96,7 +97,9 @@ FALLBACKS = bentoml.metrics.Counter(
     labelnames=["endpoint", "fallback"],
 )
 MODEL_VERSION = bentoml.metrics.Gauge(
-    name="recsys_model_version", documentation="Registry version of the model being served"
+    name="recsys_model_version",
+    documentation="Registry version of the model being served, per live worker (pid label)",
+    multiprocess_mode="liveall",  # one value per worker: each follows the champion alone
 )
 BATCH_SIZE = bentoml.metrics.Histogram(
     name="recsys_recommend_batch_size",
@@ -320,6 +323,16 @@ class RecsysService:
             outcome = self.scorer.reload(retry=True)
             self._report(outcome)
             return ReloadOutcome(**outcome)
+
+
+def worker_name() -> str:
+    """This process's BentoML worker index (1..N under ``bentoml serve``), else ``main``."""
+    index = bentoml.server_context.worker_index
+    return "main" if index is None else str(index)
+
+
+# Every worker imports this module after BentoML has set its index.
+RecsysService.add_asgi_middleware(WorkerHeader, worker=worker_name())
 
 
 async def _service_on_the_loop() -> Any:
