@@ -21,11 +21,12 @@ import bentoml
 from fastapi import Security
 from fastapi.security import HTTPAuthorizationCredentials
 
-from recsys.config import get_settings
+from recsys.config import Settings, get_settings
 from recsys.db.engine import create_engine
 from recsys.db.events import Event
 from recsys.keys import ADMIN, EVENTS, READ, KeyRing
 from recsys.ranking import Ranking
+from serving import runtime
 from serving.api import (
     BODY_ERRORS,
     Guard,
@@ -86,6 +87,7 @@ def _private_metrics_dir() -> None:
 
 _private_metrics_dir()
 SETTINGS = get_settings()
+runtime.apply(SETTINGS.serve_tunings)  # before BentoML builds this worker's app
 app = create_app(SETTINGS)
 
 REQUESTS = bentoml.metrics.Counter(
@@ -112,6 +114,11 @@ RELOAD_FAILURES = bentoml.metrics.Counter(
 )
 IMPRESSIONS_WRITTEN = bentoml.metrics.Counter(
     name="recsys_impressions_written", documentation="Impressions written to the database"
+)
+GC_PAUSES = bentoml.metrics.Histogram(
+    name="recsys_gc_full_pause_seconds",
+    documentation="Pauses of the workers' full (generation 2) garbage collections",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0),
 )
 IMPRESSIONS_DROPPED = bentoml.metrics.Counter(
     name="recsys_impressions_dropped",
@@ -175,6 +182,7 @@ class RecsysService:
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="champion-poll", daemon=True)
         self._poller.start()
+        tune_worker(settings)  # start-up is done
 
     def _serve_packaged(self) -> None:
         """Start on the model the bento carries; the registry may still move us on."""
@@ -323,6 +331,14 @@ class RecsysService:
             outcome = self.scorer.reload(retry=True)
             self._report(outcome)
             return ReloadOutcome(**outcome)
+
+
+def tune_worker(settings: Settings) -> None:
+    """Once a worker has started: its collector tuned (RECSYS_SERVE_TUNING) and its full
+    collections' pauses timed into ``recsys_gc_full_pause_seconds``."""
+    tuned = runtime.tune_collector(settings.serve_tunings)
+    runtime.watch_full_collections(GC_PAUSES.observe)
+    logger.info("worker %s ready; runtime tuning %s", worker_name(), tuned or "none")
 
 
 def worker_name() -> str:

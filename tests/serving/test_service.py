@@ -38,6 +38,7 @@ def service(home: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     for key, value in home.env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("RECSYS_POLL_SECONDS", "3600")
+    monkeypatch.setenv("RECSYS_SERVE_TUNING", "none")  # leave the test process's collector be
     instance = RecsysService()
     yield instance
     instance._stop.set()
