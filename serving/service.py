@@ -347,8 +347,10 @@ def worker_name() -> str:
     return "main" if index is None else str(index)
 
 
-# Every worker imports this module after BentoML has set its index.
-RecsysService.add_asgi_middleware(WorkerHeader, worker=worker_name())
+# Every worker imports this module after BentoML has set its index. (The decorators made
+# the class a bentoml Service, which mypy cannot see.)
+_SERVICE: Any = RecsysService
+_SERVICE.add_asgi_middleware(WorkerHeader, worker=worker_name())
 
 
 async def _service_on_the_loop() -> Any:
