@@ -1,21 +1,20 @@
 """What each service worker changes in BentoML's and Python's runtime (``RECSYS_SERVE_TUNING``).
 
-Under a fast client (wrk, a few thousand requests a second) a worker's p99 latency was set by
-Python's full garbage collections, 50-200 ms each, not by the requests. Two causes, each
-measured in benchmarks/README.md:
+Under a fast client (wrk) a worker's p99 latency was set by Python's full garbage
+collections, 140-190 ms each, not by the requests (benchmarks/README.md, results/serve-gc.md):
 
 - ``timeout``: BentoML's ``TimeoutMiddleware`` arms a ``loop.call_later(timeout, ...)`` per
   request and never cancels it, so every answered request leaves a timer for the whole
-  traffic timeout (30 s), holding its future and a copy of the request's context (the tracing
-  span, BentoML's request object). At 2,000 req/s that is 60,000 requests' worth of objects
-  alive, which every full collection walks. :class:`CancellingTimeout` is the same middleware
-  (a 504 when no response has started within the timeout) that cancels its timer once the
-  response starts or the request ends; it is put in BentoML's place before the app is built.
+  traffic timeout (30 s) that holds its future and a copy of the request's context (the
+  tracing span, BentoML's request object): the live heap grows by 30 s of requests and full
+  collections come often. :class:`CancellingTimeout` is the same middleware (a 504 when no
+  response has started within the timeout) that cancels its timer once the response starts
+  or the endpoint ends; it is put in BentoML's place before BentoML builds the app.
 - ``freeze``: after start-up (bentoml, FastAPI, pydantic, SQLAlchemy, onnxruntime, the
-  model's maps) the heap holds about a million objects that live as long as the worker;
-  ``gc.freeze()`` moves them to the permanent generation, so a full collection walks only
-  what requests and reloads made since. ``threshold``: young collections every 50,000
-  allocations rather than 700, so fewer of them promote short-lived request objects.
+  model's maps) a worker tracks about 150,000 objects that live as long as it does, and every
+  full collection walked them all; ``gc.freeze()`` moves them to the permanent generation.
+- ``threshold``: young collections every 50,000 allocations rather than 700, so fewer
+  short-lived request objects are promoted towards a full collection.
 
 Imports neither torch nor the training stack.
 """
