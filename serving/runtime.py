@@ -1,7 +1,7 @@
 """What each service worker changes in BentoML's and Python's runtime (``RECSYS_SERVE_TUNING``).
 
 Under a fast client (wrk) a worker's p99 latency was set by Python's full garbage
-collections, 140-190 ms each, not by the requests (benchmarks/README.md, results/serve-gc.md):
+collections, 115-190 ms each, not by the requests (benchmarks/README.md, results/serve-gc.md):
 
 - ``timeout``: BentoML's ``TimeoutMiddleware`` arms a ``loop.call_later(timeout, ...)`` per
   request and never cancels it, so every answered request leaves a timer for the whole
