@@ -33,7 +33,7 @@ from recsys.artifacts import Artifact
 from recsys.config import get_settings
 from recsys.db.engine import create_engine
 from recsys.db.queries import user_history
-from serving.service import RecsysService
+from serving.service import RecsysService, tune_worker
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,11 @@ NOOP_RESPONSE = {"ok": True}
 @bentoml.service(name=SERVICE_NAME, **copy.deepcopy(SERVICE_CONFIG))
 class NoopService:
     """Answers a constant: what a request costs before any work is done."""
+
+    def __init__(self) -> None:
+        # The real service's runtime tuning and GC pause metric (its timeout middleware comes
+        # with the import of serving.service), so the floor has the same process layout.
+        tune_worker(get_settings())
 
     @bentoml.api
     def noop(self) -> dict[str, Any]:

@@ -21,6 +21,8 @@ ENV_PREFIX = "RECSYS_"
 READ_AUTH_CHOICES = ("required", "open")
 UNKNOWN_ITEM_CHOICES = ("reject", "create")
 MODEL_SOURCE_CHOICES = ("auto", "registry", "bento")
+# What each service worker changes in BentoML's and Python's runtime (serving/runtime.py).
+SERVE_TUNINGS = ("timeout", "freeze", "threshold")
 # What RECSYS_DEVICE (and a training's `device`) may name; whether it exists is checked when
 # training starts (recsys.devices), so a GPU setting never stops the service or the CLI.
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -164,6 +166,16 @@ class Settings(BaseSettings):
             "what the service starts on: `registry` (the champion), `bento` (the packaged "
             "model) or `auto` (the champion, else the packaged model)",
             "`auto`",
+        ),
+    )
+    serve_tuning: str = Field(
+        default=",".join(SERVE_TUNINGS),
+        json_schema_extra=_doc(
+            "what each service worker changes in its runtime, comma-separated: `timeout` "
+            "(BentoML's request timeout cancels its timer when answered), `freeze` (the "
+            "start-up heap moved out of the garbage collector's sight), `threshold` (fewer "
+            "young collections); `none` for BentoML's and Python's defaults",
+            "`timeout,freeze,threshold`",
         ),
     )
     admin_token: SecretStr | None = Field(
@@ -328,6 +340,23 @@ class Settings(BaseSettings):
             "least time between two retrains the drift monitor starts", "`43200`"
         ),
     )
+
+    @field_validator("serve_tuning", mode="after")
+    @classmethod
+    def _serve_tuning(cls, value: str) -> str:
+        names = [v.strip().lower() for v in value.split(",") if v.strip()]
+        if names == ["none"]:
+            return "none"
+        unknown = sorted(set(names) - set(SERVE_TUNINGS))
+        if unknown or not names:
+            raise ValueError(f"name some of {', '.join(SERVE_TUNINGS)}, or none; got {value!r}")
+        return ",".join(n for n in SERVE_TUNINGS if n in names)
+
+    @property
+    def serve_tunings(self) -> frozenset[str]:
+        return (
+            frozenset() if self.serve_tuning == "none" else frozenset(self.serve_tuning.split(","))
+        )
 
     @field_validator("click_events", "conversion_events", mode="after")
     @classmethod

@@ -228,6 +228,31 @@ class BodyGuard:
         return body
 
 
+WORKER_HEADER = "x-recsys-worker"
+
+
+class WorkerHeader:
+    """Names the worker process that answered, in the ``X-Recsys-Worker`` header of every
+    response (BentoML's routes too): with several workers, callers and tests can tell them
+    apart, e.g. to see each one take up a new champion."""
+
+    def __init__(self, app: ASGIApp, *, worker: str) -> None:
+        self.app = app
+        self.header = (WORKER_HEADER.encode("latin-1"), worker.encode("latin-1"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def named(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), self.header]
+            await send(message)
+
+        await self.app(scope, receive, named)
+
+
 def _too_large(limit: int) -> ApiError:
     return ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes", "body")
 

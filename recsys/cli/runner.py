@@ -21,6 +21,9 @@ from typing import Any, NoReturn
 from recsys.errors import RecsysError
 
 SERVICE = "serving.service:RecsysService"
+SERVICE_NAME = "recsys"  # the name RecsysService (and the bento) is served under
+# BentoML's JSON config override: merged over the service's own @bentoml.service arguments.
+CONFIG_OVERRIDES = "BENTOML_CONFIG_OVERRIDES"
 
 
 def _command(name: str, parameters: dict[str, Any]) -> list[str]:
@@ -93,9 +96,33 @@ def serve_command(target: str, host: str, port: int) -> list[str]:
     return [bentoml_executable(), "serve", target, "--host", host, "--port", str(port)]
 
 
-def exec_serve(target: str, host: str, port: int) -> NoReturn:
+def serve_env(workers: int | None, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of ``bentoml serve`` with ``workers`` processes of the service.
+
+    The count goes through BentoML's own override (``BENTOML_CONFIG_OVERRIDES``, merged with
+    what the caller's environment already overrides), so it applies to the service and to a
+    built bento alike; ``None`` keeps the service's own count (one).
+    """
+    env = dict(os.environ if environ is None else environ)
+    if workers is None:
+        return env
+    if workers < 1:
+        raise RecsysError(f"--workers must be at least 1, got {workers}")
+    try:
+        overrides = json.loads(env.get(CONFIG_OVERRIDES) or "{}")
+    except json.JSONDecodeError as exc:
+        raise RecsysError(f"{CONFIG_OVERRIDES} is not JSON: {exc}") from None
+    if not isinstance(overrides, dict):
+        raise RecsysError(f"{CONFIG_OVERRIDES} must be a JSON object")
+    services = overrides.setdefault("services", {})
+    services.setdefault(SERVICE_NAME, {})["workers"] = workers
+    env[CONFIG_OVERRIDES] = json.dumps(overrides)
+    return env
+
+
+def exec_serve(target: str, host: str, port: int, workers: int | None = None) -> NoReturn:
     command = serve_command(target, host, port)
-    os.execv(command[0], command)
+    os.execve(command[0], command, serve_env(workers))
 
 
 def ui_command(host: str, port: int) -> list[str]:

@@ -27,6 +27,14 @@ def serve(
     bento: Annotated[
         str | None, typer.Option(help="Serve a built bento (e.g. recsys:latest) instead.")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Service worker processes (BentoML workers; default 1). Each loads the model, "
+            "batches its own requests and follows the champion; /metrics adds them up.",
+        ),
+    ] = None,
 ) -> None:
     """Start the prediction API (BentoML) on the registry's current champion."""
     from recsys import registry
@@ -38,8 +46,11 @@ def serve(
             err=True,
         )
     target = bento or SERVICE
-    typer.echo(f"serving {target} (champion v{champion}) on http://{host}:{port}", err=True)
-    exec_serve(target, host, port)
+    processes = f", {workers} workers" if workers else ""
+    typer.echo(
+        f"serving {target} (champion v{champion}{processes}) on http://{host}:{port}", err=True
+    )
+    exec_serve(target, host, port, workers)
 
 
 @user_errors

@@ -75,6 +75,8 @@ def test_config_values_parse_choices_fold_and_empty_means_default(
         ("RECSYS_READ_AUTH", "sometimes"),
         ("RECSYS_THREADS", "0"),
         ("RECSYS_MODEL_SOURCE", "disk"),
+        ("RECSYS_SERVE_TUNING", "timeout,turbo"),
+        ("RECSYS_SERVE_TUNING", ","),
     ],
 )
 def test_config_bad_value_is_an_error_naming_the_variable(
@@ -83,6 +85,16 @@ def test_config_bad_value_is_an_error_naming_the_variable(
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError, match=name):
         get_settings()
+
+
+def test_config_serve_tuning_is_a_set_of_known_names_or_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert get_settings().serve_tunings == {"timeout", "freeze", "threshold"}
+    monkeypatch.setenv("RECSYS_SERVE_TUNING", " Freeze, timeout ,freeze")
+    assert get_settings().serve_tuning == "timeout,freeze"
+    monkeypatch.setenv("RECSYS_SERVE_TUNING", "NONE")
+    assert get_settings().serve_tunings == frozenset()
 
 
 def test_config_admin_token_never_shows_in_clear(monkeypatch: pytest.MonkeyPatch) -> None:

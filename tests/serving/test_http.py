@@ -20,7 +20,7 @@ from recsys import registry
 from recsys.keys import create_key, revoke_key
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import bentoml_serve, make_home
+from conftest import bentoml_serve, free_port, make_home, running
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "test-admin-token"
@@ -335,6 +335,105 @@ def test_http_two_services_sharing_a_bentoml_home_keep_their_own_metrics(
             httpx.post(f"{second}/recommend", json={"user_id": "u1"}, headers=auth)
             assert recommends(first) == 3.0
             assert recommends(second) == 1.0
+
+
+def _metric(text: str, name: str) -> list[float]:
+    """The values of the samples called ``name`` (any labels) in a Prometheus text page."""
+    return [
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.split("{")[0].split(" ")[0] == name
+    ]
+
+
+@pytest.mark.slow
+def test_http_two_workers_take_up_a_new_champion_under_load_and_count_every_request(
+    tmp_path: Path,
+) -> None:
+    """`recsys serve --workers 2`: each worker follows the champion on its own. Under load
+    (a new connection per request, so both workers answer), a promotion fails no request,
+    each worker serves the new version within the poll interval (plus loading) and never
+    the old one after, and any worker's /metrics counts every request once."""
+    home = make_home(tmp_path / "home")
+    new_version = home.register("sasrec")  # trained before the server competes for the CPU
+    auth = {"Authorization": f"Bearer {create_key(home.engine, 'workers', ['read'])[0]}"}
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("recsys")), "serve", "--workers", "2"]
+    env = {
+        **home.env,
+        "RECSYS_POLL_SECONDS": str(POLL_SECONDS),
+        "BENTOML_HOME": str(tmp_path / "bentoml"),
+    }
+    fresh = httpx.Limits(max_keepalive_connections=0)  # each request may reach either worker
+
+    def until_both(path: str) -> dict[str, httpx.Response]:
+        answers: dict[str, httpx.Response] = {}
+        deadline = time.monotonic() + 60
+        with httpx.Client(base_url=base, limits=fresh, timeout=30) as http:
+            while len(answers) < 2 and time.monotonic() < deadline:
+                response = http.get(path)
+                if response.status_code == 200:
+                    answers[response.headers["x-recsys-worker"]] = response
+        return answers
+
+    log = tmp_path / "serve.log"
+    with running([*command, "--port", str(port)], port, env, tmp_path, log, 120) as base:
+        assert set(until_both("/readyz")) == {"1", "2"}, log.read_text()[-3000:]
+        failures: list[str] = []
+        answered: list[tuple[float, str, int]] = []  # (when, worker, version)
+        stop = threading.Event()
+
+        def client(user: str) -> None:
+            with httpx.Client(base_url=base, limits=fresh, timeout=30, headers=auth) as http:
+                while not stop.is_set():
+                    try:
+                        response = http.post("/recommend", json={"user_id": user, "k": 10})
+                    except httpx.HTTPError as exc:
+                        failures.append(repr(exc))
+                        continue
+                    if response.status_code != 200:
+                        failures.append(f"{response.status_code}: {response.text}")
+                        continue
+                    worker = response.headers["x-recsys-worker"]
+                    answered.append((time.monotonic(), worker, response.json()["model_version"]))
+
+        threads = [threading.Thread(target=client, args=(f"u{n}",)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while {w for _, w, _ in answered} != {"1", "2"} and time.monotonic() < deadline:
+                time.sleep(0.1)
+            promoted_at = time.monotonic()
+            registry.promote(home.engine, new_version, actor="tests", reason="two workers")
+            deadline = promoted_at + 30
+            while time.monotonic() < deadline and {
+                w for _, w, v in answered if v == new_version
+            } != {"1", "2"}:
+                time.sleep(0.05)
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=30)
+
+        assert failures == []
+        by_worker = {w: [(t, v) for t, x, v in answered if x == w] for w in ("1", "2")}
+        for worker, seen in by_worker.items():
+            assert any(v == home.champion for t, v in seen if t < promoted_at), worker
+            first_new = min((t for t, v in seen if v == new_version), default=None)
+            assert first_new is not None, f"worker {worker} never served v{new_version}"
+            assert first_new - promoted_at <= POLL_SECONDS + 5.0, worker  # poll + load
+            after = [v for t, v in seen if t > first_new + 0.5]
+            assert set(after) <= {new_version}, worker  # no flapping back
+
+        pages = until_both("/metrics")
+        assert set(pages) == {"1", "2"}  # /metrics answered by each worker ...
+        for page in (r.text for r in pages.values()):  # ... and each adds up both
+            requests = _metric(page, "recsys_requests_total")
+            assert requests == [float(len(answered))], page[:2000]
+            assert _metric(page, "recsys_recommend_batch_size_sum") == requests
+            assert _metric(page, "recsys_model_version") == [float(new_version)] * 2
 
 
 def test_http_a_source_sync_takes_an_item_out_of_every_list_within_a_poll(

@@ -38,6 +38,7 @@ def service(home: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     for key, value in home.env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("RECSYS_POLL_SECONDS", "3600")
+    monkeypatch.setenv("RECSYS_SERVE_TUNING", "none")  # leave the test process's collector be
     instance = RecsysService()
     yield instance
     instance._stop.set()
@@ -152,3 +153,20 @@ def test_bentoml_serve_answers_without_loading_torch_pandas_or_pyarrow(
     imported = imported_modules(log.read_text())
     assert {"serving.scorer", "onnxruntime"} <= imported  # the log covers the serving worker
     assert sorted({name.split(".")[0] for name in imported} & set(HEAVY)) == []
+
+
+def test_endpoints_get_their_service_on_the_loop_without_a_dependency_override() -> None:
+    """Every endpoint's ``self`` comes from the coroutine, and no override is set: with one,
+    FastAPI would rebuild every dependency of every request from its signature."""
+    from serving import service
+
+    assert service.app.dependency_overrides == {}
+    endpoints = [
+        method
+        for method in vars(service.RecsysService.inner).values()  # type: ignore[attr-defined]
+        if hasattr(method, "__signature__")
+    ]
+    assert service.ENDPOINTS_ON_THE_LOOP == len(endpoints) == 7
+    for method in endpoints:
+        first = next(iter(method.__signature__.parameters.values()))
+        assert first.default.dependency is service._service_on_the_loop, method.__name__

@@ -1,12 +1,20 @@
-"""Child processes of the CLI: a flow's log lines followed as they come, and what the demo
-shows of a retrain's progress."""
+"""Child processes of the CLI: a flow's log lines followed as they come, what the demo
+shows of a retrain's progress, and the service's worker count."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from recsys.cli.demo import _show_progress
-from recsys.cli.runner import run_flow, ui_command
+from recsys.cli.runner import (
+    CONFIG_OVERRIDES,
+    SERVICE_NAME,
+    run_flow,
+    serve_env,
+    ui_command,
+)
 from recsys.errors import RecsysError
 
 
@@ -34,3 +42,25 @@ def test_the_demo_shows_the_progress_lines_without_prefects_prefix(
 def test_the_dashboard_runs_as_python_m_ui() -> None:
     command = ui_command("127.0.0.1", 8080)
     assert command[1:] == ["-m", "ui", "--host", "127.0.0.1", "--port", "8080"]
+
+
+def test_serve_workers_go_through_bentomls_override_merged_with_the_callers() -> None:
+    mine = json.dumps({"services": {"recsys": {"traffic": {"timeout": 5}}}, "x": 1})
+    env = serve_env(3, {"PATH": "/bin", CONFIG_OVERRIDES: mine})
+    assert env["PATH"] == "/bin"
+    assert json.loads(env[CONFIG_OVERRIDES]) == {
+        "services": {"recsys": {"traffic": {"timeout": 5}, "workers": 3}},
+        "x": 1,
+    }
+    assert CONFIG_OVERRIDES not in serve_env(None, {"PATH": "/bin"})  # the service's own count
+    with pytest.raises(RecsysError, match="at least 1"):
+        serve_env(0, {})
+    with pytest.raises(RecsysError, match="not JSON"):
+        serve_env(2, {CONFIG_OVERRIDES: "services.recsys.workers=2"})
+
+
+def test_the_served_name_is_the_services() -> None:
+    """The override is keyed by the service's name: the two must not drift apart."""
+    from serving.service import RecsysService
+
+    assert RecsysService.name == SERVICE_NAME  # type: ignore[attr-defined]
