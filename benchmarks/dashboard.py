@@ -226,13 +226,21 @@ def measure(url: str, home: Path, facts: dict[str, Any], repeat: int) -> dict[st
             time.sleep(0.2)
         up = time.perf_counter() - started
         http = httpx.Client(base_url=base, timeout=300)
-        # The first visits wait for the values computed at start (warm-up) or on first use.
+        # The first visits find the values computed at start (warm-up) or on first use not
+        # ready yet: the page answers without them (pending) and reloads until they are in.
         first: dict[str, float] = {}
+        complete: dict[str, float] = {}
         background: dict[str, float] = {}
         for path in ("/data", "/online", "/online?range=24h", "/online?range=30d"):
+            asked = time.perf_counter()
             response = http.get(path)
             response.raise_for_status()
             first[path] = server_ms(response)
+            while "data-pending" in response.text:
+                time.sleep(0.5)  # what the page's own reload does, every 2 s
+                response = http.get(path)
+                response.raise_for_status()
+            complete[path] = round(time.perf_counter() - asked, 2)
             for what, seconds in computed(response.text):
                 background[f"{path}: {what}"] = seconds
         champion, user = facts["champion"], facts["user"]
@@ -273,8 +281,8 @@ def measure(url: str, home: Path, facts: dict[str, Any], repeat: int) -> dict[st
                 f"{rows[-1]['max_ms']:>7.1f} ms",
                 flush=True,
             )
-        return {"startup_seconds": round(up, 2), "first_ms": first, "background": background,
-                "pages": rows}  # fmt: skip
+        return {"startup_seconds": round(up, 2), "first_ms": first, "complete_s": complete,
+                "background": background, "pages": rows}  # fmt: skip
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -299,7 +307,7 @@ def main() -> None:
             continue
         run["build_seconds"] = {k: round(v, 1) for k, v in facts["build_seconds"].items()}
         results[backend] = run
-        worst = max(r["max_ms"] for r in run["pages"])
+        worst = max(max(r["max_ms"] for r in run["pages"]), *run["first_ms"].values())
         ok = worst < TARGET_MS
         passed &= ok
         rows = [
@@ -318,9 +326,12 @@ def main() -> None:
         )
         tables.append(
             (
-                f"{backend}: first visits (waiting for those values, ms)",
-                ["page", "ms"],
-                [[k, f"{v:.1f}"] for k, v in run["first_ms"].items()],
+                f"{backend}: first visits (the page at once, then its values)",
+                ["page", "first response ms", f"< {TARGET_MS:.0f} ms", "values shown after s"],
+                [
+                    [k, f"{v:.1f}", verdict(v < TARGET_MS), f"{run['complete_s'][k]:.1f}"]
+                    for k, v in run["first_ms"].items()
+                ],
             )
         )
         print(format_table(headers, rows))
@@ -332,8 +343,10 @@ def main() -> None:
         "its response, the rendering of the page included; the browser's own work is not.",
         "The counts of the data page and the online metrics, experiment and drift are computed "
         "in the background (at start, then when the store changes, at most every ten times "
-        "their own duration) and pages show the latest; the first visits above waited for "
-        "them. The explorer asked no service (RECSYS_SERVICE_URL unset): the champion's ONNX "
+        "their own duration) and pages show the latest. A page never waits more than 0.05 s "
+        "for a value computed for the first time (ui.state.FIRST_WAIT): it answers without "
+        "it, says so, and reloads itself every 2 s until it is in (the first visits above). "
+        "The explorer asked no service (RECSYS_SERVICE_URL unset): the champion's ONNX "
         "graph answered in process. No Prefect server: the flows page says so.",
         "The champion is a popularity model (cheap to register 200 times): it has no item "
         "representations, so similar items answers its one-line refusal and recommendations "

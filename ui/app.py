@@ -42,11 +42,17 @@ def create_app(
     prefect: PrefectApi | None = None,
     host: str = "127.0.0.1",
     warm_up: bool = True,
+    first_wait: float | None = None,
 ) -> FastAPI:
     """The application over ``engine`` and ``settings``. Bound to a loopback ``host``, it
     answers only requests addressed to a loopback name (a web page elsewhere cannot reach it
-    by rebinding its own name to 127.0.0.1)."""
-    board = Dashboard(settings, engine, prefect)
+    by rebinding its own name to 127.0.0.1). ``first_wait`` overrides how long a page waits
+    for a value never computed yet (``ui.state.FIRST_WAIT``)."""
+    board = (
+        Dashboard(settings, engine, prefect)
+        if first_wait is None
+        else Dashboard(settings, engine, prefect, first_wait=first_wait)
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -38,6 +38,11 @@ class Result(Generic[T]):
     def ready(self) -> bool:
         return self.value is not None
 
+    @property
+    def pending(self) -> bool:
+        """No value yet, and one is being computed: a page shows it once it is ready."""
+        return self.value is None and self.refreshing
+
 
 @dataclass(frozen=True)
 class Timed:

@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from recsys.errors import RecsysError
 from ui.auth import Refused
+from ui.cache import Result
 from ui.state import Dashboard
 
 HERE = Path(__file__).resolve().parent
@@ -51,6 +52,10 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
             "database": in_home(url),
             "in_home": in_home,
             "done": board.saying(request.query_params.get("done")),
+            # A value still being computed for the first time: the page says so and reloads.
+            "pending": any(
+                isinstance(value, Result) and value.pending for value in context.values()
+            ),
             **context,
         },
         status_code=status_code,

@@ -25,14 +25,24 @@ from ui.worker import Worker
 # ui.cache).
 DATA_MAX_AGE, DATA_MIN_AGE = 600.0, 2.0
 ONLINE_MAX_AGE, ONLINE_MIN_AGE = 120.0, 2.0
+# How long a page waits for a value that has never been computed (the first visit after a
+# start, on a large store: counting 1M events takes seconds) before it renders without it,
+# saying so and reloading itself (ui/templates/base.html), so no page takes longer than that.
+FIRST_WAIT = 0.05
 SAID_KEPT = 100  # messages of the latest actions, for the pages they redirect to
 
 
 class Dashboard:
     def __init__(
-        self, settings: Settings, engine: Engine, prefect: PrefectApi | None = None
+        self,
+        settings: Settings,
+        engine: Engine,
+        prefect: PrefectApi | None = None,
+        *,
+        first_wait: float = FIRST_WAIT,
     ) -> None:
         self.settings = settings
+        self.first_wait = first_wait
         self.engine = engine
         self.worker = Worker(settings)
         self.data: Refreshing[computed.DataSummary] = Refreshing(
@@ -41,6 +51,7 @@ class Dashboard:
             token=partial(computed.data_token, engine),
             max_age=DATA_MAX_AGE,
             min_age=DATA_MIN_AGE,
+            wait=first_wait,
         )
         self.online: Keyed[computed.OnlineView] = Keyed("online", self._online)
         self.experiments: Keyed[computed.ExperimentView] = Keyed("experiment", self._experiment)
@@ -50,6 +61,7 @@ class Dashboard:
             token=partial(computed.online_token, engine),
             max_age=ONLINE_MAX_AGE,
             min_age=ONLINE_MIN_AGE,
+            wait=self.first_wait,
         )
         self.artifacts = ArtifactCache(engine)
         self.admins = Admins(engine, settings.admin_secret)
@@ -65,6 +77,7 @@ class Dashboard:
             token=partial(computed.online_token, self.engine),
             max_age=ONLINE_MAX_AGE,
             min_age=ONLINE_MIN_AGE,
+            wait=self.first_wait,
         )
 
     def _experiment(self, key: Hashable) -> Refreshing[computed.ExperimentView]:
@@ -75,6 +88,7 @@ class Dashboard:
             token=partial(computed.online_token, self.engine),
             max_age=ONLINE_MAX_AGE,
             min_age=ONLINE_MIN_AGE,
+            wait=self.first_wait,
         )
 
     def warm_up(self) -> None:

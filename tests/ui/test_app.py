@@ -9,8 +9,11 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -50,9 +53,37 @@ def client(home: Home, api_keys: dict[str, str]) -> Iterator[TestClient]:
         api_key=api_keys[keys.READ],
         service_url=f"http://127.0.0.1:{free_port()}",  # nothing listens there
     )
-    app = create_app(settings, home.engine, warm_up=False)
+    # Pages wait for what they show (the first visit without waiting is tested below).
+    app = create_app(settings, home.engine, warm_up=False, first_wait=60.0)
     with TestClient(app, base_url="http://127.0.0.1") as http:
         yield http
+
+
+def test_a_first_visit_does_not_wait_for_slow_counts_it_reloads_until_they_come(
+    home: Home,
+) -> None:
+    settings = get_settings(home=home.path, database_url=home.url, admin_token=ADMIN_TOKEN)
+    app = create_app(settings, home.engine, warm_up=False, first_wait=0.05)
+    board = app.state.dashboard
+    gate = threading.Event()
+    count = board.data._compute
+
+    def slow() -> Any:  # counting a large store: seconds
+        assert gate.wait(timeout=30)
+        return count()
+
+    board.data._compute = slow
+    with TestClient(app, base_url="http://127.0.0.1") as http:
+        first = http.get("/data")
+        assert first.status_code == 200 and "data-pending" in first.text
+        assert '<meta http-equiv="refresh" content="2">' in first.text
+        assert 'data-stat="users"' not in first.text
+        gate.set()
+        deadline = time.monotonic() + 30
+        while "data-pending" in (page := http.get("/data")).text:
+            assert time.monotonic() < deadline, "the counts never arrived"
+            time.sleep(0.05)
+        assert 'http-equiv="refresh"' not in page.text and 'data-stat="users"' in page.text
 
 
 def test_every_page_renders_with_its_server_time(client: TestClient, home: Home) -> None:

@@ -219,6 +219,8 @@ def run(
         def visit(path: str) -> None:
             response = page.goto(f"{base}{path}")
             assert response is not None and response.status == 200, path
+            # A value still being computed: the page says so and reloads itself until it is in.
+            expect(page.locator("[data-pending]")).to_have_count(0, timeout=60_000)
             page.wait_for_selector("html[data-charts-drawn]", state="attached")
 
         def shot(name: str) -> None:
