@@ -252,6 +252,7 @@ def test_power_and_the_user_level_test_agree_with_the_textbook() -> None:
     assert result["p_value"] == pytest.approx(math.erfc(abs(pb - pa) / se / math.sqrt(2)), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_a_tiny_run_against_the_service_is_measured_by_the_library(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

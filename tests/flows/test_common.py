@@ -28,6 +28,7 @@ def flow_run_in(state: Any) -> str:
         return str(run.id)
 
 
+@pytest.mark.slow
 def test_a_lock_of_a_crashed_flow_run_is_freed_and_a_running_ones_kept(
     flow_home: dict[str, str],
 ) -> None:

@@ -49,6 +49,7 @@ async def trigger_and_serve_once(deployment: RunnerDeployment) -> FlowRun:
         return await client.read_flow_run(flow_run.id)
 
 
+@pytest.mark.slow
 def test_retrain_deployment_registers_schedule_limit_and_parameters_and_runs_a_retrain(
     flow_home: dict[str, str],
 ) -> None:
@@ -161,6 +162,7 @@ def test_retrain_deployment_rejects_unknown_models_and_splits() -> None:
         retrain_deployment(split="random")
 
 
+@pytest.mark.slow
 def test_recsys_schedule_registers_then_serves_the_deployment(flow_home: dict[str, str]) -> None:
     import subprocess
     import sys
@@ -293,6 +295,7 @@ def test_schedule_apply_only_registers_the_sync_too(
     assert stored.schedules[0].schedule.cron == "*/5 * * * *"
 
 
+@pytest.mark.slow
 def test_recsys_schedule_sync_cron_option(flow_home: dict[str, str], sources_file: Path) -> None:
     import subprocess
     import sys

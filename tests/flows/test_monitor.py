@@ -66,6 +66,7 @@ def reports() -> list[str]:
     return [str(a.data) for a in sorted(found, key=lambda a: a.created or 0)]
 
 
+@pytest.mark.slow
 def test_the_monitor_starts_the_retrain_deployment_once_per_cool_down(
     drifting: Champion,
 ) -> None:

@@ -164,6 +164,7 @@ def test_retrain_flow_does_not_run_while_another_retrain_holds_the_lock(
     assert retrain_flow(models=["ease"])["status"] == "promoted"
 
 
+@pytest.mark.slow
 def test_retrain_flow_promotion_builds_a_bento_and_reloads_the_running_service(
     flow_home: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -204,6 +205,7 @@ def test_the_retrain_flow_trains_a_candidate_in_two_processes(flow_home: dict[st
     assert len(registry.list_versions(engine())) == 1  # registered once
 
 
+@pytest.mark.slow
 def test_training_progress_reaches_the_run_logs_and_a_progress_artifact(
     flow_home: dict[str, str],
 ) -> None:

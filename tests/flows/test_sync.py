@@ -201,6 +201,7 @@ def test_sync_report_escapes_cells() -> None:
     assert "- a (failed): x \\| y z" in report
 
 
+@pytest.mark.slow
 def test_recsys_sources_sync_flow_runs_the_flow(shop_home: sa.Engine) -> None:
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
     recsys = str(Path(sys.executable).with_name("recsys"))

@@ -217,6 +217,7 @@ def test_heartbeat_and_worker_commands() -> None:
     ]
 
 
+@pytest.mark.slow
 def test_recsys_deploy_prints_the_deployments_and_the_workers_to_start(
     flow_home: dict[str, str], tmp_path: Path
 ) -> None:

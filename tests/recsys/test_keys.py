@@ -87,6 +87,7 @@ def test_keys_guard_open_reads_still_need_keys_to_write(engine: Engine, read_aut
     assert refused.value.status == 403
 
 
+@pytest.mark.slow
 def test_keys_cli_create_list_revoke(tmp_path: Path) -> None:
     """The commands over the functions tested above on both databases; SQLite is enough."""
     url = f"sqlite:///{tmp_path / 'recsys.db'}"

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from recsys.keys import create_key
 
@@ -17,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import bentoml_serve, free_port, make_home, running
 
 
+@pytest.mark.slow
 def test_bento_carries_the_champion_and_serves_on_a_fresh_home(tmp_path: Path) -> None:
     home = make_home(tmp_path / "home")
     env = {**os.environ, **home.env, "BENTOML_HOME": str(tmp_path / "bentoml")}

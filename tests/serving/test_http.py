@@ -311,6 +311,7 @@ def test_http_a_new_champion_is_served_without_a_failed_request(served: Served) 
     assert len(versions) > 20
 
 
+@pytest.mark.slow
 def test_http_two_services_sharing_a_bentoml_home_keep_their_own_metrics(
     served: Served, tmp_path: Path
 ) -> None:
@@ -537,6 +538,7 @@ def test_http_lists_carry_a_recommendation_id_that_events_may_name(served: Serve
     assert found == [("recommend", "u11")] and linked == 1
 
 
+@pytest.mark.slow
 def test_http_an_experiment_starts_and_stops_without_a_failed_request(served: Served) -> None:
     from recsys.online.experiments import get_experiment, start_experiment
     from recsys.online.outcomes import experiment_status, stop_experiment
@@ -603,6 +605,7 @@ def test_http_an_experiment_starts_and_stops_without_a_failed_request(served: Se
     assert after and set(after) == {None}
 
 
+@pytest.mark.slow
 def test_http_impressions_survive_a_restart_of_the_service(served: Served, tmp_path: Path) -> None:
     """What a service logged is in the database after it stops (a clean stop writes what is
     still buffered), and a new service adds to it: nothing flushed is lost across restarts."""

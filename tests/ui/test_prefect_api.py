@@ -25,6 +25,7 @@ def prefect_url() -> Iterator[str]:
         yield str(PREFECT_API_URL.value())
 
 
+@pytest.mark.slow
 def test_deployments_and_their_runs_link_into_the_prefect_ui(
     prefect_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

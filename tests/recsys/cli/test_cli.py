@@ -215,6 +215,7 @@ def test_cli_train_prints_metrics_json_with_epochs_and_time(recsys_env: dict[str
         (["--model", "pop", "--window-days", "0"], "a training window must be positive"),
     ],
 )
+@pytest.mark.slow
 def test_cli_train_bad_model_or_setting_is_one_line(
     recsys_env: dict[str, str], args: list[str], message: str
 ) -> None:

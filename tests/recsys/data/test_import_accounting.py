@@ -238,6 +238,7 @@ def test_ingest_movielens_u_data_accounts_for_every_record(
 
 @SETTINGS
 @given(data=files(_sequence_row, None))
+@pytest.mark.slow
 def test_ingest_sequences_accounts_for_every_line(
     fresh: Fresh, tmp_path: Path, data: bytes
 ) -> None:

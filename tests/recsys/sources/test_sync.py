@@ -290,6 +290,7 @@ HARD_KILLED_SYNC = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sync_killed_hard_midway_then_rerun_stores_every_row_once(
     store: sa.Engine, tmp_path: Path
 ) -> None:
