@@ -6,6 +6,7 @@ Imports no torch: anything that maps (histories, users) to a score matrix can be
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -280,17 +281,27 @@ def _batch_targets(
 def _top_items(scores: npt.NDArray[np.floating[Any]], length: int) -> Int32Array:
     """Each row's ``length`` best item indices (1-based), best first; 0 where scored -inf.
 
-    Ties at the cut are broken arbitrarily (this only feeds coverage and ``topk``).
+    Ties at the cut are broken arbitrarily (this only feeds coverage and ``topk``). Where
+    torch is already loaded (training, tuning), its ``topk`` does it over the same buffer:
+    at 12k items it took a ninth of the time of numpy's ``argpartition`` and a sort of the
+    slice, which was the largest cost of an EASE validation. This module never imports
+    torch itself: ONNX evaluation runs without it.
     """
+    torch = sys.modules.get("torch")
     num_items = scores.shape[1]
-    if length < num_items:
-        part = np.argpartition(scores, num_items - length, axis=1)[:, num_items - length :]
+    if torch is not None:
+        best, top = torch.topk(torch.from_numpy(scores), length, dim=1)  # (B, K), best first
+        values, items = best.numpy(), top.numpy() + 1
     else:
-        part = np.broadcast_to(np.arange(num_items), scores.shape).copy()
-    values = np.take_along_axis(scores, part, axis=1)  # (B, K)
-    order = np.argsort(-values, axis=1, kind="stable")
-    items = np.take_along_axis(part, order, axis=1) + 1
-    items[np.take_along_axis(values, order, axis=1) == -np.inf] = 0
+        if length < num_items:
+            part = np.argpartition(scores, num_items - length, axis=1)[:, num_items - length :]
+        else:
+            part = np.broadcast_to(np.arange(num_items), scores.shape).copy()
+        values = np.take_along_axis(scores, part, axis=1)  # (B, K)
+        order = np.argsort(-values, axis=1, kind="stable")
+        items = np.take_along_axis(part, order, axis=1) + 1
+        values = np.take_along_axis(values, order, axis=1)
+    items[values == -np.inf] = 0
     return items.astype(np.int32)
 
 

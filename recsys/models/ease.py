@@ -30,11 +30,11 @@ TRAIN_DEFAULTS: dict[str, float | int] = {}
 _GRAM_CHUNK = 2048
 _BLOCK_FLOATS = 1 << 26
 # The λ search starts at SEARCH_START times the mean item degree (``start_l2``) and stops
-# narrowing once its bracket is SEARCH_TOLERANCE decades wide. Both decide only how many fits
+# narrowing once its next probe would be within SEARCH_TOLERANCE decades of a value tried. Both decide only how many fits
 # the search costs, not where it can end: the optimum was 2.9 (ml-100k) and 4.9 (Amazon Toys)
 # times the mean degree, and validation accuracy is flat within a factor of 2 around it.
 SEARCH_START = 3.0
-SEARCH_TOLERANCE = 0.5
+SEARCH_TOLERANCE = 0.1
 
 
 @dataclass(frozen=True)
@@ -113,10 +113,10 @@ class EASE(Recommender):
         """Solve for B with ``config.l2`` (without one, the search's starting value).
 
         XᵀX is reused while the same ``train`` object lives, so fitting several λ pays for
-        the Gram matrix once. XᵀX + λI is symmetric positive definite: P comes from its
-        Cholesky factor by two triangular solves against I, measured at 6,000 items at 58% of
-        the time of an LU inverse (``torch.cholesky_inverse`` took twice as long as the
-        solves).
+        the Gram matrix once. XᵀX + λI is symmetric positive definite: P is the inverse from
+        its Cholesky factor (LAPACK's potri: about n³ flops with the factorisation). At
+        12,000 items on 2 cores that took 16 s where two triangular solves against I took
+        30 s and an LU inverse 32 s (benchmarks/results/ease-linalg.md).
         """
         started = time.perf_counter()
         with torch.no_grad():
@@ -125,10 +125,9 @@ class EASE(Recommender):
             self.set_regularization(l2)
             system.diagonal().add_(l2)
             factor = torch.linalg.cholesky(system)  # (I, I) lower
-            identity = system.zero_()
-            identity.diagonal().fill_(1.0)
-            precision = torch.cholesky_solve(identity, factor)  # (I, I)  P, symmetric
-            del system, identity, factor
+            del system
+            precision = torch.cholesky_inverse(factor)  # (I, I)  P, symmetric
+            del factor
             self._set_weights(precision)
         logger.info(
             "EASE fit: %d items, l2=%g, %.1fs", self.num_items, l2, time.perf_counter() - started
@@ -141,14 +140,15 @@ class EASE(Recommender):
         of this model as it stands). ``log_search`` walks half-decade steps on log λ from
         ``start_l2`` within [l2_min, l2_max] until the best λ has a worse neighbour on each
         side (the choice then lies strictly inside the range searched, unless it sits at a
-        bound), then narrows that bracket by golden sections to ``SEARCH_TOLERANCE``.
+        bound), then narrows that bracket by parabolic interpolation (``SEARCH_TOLERANCE``).
 
         Why one factorisation per λ and not one eigendecomposition for every λ: the
         eigendecomposition (XᵀX = V diag(s) Vᵀ, then P(λ) = V diag(1/(s+λ)) Vᵀ) was tried and
-        measured on this project's reference machine (2 cores): at 11,924 items it took about
-        10 minutes before the first λ could be scored, where one Cholesky fit takes about a
-        minute, because reducing a dense matrix to tridiagonal form is bound by memory
-        bandwidth; 5 to 6 fits of a search cost less than the decomposition alone.
+        measured on 2 cores: at 11,924 items it took about 10 minutes before the first λ
+        could be scored, where one fit (Cholesky and inverse) takes about 16 s, because
+        reducing a dense matrix to tridiagonal form is bound by memory bandwidth; and every λ
+        would still need an (I, I) product to form P. The 4 to 6 fits of a search cost a
+        fraction of the decomposition alone.
         """
         started = time.perf_counter()
         trials: list[SearchTrial] = []
@@ -239,7 +239,8 @@ def log_search(
 
     From ``start`` it steps ``step`` decades at a time towards the better side until the best
     value has a worse neighbour on each side (or reaches a bound), then narrows that bracket
-    by golden sections to ``tolerance`` decades. Each λ is measured once. Assumes ``measure``
+    by parabolic interpolation until the next probe would fall within ``tolerance`` decades
+    of a value already measured. Each λ is measured once. Assumes ``measure``
     is unimodal in log λ, which validation accuracy is in practice (it falls on both sides
     of the optimum: under-regularised, then over-regularised).
     """
@@ -262,19 +263,33 @@ def log_search(
         else:
             break
     best = max((x for x in seen if left <= x <= right), key=lambda x: seen[x])
-    ratio = (math.sqrt(5) - 1) / 2
-    while right - left > tolerance:
-        # Probe the wider side of the best point (golden section).
-        if best - left > right - best:
-            probe = best - (1 - ratio) * (best - left)
+    # Narrow by successive parabolic interpolation: probe the vertex of the parabola through
+    # the best point and its measured neighbours, while it lies inside the bracket and at
+    # least ``tolerance`` decades from every value already measured. Validation accuracy is
+    # close to a parabola in log λ near its peak, so this usually costs one or two fits
+    # where golden sections to the same width cost three or four.
+    while left < best < right and left in seen and right in seen:
+        vertex = _parabola_vertex((left, f(left)), (best, f(best)), (right, f(right)))
+        if vertex is None or not left < vertex < right:
+            break
+        if min(abs(vertex - x) for x in seen) < tolerance:
+            break
+        if f(vertex) > f(best):
+            left, right = (left, best) if vertex < best else (best, right)
+            best = vertex
         else:
-            probe = best + (1 - ratio) * (right - best)
-        if f(probe) > f(best):
-            left, right = (left, best) if probe < best else (best, right)
-            best = probe
-        else:
-            left, right = (probe, right) if probe < best else (left, probe)
+            left, right = (vertex, right) if vertex < best else (left, vertex)
     return float(10.0**best)
+
+
+def _parabola_vertex(*points: tuple[float, float]) -> float | None:
+    """The x of the extremum of the parabola through three (x, y) points; None if collinear."""
+    (a, fa), (b, fb), (c, fc) = points
+    numerator = (b - a) ** 2 * (fb - fc) - (b - c) ** 2 * (fb - fa)
+    denominator = (b - a) * (fb - fc) - (b - c) * (fb - fa)
+    if denominator == 0:
+        return None
+    return b - 0.5 * numerator / denominator
 
 
 def gram(train: TrainSet, num_users: int, num_items: int) -> Tensor:

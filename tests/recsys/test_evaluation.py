@@ -353,3 +353,22 @@ def test_evaluation_imports_no_torch() -> None:
     code = "import sys, recsys.evaluation, recsys.metrics; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_top_items_are_the_same_with_and_without_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch  # noqa: F401  (loaded: the fast path)
+
+    from recsys.evaluation import _top_items
+
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal((64, 300)).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.3] = -np.inf
+    scores[0, :] = -np.inf
+    scores[1, :5] = [0.5, 0.1, 0.9, 0.3, 0.7]
+    scores[1, 5:] = -np.inf  # fewer finite scores than the list is long
+    fast = {length: _top_items(scores.copy(), length) for length in (1, 10, 300)}
+    monkeypatch.delitem(sys.modules, "torch")
+    for length, expected in fast.items():
+        assert np.array_equal(_top_items(scores.copy(), length), expected)
+    assert not fast[10][0].any()
+    assert fast[10][1].tolist() == [3, 5, 1, 4, 2, 0, 0, 0, 0, 0]
