@@ -30,9 +30,10 @@ TRAIN_DEFAULTS: dict[str, float | int] = {}
 _GRAM_CHUNK = 2048
 _BLOCK_FLOATS = 1 << 26
 # The λ search starts at SEARCH_START times the mean item degree (``start_l2``) and stops
-# narrowing once its next probe would be within SEARCH_TOLERANCE decades of a value tried. Both decide only how many fits
-# the search costs, not where it can end: the optimum was 2.9 (ml-100k) and 4.9 (Amazon Toys)
-# times the mean degree, and validation accuracy is flat within a factor of 2 around it.
+# narrowing once its next probe would be within SEARCH_TOLERANCE decades of a value tried.
+# Both decide only how many fits the search costs, not where it can end: the optimum was 2.9
+# (ml-100k) and 4.5 (Amazon Toys) times the mean degree, and validation accuracy is flat
+# within a factor of 2 around it.
 SEARCH_START = 3.0
 SEARCH_TOLERANCE = 0.1
 
