@@ -120,14 +120,9 @@ def prepare(artifact: Artifact, engine: Engine) -> Histories:
         snapshot.num_users + 1,
     )
     active = np.unique(snapshot.user_idx).astype(np.int64)
-    counts = by_user.offsets[active + 1] - by_user.offsets[active]
-    offsets = np.zeros(len(active) + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    within = np.arange(int(counts.sum())) - np.repeat(offsets[:-1], counts)
-    values = by_user.values[np.repeat(by_user.offsets[active], counts) + within]
     user_ids = [snapshot.users.ids[u] for u in active]
     users = np.asarray([artifact.user_index.get(u, 0) for u in user_ids], dtype=np.int64)
-    return Histories(user_ids, users, Ragged(offsets, values.astype(np.int32)), unavailable)
+    return Histories(user_ids, users, by_user.take(active), unavailable)
 
 
 def score_histories(artifact: Artifact, users: Histories, k: int, batch_size: int = 256) -> Scored:

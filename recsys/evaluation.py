@@ -302,7 +302,8 @@ def _top_items(scores: npt.NDArray[np.floating[Any]], length: int) -> Int32Array
         items = np.take_along_axis(part, order, axis=1) + 1
         values = np.take_along_axis(values, order, axis=1)
     items[values == -np.inf] = 0
-    return items.astype(np.int32)
+    out: Int32Array = items.astype(np.int32)
+    return out
 
 
 def _single_target_ranks(

@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 
 from recsys.data.extract import Snapshot, extract, window_start
 from recsys.data.features import SideInfo
-from recsys.data.splits import Protocol, Split, split
+from recsys.data.splits import Protocol, Split, sample_users, split
 from recsys.data.validation import QualityReport, quality_report
 from recsys.devices import placed, resolve_device
 from recsys.distributed import train_parallel
@@ -105,6 +105,7 @@ def train_and_evaluate(
     window_days: float | None = None,
     nproc: int = 1,
     tuned: TunedSettings | None = None,
+    eval_users: int | None = None,
 ) -> Outcome:
     """Train model family ``name`` on ``engine``'s database and evaluate it on the test set.
 
@@ -113,7 +114,8 @@ def train_and_evaluate(
     trains a learned model in that many processes (:mod:`recsys.distributed`); evaluation
     and what follows happen once, here. ``tuned`` (:mod:`recsys.tuned`) replaces the
     family's default config and training settings with a study's best trial; ``model_config``
-    and ``train_overrides`` still win over it.
+    and ``train_overrides`` still win over it. ``eval_users`` validates and tests on a seeded
+    sample of that many users (:func:`~recsys.data.splits.sample_users`).
     """
     started = time.perf_counter()
     model_spec = spec(name)
@@ -123,6 +125,8 @@ def train_and_evaluate(
         reasons = "; ".join(f.message for f in quality.errors)
         raise RecsysError(f"the data cannot be trained on: {reasons}")
     data = data or split(snapshot, protocol)
+    if eval_users is not None:
+        data = sample_users(data, eval_users)
     if len(data.valid) == 0 or len(data.test) == 0:
         raise RecsysError(
             f"the {protocol} split leaves no users to validate or test on: import more data"

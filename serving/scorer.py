@@ -592,6 +592,10 @@ class Scorer:
             "model_family": None if model is None else model.family,
             "source": None if model is None else model.source,
             "num_items": None if model is None else model.artifact.num_items,
+            # How every item is reached: "exact" (all scored) or "index" (RECSYS_ANN_MIN_ITEMS).
+            "scoring": None
+            if model is None
+            else ("exact" if model.artifact.retrieval is None else "index"),
             "loaded_at": None if model is None else model.loaded_at,
             "load_seconds": None if model is None else round(model.load_seconds, 3),
             "last_reload_error": self.last_reload_error,

@@ -65,6 +65,14 @@ def train_model(
             max=64,
         ),
     ] = 1,
+    eval_users: Annotated[
+        int | None,
+        typer.Option(
+            help="Validate and test on a seeded sample of this many users (wider CIs, much "
+            "faster on millions of users). Default: all.",
+            min=1,
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Train, evaluate on the test targets, export to ONNX, register, and gate vs the champion."""
@@ -93,6 +101,7 @@ def train_model(
         train_overrides=overrides,
         window_days=settings_now.train_window_days if window_days is None else window_days,
         nproc=nproc,
+        eval_users=eval_users,
     )
     check_gate_metric(outcome, metric)
     registered = register_and_gate(

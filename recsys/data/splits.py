@@ -7,7 +7,7 @@ time order) and the target items. No target of validation or test is ever a trai
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -38,6 +38,14 @@ class Ragged:
 
     def lengths(self) -> Int64Array:
         return np.diff(self.offsets)
+
+    def take(self, which: Int64Array) -> Ragged:
+        """Rows ``which``, in that order, as a new :class:`Ragged`."""
+        counts = self.offsets[which + 1] - self.offsets[which]
+        offsets = np.zeros(len(which) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        within = np.arange(int(offsets[-1])) - np.repeat(offsets[:-1], counts)
+        return Ragged(offsets, self.values[np.repeat(self.offsets[which], counts) + within])
 
     @classmethod
     def from_groups(cls, group: Int32Array, values: Int32Array, num_groups: int) -> Ragged:
@@ -91,6 +99,37 @@ def split(snapshot: Snapshot, protocol: Protocol, *, test_fraction: float = 0.1)
     if protocol == "temporal":
         return temporal(snapshot, test_fraction=test_fraction)
     raise RecsysError(f"unknown split {protocol!r}: use one of {', '.join(PROTOCOLS)}")
+
+
+def sample_users(data: Split, max_users: int, *, seed: int = 0) -> Split:
+    """``data`` with validation and test cut to at most ``max_users`` users drawn at random.
+
+    The training events are untouched; validation and test keep the same sampled users where
+    both hold them (leave-last-out evaluates the same users in both), so a model selected on
+    the sampled validation users is tested on the same people. The draw is seeded: the same
+    split and seed give the same users, which is what the promotion gate's paired comparison
+    needs. Metrics then carry the wider confidence intervals of the smaller sample.
+    """
+    if max_users < 1:
+        raise RecsysError(f"the evaluation sample needs at least 1 user, got {max_users}")
+    everyone = np.union1d(data.valid.users, data.test.users)
+    if len(everyone) <= max_users:
+        return data
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(everyone, size=max_users, replace=False))
+    description = {**data.description, "sampled_users": max_users, "sample_seed": seed}
+    return replace(
+        data,
+        valid=_subset(data.valid, chosen),
+        test=_subset(data.test, chosen),
+        description=description,
+    )
+
+
+def _subset(evals: EvalSet, users: Int32Array) -> EvalSet:
+    """The rows of ``evals`` whose user is in the sorted ``users``, in their order."""
+    rows = np.flatnonzero(np.isin(evals.users, users))
+    return EvalSet(evals.users[rows], evals.history.take(rows), evals.targets.take(rows))
 
 
 def left_padded(rows: Ragged, which: npt.NDArray[np.int64], length: int) -> npt.NDArray[np.int64]:

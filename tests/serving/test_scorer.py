@@ -266,6 +266,7 @@ def test_scorer_recommend_many_answers_each_query_as_recommend_alone(
     scorer = Scorer(home.engine)
     version = home.register(family) if family == "neumf" else home.champion
     scorer.reload(version)
+    assert scorer.info()["scoring"] == ("index" if family == "sasrec-index" else "exact")
     queries = [
         RecommendQuery("u1"),
         RecommendQuery("u7", k=5, explain=True),

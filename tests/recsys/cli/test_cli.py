@@ -202,6 +202,19 @@ def test_cli_train_prints_metrics_json_with_epochs_and_time(recsys_env: dict[str
     assert data["champion"] == (1 if data["gate"]["promoted"] else None)  # type: ignore[index]
 
 
+def test_cli_train_on_a_sample_of_evaluated_users(recsys_env: dict[str, str]) -> None:
+    runner.invoke(
+        app, ["generate", "synthetic", "--users", "150", "--items", "60", "--interactions", "2400"]
+    )
+    result = runner.invoke(app, ["train", "--model", "pop", "--eval-users", "40", "--json"])
+    assert result.exit_code == 0, result.output
+    data = _json_tail(result.stdout)
+    assert data["evaluated_users"] == 40  # of 150 users evaluated without the sample
+    assert data["split"]["sampled_users"] == 40  # type: ignore[index]
+    result = runner.invoke(app, ["train", "--model", "pop", "--eval-users", "0"])
+    assert result.exit_code != 0
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

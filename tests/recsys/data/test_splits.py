@@ -15,6 +15,7 @@ from recsys.data.splits import (
     Split,
     leave_last_out,
     left_padded,
+    sample_users,
     split,
     temporal,
 )
@@ -255,3 +256,33 @@ def test_split_dispatches_by_protocol(synthetic: Snapshot) -> None:
     for protocol in ("loo", "temporal"):
         result = split(synthetic, protocol)
         assert isinstance(result, Split) and result.protocol == protocol
+
+
+def test_a_sample_of_users_keeps_their_rows_whole_and_the_same_users_in_valid_and_test(
+    synthetic: Snapshot,
+) -> None:
+    full = split(synthetic, "loo")
+    sampled = sample_users(full, 50, seed=3)
+    assert len(sampled.valid) == len(sampled.test) == 50
+    assert np.array_equal(sampled.valid.users, sampled.test.users)
+    assert sampled.train is full.train
+    assert sampled.description["sampled_users"] == 50
+    for evals, whole in ((sampled.valid, full.valid), (sampled.test, full.test)):
+        position = {int(u): r for r, u in enumerate(whole.users)}
+        for r, user in enumerate(evals.users):
+            w = position[int(user)]
+            assert np.array_equal(evals.history.row(r), whole.history.row(w))
+            assert np.array_equal(evals.targets.row(r), whole.targets.row(w))
+    # Seeded: the same seed draws the same users, another seed others.
+    assert np.array_equal(sample_users(full, 50, seed=3).test.users, sampled.test.users)
+    assert not np.array_equal(sample_users(full, 50, seed=4).test.users, sampled.test.users)
+    # A sample as large as the evaluated users is the split itself.
+    assert sample_users(full, len(full.test) + 10) is full
+    with pytest.raises(RecsysError, match="at least 1 user"):
+        sample_users(full, 0)
+
+
+def test_ragged_take_returns_the_rows_asked_for_in_that_order() -> None:
+    rows = Ragged(np.array([0, 2, 2, 5], dtype=np.int64), np.array([1, 2, 3, 4, 5], np.int32))
+    taken = rows.take(np.array([2, 0, 1], dtype=np.int64))
+    assert [taken.row(r).tolist() for r in range(3)] == [[3, 4, 5], [1, 2], []]
