@@ -5,7 +5,7 @@ Responses are read from the typed results of :mod:`recsys.ranking`."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
@@ -317,6 +317,8 @@ class ModelInfo(BaseModel):
     model_family: str | None
     source: str | None
     num_items: int | None
+    # "exact": every item scored; "index": candidates from the item index (large catalogues).
+    scoring: Literal["exact", "index"] | None = None
     loaded_at: float | None
     load_seconds: float | None
     last_reload_error: str | None
