@@ -270,14 +270,51 @@ def child_pipeline(args: argparse.Namespace) -> None:
 
 
 def child_batch(args: argparse.Namespace) -> None:
+    """``batch_recommend``'s three steps, each timed: prepare (the histories from one
+    extraction), score (onnxruntime and the ranking rules), store (the table swap)."""
+    import numpy as np
+
     from recsys import registry
-    from recsys.batch import batch_recommend
+    from recsys.batch import prepare, score_histories, store_batch
     from recsys.db.engine import create_engine
 
     engine = create_engine(args.url)
     artifact = registry.load_artifact(engine, registry.CHAMPION, threads=os.cpu_count())
-    result = batch_recommend(engine, artifact, k=10, batch_size=args.batch_score_size)
-    emit({**result.to_dict(), "num_items": artifact.num_items})
+    started = time.perf_counter()
+    users = prepare(artifact, engine)
+    prepared = time.perf_counter() - started
+    scored = score_histories(artifact, users, 10, args.batch_score_size)
+    scoring = time.perf_counter() - started - prepared
+    result = store_batch(engine, artifact, users.user_ids, scored, prepared + scoring)
+    lengths = np.diff(users.histories.offsets)
+    windows = np.minimum(lengths, artifact.max_len).astype(np.float64)
+    params = artifact.config.get("params", {})
+    emit(
+        {
+            **result.to_dict(),
+            "num_items": artifact.num_items,
+            "prepare_seconds": prepared,
+            "scoring_seconds": scoring,
+            "window_sum": float(windows.sum()),
+            "window_square_sum": float((windows**2).sum()),
+            "embedding_dim": params.get("embedding_dim"),
+            "num_blocks": params.get("num_blocks"),
+        }
+    )
+
+
+def forward_flops(batch: dict[str, Any]) -> tuple[float, float]:
+    """SASRec's flops to score every user: (product with every item, whole forward pass).
+
+    The product: 2 x D x I per user. The encoder over each user's window of w positions, per
+    block: the Q, K, V and output projections and the two-layer point-wise feed-forward
+    (6 D² multiply-adds per position) and attention (2 w² D); counted as 2 flops each.
+    """
+    dim, blocks, items = batch["embedding_dim"], batch["num_blocks"], batch["num_items"]
+    product = 2.0 * dim * items * batch["users"]
+    per_block = 6 * dim**2 * batch["window_sum"] + 2 * dim * batch["window_square_sum"]
+    encoder = 2.0 * blocks * per_block
+    return product, product + encoder
 
 
 CHILDREN = {
@@ -378,48 +415,98 @@ def measure_serving(url: str, home: Path, seconds: float, label: str) -> dict[st
 
 
 def world(
-    args: argparse.Namespace, url: str, work: Path, label: str, size: dict[str, int]
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Generate, import, train-evaluate-register and serve one world; rows and details."""
-    rows: list[dict[str, Any]] = []
+    args: argparse.Namespace,
+    url: str,
+    work: Path,
+    label: str,
+    size: dict[str, int],
+    rows: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Generate, import, train-evaluate-register and serve one world, appending to ``rows``.
+
+    A stage that fails is recorded (its error in the table) and ends the world, not the run.
+    """
     home = work / label
     home.mkdir(parents=True, exist_ok=True)
     common = {"url": url, "work": str(home / "data"), "home": str(home), **size}
     shown = f"{size['users']:,} users, {size['items']:,} items, {size['events']:,} events"
     print(f"== {label}: {shown}", flush=True)
-    for name in ("generate", "import"):
-        result, seconds, rss = run_child(name, args, **common)
-        rows.append({"world": label, "stage": name, "seconds": seconds, "peak_rss": rss})
-        rows[-1]["detail"] = (
-            f"{result['events']:,} events"
-            if name == "generate"
-            else f"{result['inserted']:,} events stored"
+    details: dict[str, Any] = {"size": size}
+    try:
+        for name in ("generate", "import"):
+            result, seconds, rss = run_child(name, args, **common)
+            rows.append({"world": label, "stage": name, "seconds": seconds, "peak_rss": rss})
+            rows[-1]["detail"] = (
+                f"{result['events']:,} events"
+                if name == "generate"
+                else f"{result['inserted']:,} events stored"
+            )
+            print(f"[{name}] {seconds:.1f}s, peak RSS {rss / GB:.2f} GB", flush=True)
+        budget = args.train_seconds if label == "main" else args.big_train_seconds
+        evaluated = args.eval_users if label == "main" else args.big_eval_users
+        pipeline, _, _ = run_child(
+            "pipeline", args, **common, train_seconds=budget, eval_users=evaluated
         )
-        print(f"[{name}] {seconds:.1f}s, peak RSS {rss / GB:.2f} GB", flush=True)
-    budget = args.train_seconds if label == "main" else args.big_train_seconds
-    pipeline, _, _ = run_child("pipeline", args, **common, train_seconds=budget)
+    except RuntimeError as exc:
+        rows.append({"world": label, "stage": "FAILED", "seconds": 0.0, "detail": str(exc)})
+        details["error"] = str(exc)
+        return details
     rows += [{"world": label, **r} for r in pipeline["stages"]]
-    details: dict[str, Any] = {"size": size, "pipeline": pipeline}
-    if pipeline["status"] == SERVABLE:
-        started = time.perf_counter()
-        served = measure_serving(url, home, args.serve_seconds, label)
-        details["serving"] = served
-        rows.append(
-            {
-                "world": label,
-                "stage": "serve",
-                "seconds": time.perf_counter() - started,
-                "peak_rss": served.get("server_peak_rss"),
-                "detail": served.get("skipped")
-                or (
-                    f"p50 {served['p50_ms']:.1f} ms, p99 {served['p99_ms']:.1f} ms, "
-                    f"{served['rps']:.0f} req/s at c={CONCURRENCY}, {served['errors']} errors"
-                ),
-            }
-        )
-    else:
+    details["pipeline"] = pipeline
+    if pipeline["status"] != SERVABLE:
         details["serving"] = {"skipped": f"v{pipeline['version']} is {pipeline['status']}"}
-    return rows, details
+        return details
+    started = time.perf_counter()
+    try:
+        served = measure_serving(url, home, args.serve_seconds, label)
+    except RuntimeError as exc:
+        served = {"skipped": f"the service failed: {exc}"}
+    details["serving"] = served
+    rows.append(
+        {
+            "world": label,
+            "stage": "serve",
+            "seconds": time.perf_counter() - started,
+            "peak_rss": served.get("server_peak_rss"),
+            "detail": served.get("skipped")
+            or (
+                f"p50 {served['p50_ms']:.1f} ms, p99 {served['p99_ms']:.1f} ms, "
+                f"{served['rps']:.0f} req/s at c={CONCURRENCY}, {served['errors']} errors"
+            ),
+        }
+    )
+    print(f"[serve] {rows[-1]['detail']}", flush=True)
+    return details
+
+
+def batch_row(
+    args: argparse.Namespace, url: str, work: Path, details: dict[str, Any], gflops: float
+) -> dict[str, Any]:
+    """Score every user of the main world in batch; the row, with the share of the GEMM rate."""
+    size = details["main"]["size"]
+    try:
+        batch, seconds, rss = run_child("batch", args, url=url, home=str(work / "main"), **size)
+    except RuntimeError as exc:
+        return {"world": "main", "stage": "batch score", "seconds": 0.0, "detail": str(exc)}
+    product, forward = forward_flops(batch)
+    batch["gflops"] = product / batch["score_seconds"] / 1e9  # end to end, product only
+    batch["matmul_share"] = batch["gflops"] / gflops
+    batch["scoring_gflops"] = forward / batch["scoring_seconds"] / 1e9
+    batch["scoring_matmul_share"] = batch["scoring_gflops"] / gflops
+    details["batch"] = batch
+    return {
+        "world": "main",
+        "stage": "batch score",
+        "seconds": seconds,
+        "peak_rss": rss,
+        "detail": (
+            f"{batch['users']:,} users: histories {batch['prepare_seconds']:.0f}s, scoring "
+            f"{batch['scoring_seconds']:.0f}s ({batch['scoring_gflops']:.0f} GFLOP/s of the "
+            f"forward pass = {batch['scoring_matmul_share']:.0%} of the matmul rate; the "
+            f"product alone over both steps {batch['matmul_share']:.0%}), writing "
+            f"{batch['write_seconds']:.0f}s"
+        ),
+    }
 
 
 def main() -> None:
@@ -436,7 +523,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     details: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="recsys_scale_") as scratch:
-        work = Path(scratch)
+        work = args.work_dir.resolve() if args.work_dir else Path(scratch)
         matmul, seconds, rss = run_child("matmul", args)
         rows.append(
             {
@@ -448,37 +535,16 @@ def main() -> None:
             }
         )
         with database(args) as url:
-            world_rows, details["main"] = world(args, url, work, "main", main_size)
-            rows += world_rows
-            if details["main"]["pipeline"]["status"] == SERVABLE:
-                batch, seconds, rss = run_child(
-                    "batch", args, url=url, home=str(work / "main"), **main_size
-                )
-                dim = details["main"]["pipeline"]["embedding_dim"]
-                flops = batch["users"] * batch["num_items"] * 2 * dim
-                batch["gflops"] = flops / batch["score_seconds"] / 1e9
-                batch["matmul_share"] = batch["gflops"] / matmul["gflops"]
-                details["batch"] = batch
-                rows.append(
-                    {
-                        "world": "main",
-                        "stage": "batch score",
-                        "seconds": seconds,
-                        "peak_rss": rss,
-                        "detail": (
-                            f"{batch['users']:,} users: scoring {batch['score_seconds']:.0f}s "
-                            f"({batch['gflops']:.0f} GFLOP/s useful = "
-                            f"{batch['matmul_share']:.0%} of the matmul rate), "
-                            f"writing {batch['write_seconds']:.0f}s"
-                        ),
-                    }
-                )
+            details["main"] = world(args, url, work, "main", main_size, rows)
+            if details["main"].get("pipeline", {}).get("status") == SERVABLE:
+                rows.append(batch_row(args, url, work, details, matmul["gflops"]))
+                print(f"[batch score] {rows[-1]['detail']}", flush=True)
+        # Written now and again at the end: a run that dies in the big world keeps these.
+        report(args, info, rows, details, evaluate_targets(rows, details), matmul)
         if not args.skip_big:
             with database(args) as url:
-                world_rows, details["big"] = world(args, url, work, "big", big_size)
-                rows += world_rows
-    targets = evaluate_targets(rows, details)
-    report(args, info, rows, details, targets, matmul)
+                details["big"] = world(args, url, work, "big", big_size, rows)
+            report(args, info, rows, details, evaluate_targets(rows, details), matmul)
 
 
 @contextmanager
@@ -492,6 +558,7 @@ def database(args: argparse.Namespace) -> Iterator[str]:
 
 def evaluate_targets(rows: list[dict[str, Any]], details: dict[str, Any]) -> list[list[str]]:
     peak = max(rows, key=lambda r: r.get("peak_rss") or 0)
+    failed = [f"{r['world']}: {r['detail']}" for r in rows if r["stage"] == "FAILED"]
     extract = next((r for r in rows if r["world"] == "main" and r["stage"] == "extract"), None)
     targets = [
         [
@@ -508,6 +575,8 @@ def evaluate_targets(rows: list[dict[str, Any]], details: dict[str, Any]) -> lis
                 verdict(extract["peak_rss"] <= TARGET_EXTRACT_GB * GB),
             ]
         )
+    if failed:
+        targets.append(["every stage completes", "; ".join(failed)[:300], "FAIL"])
     for label, how in (("main", "exact"), ("big", "index")):
         served = details.get(label, {}).get("serving", {})
         items = details.get(label, {}).get("size", {}).get("items", 0)
@@ -518,14 +587,18 @@ def evaluate_targets(rows: list[dict[str, Any]], details: dict[str, Any]) -> lis
         elif label in details:
             targets.append([name, served.get("skipped", "not measured"), "NOT RUN"])
     if "batch" in details:
-        share = details["batch"]["matmul_share"]
-        targets.append(
-            [
-                f"batch scoring >= {TARGET_MATMUL_SHARE:.0%} of the matmul rate",
-                f"{share:.0%}",
-                verdict(share >= TARGET_MATMUL_SHARE),
-            ]
-        )
+        batch = details["batch"]
+        for name, share in (
+            ("scoring (forward pass flops / scoring seconds)", batch["scoring_matmul_share"]),
+            ("end to end (product flops / histories + scoring)", batch["matmul_share"]),
+        ):
+            targets.append(
+                [
+                    f"batch {name} >= {TARGET_MATMUL_SHARE:.0%} of the matmul rate",
+                    f"{share:.0%}",
+                    verdict(share >= TARGET_MATMUL_SHARE),
+                ]
+            )
     return targets
 
 
@@ -557,10 +630,14 @@ def report(
         "peak RSS: each stage's own (a child process's ru_maxrss, or VmHWM reset at the start "
         "of a stage inside the train-evaluate-register process, which holds the snapshot and "
         "the split from the stages before); serve: the sum of the server processes' peaks",
-        "batch scoring: useful flops = users x items x 2 x embedding size (the product of each "
-        "user vector with every item; the encoder's own work is not counted), over the scoring "
-        f"seconds (extraction of histories included, the table write not), against "
-        f"{matmul['gflops']:.0f} GFLOP/s measured for a float32 square matmul in this run",
+        "batch scoring, two ratios against the "
+        f"{matmul['gflops']:.0f} GFLOP/s measured for a float32 square matmul in this run: "
+        "(1) scoring: the flops of SASRec's forward pass for every user (the encoder over each "
+        "user's window, counted per block as 6 D² per position for the projections and the "
+        "feed-forward plus 2 w² D for attention, and the product with every item, 2 D I), "
+        "over the seconds of the scoring loop (onnxruntime, top-k and the ranking rules); "
+        "(2) end to end: the product's flops alone over the seconds of reading the histories "
+        "(one extraction) and scoring; the table write is timed apart",
     ]
     write_results(
         args.name,
@@ -584,6 +661,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--train-seconds", type=float, default=600.0)
     parser.add_argument("--big-train-seconds", type=float, default=120.0)
     parser.add_argument("--eval-users", type=int, default=10_000)
+    parser.add_argument(
+        "--big-eval-users", type=int, default=2_000, help="at 1M items each costs 100x more"
+    )
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--negatives", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=256, help="training batch size")
@@ -594,6 +674,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--database-url", default=None, help="default: a scratch PG database")
     parser.add_argument("--name", default="scale", help="results/<name>.md and .json")
+    parser.add_argument(
+        "--work-dir", type=Path, default=None, help="keep the homes here (default: removed)"
+    )
     parser.add_argument("--quick", action="store_true", help="a small run of every stage")
     # Internal: one stage in a child process.
     parser.add_argument("--child", choices=sorted(CHILDREN), default=None, help=argparse.SUPPRESS)
@@ -606,6 +689,7 @@ def parse_args() -> argparse.Namespace:
         args.big_users, args.big_items, args.big_events = 5_000, 20_000, 100_000
         args.train_seconds, args.big_train_seconds = 20.0, 10.0
         args.eval_users, args.serve_seconds, args.matmul_size = 2_000, 5.0, 1024
+        args.big_eval_users = 1_000
         args.ann_min_items = args.ann_min_items or 10_000
     return args
 

@@ -205,6 +205,11 @@ class Artifact:
         return int(self.config.get("max_len") or 200)
 
     @property
+    def padding_invariant(self) -> bool:
+        """Whether left padding leaves the scores unchanged (False for older artifacts)."""
+        return bool(self.config.get("padding_invariant", False))
+
+    @property
     def num_items(self) -> int:
         return int(self.config["num_items"])
 

@@ -126,18 +126,33 @@ def prepare(artifact: Artifact, engine: Engine) -> Histories:
 
 
 def score_histories(artifact: Artifact, users: Histories, k: int, batch_size: int = 256) -> Scored:
-    """Top-k of ``users`` under the rules of every ranking, ``batch_size`` rows at a time."""
+    """Top-k of ``users`` under the rules of every ranking, ``batch_size`` rows at a time.
+
+    Rows are scored in order of history length: a batch asks the graph for ``k`` plus its
+    longest history candidates (seen items are removed afterwards), so a batch of similar
+    histories asks for few. In random order one long history made every batch ask for
+    hundreds: at 100,000 items, TopK of 600 took 190 ms of a 1,024-user batch where TopK of
+    10 took 23 ms and the scores themselves 182 ms. The answers do not depend on the order.
+    For a model whose scores left padding does not change (``padding_invariant``: SASRec), a
+    batch's history window is also cut to its longest history, so short histories no longer
+    pay for attention over ``max_len`` positions.
+    """
     k = min(k, artifact.num_items)
     top = np.zeros((len(users), k), dtype=np.int64)
     best = np.zeros((len(users), k), dtype=np.float32)
     personalised = 0
     histories = users.histories
     offsets = histories.offsets
+    lengths = np.diff(offsets)
+    order = np.argsort(lengths, kind="stable")
     for start in range(0, len(users), batch_size):
-        which = np.arange(start, min(start + batch_size, len(users)), dtype=np.int64)
-        counts = offsets[which + 1] - offsets[which]
-        seen = histories.values[offsets[which[0]] : offsets[which[-1] + 1]].astype(np.int64)
-        history = left_padded(histories, which, artifact.max_len)  # (B, L)
+        which = order[start : start + batch_size]
+        counts = lengths[which]
+        seen = histories.take(which).values.astype(np.int64)
+        window = artifact.max_len
+        if artifact.padding_invariant:  # no wider than the longest history of the batch
+            window = max(1, min(window, int(counts.max(initial=0))))
+        history = left_padded(histories, which, window)  # (B, L)
         columns, values, personal = rank_rows(
             artifact, history, users.users[which], counts, seen, k, users.unavailable
         )

@@ -309,6 +309,9 @@ def write_artifact(
             "version": version,
             "input_kinds": list(model.input_kinds),
             "max_len": max_len,
+            # Left padding changes none of its scores: a batch may cut the window to its
+            # longest history (recsys.batch).
+            "padding_invariant": bool(model.padding_invariant),
             "num_items": model.num_items,
             "num_users": model.num_users,
             "params": asdict(getattr(model, "config", outcome.model_config)),

@@ -28,7 +28,8 @@ def test_scale_benchmark_runs_every_stage_at_toy_sizes(
     argv = ["scale.py", "--users", "1500", "--items", "300", "--events", "20000"]
     argv += ["--big-users", "600", "--big-items", "2500", "--big-events", "8000"]
     argv += ["--ann-min-items", "2000", "--train-seconds", "3", "--big-train-seconds", "3"]
-    argv += ["--eval-users", "400", "--serve-seconds", "1", "--matmul-size", "256"]
+    argv += ["--eval-users", "400", "--big-eval-users", "300", "--serve-seconds", "1"]
+    argv += ["--matmul-size", "256"]
     monkeypatch.setattr(sys, "argv", [*argv, "--name", "toy"])
     scale.main()
 
@@ -58,5 +59,6 @@ def test_scale_benchmark_runs_every_stage_at_toy_sizes(
     assert big["serving"]["served"]["scoring"] == "index"
     batch = result["details"]["batch"]
     assert batch["users"] == 1500 and batch["rows"] == 1500 * 10
-    assert 0 < batch["matmul_share"] < 1
-    assert "batch scoring >=" in (tmp_path / "toy.md").read_text()
+    assert 0 < batch["matmul_share"] < batch["scoring_matmul_share"] < 1
+    assert batch["prepare_seconds"] > 0 and batch["scoring_seconds"] > 0
+    assert "batch scoring (forward pass flops" in (tmp_path / "toy.md").read_text()

@@ -372,3 +372,25 @@ def test_top_items_are_the_same_with_and_without_torch(monkeypatch: pytest.Monke
         assert np.array_equal(_top_items(scores.copy(), length), expected)
     assert not fast[10][0].any()
     assert fast[10][1].tolist() == [3, 5, 1, 4, 2, 0, 0, 0, 0, 0]
+
+
+def test_a_large_catalogue_is_scored_in_fewer_users_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import recsys.evaluation as evaluation
+
+    eval_set, _ = _random_eval_set(num_users=50, num_items=400, num_targets=1, seed=3)
+    rows: list[int] = []
+
+    def score(history: IntArray, users: IntArray) -> FloatMatrix:
+        rows.append(len(users))
+        return _by_index(400)(history, users)
+
+    whole = evaluate(score, eval_set, num_items=400, protocol="loo", batch_size=1024)
+    assert rows == [50]
+    rows.clear()
+    monkeypatch.setattr(evaluation, "BLOCK_CELLS", 400 * 8)  # 8 users' scores at a time
+    capped = evaluate(score, eval_set, num_items=400, protocol="loo", batch_size=1024)
+    assert max(rows) == 8 and sum(rows) == 50
+    for name, values in whole.per_user.items():
+        assert np.array_equal(values, capped.per_user[name])

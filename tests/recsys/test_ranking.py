@@ -11,6 +11,8 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from sqlalchemy import select
 
@@ -122,6 +124,26 @@ def test_ranking_top_columns_breaks_ties_by_column_and_drops_excluded() -> None:
         expected = np.argsort(-row, kind="stable")
         expected = expected[np.isfinite(row[expected])][:k]
         assert ranking.top_columns(row, k).tolist() == expected.tolist()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    size=st.integers(1, 6000),
+    k=st.integers(1, 80),
+    levels=st.sampled_from([3, 50, 10_000]),
+    excluded=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**31),
+)
+def test_ranking_top_columns_of_long_rows_equal_a_stable_sort(
+    size: int, k: int, levels: int, excluded: float, seed: int
+) -> None:
+    """The block-maxima pool of long rows changes nothing: ties, -inf and short rows too."""
+    rng = np.random.default_rng(seed)
+    row = rng.integers(0, levels, size).astype(np.float32)
+    row[rng.random(size) < excluded] = -np.inf
+    expected = np.argsort(-row, kind="stable")
+    expected = expected[np.isfinite(row[expected])][:k]
+    assert ranking.top_columns(row, k).tolist() == expected.tolist()
 
 
 def test_ranking_excludes_seen_items_unless_asked_not_to(tiny: Artifact) -> None:
@@ -325,6 +347,8 @@ def test_ranking_cli_batch_and_api_agree_on_the_same_users(
     version = versions[family]
     artifact = registry.load_artifact(home.engine, version)
     assert (artifact.retrieval is not None) == family.endswith("-index")
+    # SASRec's batch cuts each batch's window to its longest history (recsys.batch).
+    assert artifact.padding_invariant == family.startswith("sasrec")
     scorer = Scorer(home.engine)
     scorer.reload(version)
     k = 30  # deep enough into the popularity list to meet its ties

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 
 from recsys.data.frames import ImportBatch, Reject
-from recsys.data.load import load_batch
+from recsys.data.load import load_batch, refresh_statistics
 from recsys.db.queries import stats
 from recsys.db.schema import imports_table, interactions_table, items_table, users_table
 
@@ -167,3 +167,41 @@ def test_load_batch_creates_only_the_missing_ids_in_sorted_order(engine: Engine)
     with engine.connect() as conn:
         users = conn.execute(select(users_table.c.external_id).order_by(users_table.c.id)).all()
     assert [u for (u,) in users] == ["u1", "u0", "u9"]
+
+
+def test_a_large_load_refreshes_the_planners_statistics(engine: Engine) -> None:
+    """After a bulk load the history of one user is read through the index, not a scan."""
+    n = 30_000
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(
+        {
+            "user_id": [f"u{i}" for i in rng.integers(0, 3_000, n)],
+            "item_id": [f"i{i}" for i in rng.integers(0, 500, n)],
+            "event_type": "view",
+            "value": np.nan,
+            "occurred_at": np.arange(n, dtype=np.int64) * 1000,
+        }
+    )
+    load_batch(engine, ImportBatch(kind="t", source="t", interactions=frame))
+    small = frame.iloc[:100].assign(occurred_at=frame["occurred_at"].iloc[:100] + 1)
+    if engine.dialect.name != "postgresql":
+        assert refresh_statistics(engine, n) is False  # SQLite plans without statistics
+        return
+    analyzed = text("SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'interactions'")
+    with engine.connect() as conn:
+        first = conn.execute(analyzed).scalar_one()
+        plan = "\n".join(
+            conn.execute(
+                text(
+                    "EXPLAIN SELECT i.item_id FROM interactions i JOIN users u"
+                    " ON u.id = i.user_id WHERE u.external_id IN ('u7', 'u8')"
+                )
+            ).scalars()
+        )
+    assert first is not None
+    assert "Seq Scan on interactions" not in plan, plan
+    # A small load after it leaves the statistics alone (autovacuum's job).
+    load_batch(engine, ImportBatch(kind="t", source="t", interactions=small))
+    with engine.connect() as conn:
+        assert conn.execute(analyzed).scalar_one() == first
+    assert refresh_statistics(engine, 100) is False
