@@ -352,8 +352,11 @@ def run_child(name: str, args: argparse.Namespace, **values: Any) -> tuple[Any, 
 # Serving -------------------------------------------------------------------------------------
 
 
-def measure_serving(url: str, home: Path, seconds: float, label: str) -> dict[str, Any]:
-    """Start the prediction API on the home's champion and load it with wrk at concurrency 8."""
+def measure_serving(
+    url: str, home: Path, seconds: float, label: str, workers: int = 1
+) -> dict[str, Any]:
+    """Start the prediction API on the home's champion (``recsys serve --workers N``'s
+    layout) and load it with wrk at concurrency 8."""
     import serve
 
     from recsys.cli.runner import serve_env
@@ -375,7 +378,8 @@ def measure_serving(url: str, home: Path, seconds: float, label: str) -> dict[st
         "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     log = home / "logs" / f"serve-{label}.log"
-    with serve.bentoml_serve("serving.service:RecsysService", serve_env(1, env), log) as running:
+    target = "serving.service:RecsysService"
+    with serve.bentoml_serve(target, serve_env(workers, env), log) as running:
         processes = [psutil.Process(running.process.pid), *serve._descendants(running.process.pid)]
         answer = serve.probe(running.base, serve.VARIANTS["recommend"], sample[:5], 10)
         result = serve.wrk_loop(
@@ -399,6 +403,7 @@ def measure_serving(url: str, home: Path, seconds: float, label: str) -> dict[st
         model = serve.served_model(running.base)
     point = serve.merge_rounds([result])
     return {
+        "workers": workers,
         "startup_s": running.startup_s,
         "requests": point.requests,
         "errors": point.errors,
@@ -458,7 +463,7 @@ def world(
         return details
     started = time.perf_counter()
     try:
-        served = measure_serving(url, home, args.serve_seconds, label)
+        served = measure_serving(url, home, args.serve_seconds, label, args.serve_workers)
     except RuntimeError as exc:
         served = {"skipped": f"the service failed: {exc}"}
     details["serving"] = served
@@ -471,7 +476,8 @@ def world(
             "detail": served.get("skipped")
             or (
                 f"p50 {served['p50_ms']:.1f} ms, p99 {served['p99_ms']:.1f} ms, "
-                f"{served['rps']:.0f} req/s at c={CONCURRENCY}, {served['errors']} errors"
+                f"{served['rps']:.0f} req/s at c={CONCURRENCY}, {served['errors']} errors "
+                f"({served['workers']} worker(s))"
             ),
         }
     )
@@ -629,7 +635,9 @@ def report(
     notes = [
         "peak RSS: each stage's own (a child process's ru_maxrss, or VmHWM reset at the start "
         "of a stage inside the train-evaluate-register process, which holds the snapshot and "
-        "the split from the stages before); serve: the sum of the server processes' peaks",
+        "the split from the stages before); serve: the sum of the server processes' peaks; "
+        "the service runs as `recsys serve --workers N` would, N = --serve-workers (default: "
+        "one per core)",
         "batch scoring, two ratios against the "
         f"{matmul['gflops']:.0f} GFLOP/s measured for a float32 square matmul in this run: "
         "(1) scoring: the flops of SASRec's forward pass for every user (the encoder over each "
@@ -669,6 +677,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=256, help="training batch size")
     parser.add_argument("--batch-score-size", type=int, default=1024)
     parser.add_argument("--serve-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--serve-workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="service workers (default: one per core, as the README advises)",
+    )
     parser.add_argument("--matmul-size", type=int, default=4096)
     parser.add_argument("--ann-min-items", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)

@@ -179,7 +179,7 @@ def refresh_statistics(engine: Engine, inserted: int) -> bool:
         estimated = conn.execute(
             text("SELECT reltuples FROM pg_class WHERE oid = 'interactions'::regclass")
         ).scalar_one()
-        if 0 <= estimated and inserted <= ANALYZE_SHARE * estimated:
+        if estimated >= 0 and inserted <= ANALYZE_SHARE * estimated:
             return False
         conn.execute(text("ANALYZE interactions, users, items"))
         conn.commit()

@@ -29,7 +29,7 @@ def test_scale_benchmark_runs_every_stage_at_toy_sizes(
     argv += ["--big-users", "600", "--big-items", "2500", "--big-events", "8000"]
     argv += ["--ann-min-items", "2000", "--train-seconds", "3", "--big-train-seconds", "3"]
     argv += ["--eval-users", "400", "--big-eval-users", "300", "--serve-seconds", "1"]
-    argv += ["--matmul-size", "256"]
+    argv += ["--matmul-size", "256", "--serve-workers", "2"]
     monkeypatch.setattr(sys, "argv", [*argv, "--name", "toy"])
     scale.main()
 
@@ -54,7 +54,7 @@ def test_scale_benchmark_runs_every_stage_at_toy_sizes(
     assert big["pipeline"]["retrieval"]["recall_at_10"] >= 0.95
     for world in (main, big):
         assert world["serving"]["errors"] == 0 and world["serving"]["requests"] > 0
-        assert world["serving"]["p99_ms"] > 0
+        assert world["serving"]["p99_ms"] > 0 and world["serving"]["workers"] == 2
     assert main["serving"]["served"]["scoring"] == "exact"
     assert big["serving"]["served"]["scoring"] == "index"
     batch = result["details"]["batch"]
