@@ -36,6 +36,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/quality.py --dataset amazon-toys --models pop,sasrec,gru4rec,caser
 	$(BIN)/python benchmarks/serve.py --home benchmarks/.homes/amazon-toys
 	$(BIN)/python benchmarks/batch.py --home benchmarks/.homes/amazon-toys
+	$(BIN)/python benchmarks/quality.py --dataset amazon-toys --models ease --tag ease-search
+	$(BIN)/python benchmarks/ease_linalg.py
+	$(BIN)/python benchmarks/scale.py
 	$(BIN)/python benchmarks/reliability.py
 	$(BIN)/python benchmarks/peers.py --dataset ml-100k --budget-seconds 600
 	$(BIN)/python benchmarks/peers.py --dataset amazon-toys --budget-seconds 900

@@ -25,7 +25,7 @@ are ``users x items x 2D`` (the final product of every user's vector with every 
 Targets on a 2-core, 24 GiB machine: no stage above 12 GB; extraction of 20M events <= 3 GB;
 ``recommend`` p99 <= 50 ms at concurrency 8 at 100k items (exact) and 1M items (index); batch
 scoring >= 50% of the measured matrix-multiply rate. A measurement, not a test: it exits 0
-whatever the verdict. The full run takes about an hour; ``--quick`` runs a small version of
+whatever the verdict. The full run takes about 30 minutes; ``--quick`` runs a small version of
 every stage in a few minutes (for a smoke test, not for the targets).
 
     .venv/bin/python benchmarks/scale.py
