@@ -396,11 +396,17 @@ def build_events(
         Reject(file, int(lines[i]), str(reasons[i]), raw[i]) for i in np.flatnonzero(bad).tolist()
     ]
     good = ~bad
+
+    def kept(column: pd.Series) -> Any:
+        # The text arrays as they are: through object arrays, the frame converted every id
+        # back again, a third of this function's time.
+        return (column[good] if rejects else column).array
+
     frame = pd.DataFrame(
         {
-            "user_id": users[good].to_numpy(dtype=object),
-            "item_id": items[good].to_numpy(dtype=object),
-            "event_type": kinds[good].to_numpy(dtype=object),
+            "user_id": kept(users),
+            "item_id": kept(items),
+            "event_type": kept(kinds),
             "value": value[good].astype(np.float64),
             "occurred_at": np.asarray(occurred)[good].astype(np.int64),
         }

@@ -10,6 +10,7 @@ deleted), so pairs are added to it only after the transaction that made them com
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,17 +58,18 @@ def event_ids(
     wanted: list[str] = list(uniques.tolist())
     if not wanted:
         return np.empty(0, dtype=np.int64), {}
-    missing = wanted if not known else [e for e in wanted if e not in known]
-    resolved = _resolve(conn, table, missing) if missing else {}
+    # map() over dict lookups runs in C: a Python loop over the ids was a fifth of a sync's
+    # own time.
     if known:
-        of = known.get
-        pk = np.fromiter(
-            (resolved[e] if e in resolved else of(e, -1) for e in wanted),
-            dtype=np.int64,
-            count=len(wanted),
-        )
+        pk = np.fromiter(map(known.get, wanted, itertools.repeat(-1)), np.int64, len(wanted))
+        at = np.flatnonzero(pk < 0)
+        missing = [wanted[i] for i in at.tolist()]
     else:
-        pk = np.fromiter((resolved[e] for e in wanted), dtype=np.int64, count=len(wanted))
+        pk = np.full(len(wanted), -1, dtype=np.int64)
+        at, missing = np.arange(len(wanted)), wanted
+    resolved = _resolve(conn, table, missing) if missing else {}
+    if missing:
+        pk[at] = np.fromiter(map(resolved.get, missing, itertools.repeat(-1)), np.int64, len(at))
     if (pk < 0).any():
         raise AssertionError("an interaction refers to an id that was not upserted")
     return pk[codes], resolved

@@ -12,6 +12,7 @@ import json
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any, overload
 from zoneinfo import ZoneInfo
 
@@ -100,12 +101,11 @@ def _events_batch(
     source: SourceConfig, spec: EventColumns, chunk: Chunk, lines: np.ndarray, raw: RawRows
 ) -> ImportBatch:
     """Events from the mapped columns only, each taken straight from the rows' tuples."""
-    by_position = list(zip(*chunk.rows, strict=True))
 
     def column(name: str) -> pd.Series:
-        # The first column of that name (a query may repeat one).
-        found = by_position[chunk.columns.index(name)] if by_position else ()
-        return pd.Series(found, dtype=object)
+        # The first column of that name (a query may repeat one); only the mapped columns are
+        # taken out of the rows (transposing every row with zip(*rows) cost twice as much).
+        return pd.Series(list(map(itemgetter(chunk.columns.index(name)), chunk.rows)), dtype=object)
 
     events, rejects = build_events(
         file=source.name,

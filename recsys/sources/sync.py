@@ -21,20 +21,22 @@ import queue
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from recsys.data.frames import ImportBatch, Reject
 from recsys.data.ingest import append_rejects, rejects_path
-from recsys.data.load import load_batch
+from recsys.data.load import EventRows, LoadResult, load_batch, prepare_events, refresh_statistics
 from recsys.data.readers import id_text
 from recsys.data.store_ids import KnownIds
 from recsys.db import locks
@@ -243,58 +245,38 @@ def _sync_locked(
     before = None
     if source.watermark is not None:
         before = read_watermark(store, source.name, source.watermark)
-    watermark = before
     low = None if before is None else lower_bound(before, source.lookback)
     catalogue = {"items": items_table, "users": users_table}.get(source.kind)
-    known = _count(store, catalogue) if catalogue is not None else 0
-    totals: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
-    report: Path | None = None
-    import_ids: list[int] = []
-    present: set[str] | None = set() if source.withdraws_absent else None
+    run = _Run(
+        store,
+        source,
+        rejects_dir,
+        after_load,
+        renew,
+        watermark=before,
+        known=_count(store, catalogue) if catalogue is not None else 0,
+        present=set() if source.withdraws_absent else None,
+    )
     known_ids = KnownIds()  # the chunks share most of their users and items
+    loaders = _loaders(store, source)
     engine = source_engine(source, env)
     try:
-        with connect(source, engine) as conn, _collector_paused():
+        with ExitStack() as stack:
+            conn = stack.enter_context(connect(source, engine))
+            stack.enter_context(_collector_paused())
             found_columns(source, conn)
-            mapped = ((c, map_chunk(source, c)) for c in read_chunks(source, conn, low))
-            with _read_ahead(mapped) as ahead:
-                for number, (chunk, batch) in enumerate(ahead, start=1):
-                    if present is not None:
-                        present.update(item_ids(source, chunk))
-                    rejects = batch.all_rejects
-                    if rejects:
-                        report = report or rejects_path(rejects_dir, f"source-{source.name}")
-                        append_rejects(report, rejects)
-                    loaded = load_batch(
-                        store, batch, None if report is None else str(report), known=known_ids
-                    )
-                    import_ids.append(loaded.import_id)
-                    totals["read"] += len(chunk.rows)
-                    totals["rejected"] += len(rejects)
-                    reasons.update(r.reason for r in rejects)
-                    if catalogue is None:
-                        totals["inserted"] += loaded.rows_inserted
-                        totals["skipped"] += loaded.rows_skipped
-                    else:
-                        total = loaded.items_total if source.kind == "items" else loaded.users_total
-                        totals["inserted"] += total - known
-                        totals["skipped"] += len(chunk.rows) - len(rejects) - (total - known)
-                        known = total
-                    if after_load is not None:
-                        after_load(number)
-                    if source.watermark is not None:
-                        watermark = later(watermark, chunk.last_watermark)
-                        write_watermark(store, source.name, source.watermark, watermark)
-                    renew()
-                    logger.info(
-                        "source %s: chunk %d stored, watermark %s", source.name, number, watermark
-                    )
-                    del chunk, batch
-                    gc.collect(1)
+            ready = stack.enter_context(_pipeline(store, source, conn, low, known_ids))
+            pool = stack.enter_context(
+                ThreadPoolExecutor(loaders, thread_name_prefix="recsys-source-load")
+            )
+            run.load(ready, pool, loaders, known_ids)
     finally:
         engine.dispose()
-    withdrawn = _withdraw(store, source, present, totals["read"])
+    totals = run.totals
+    if catalogue is None:
+        refresh_statistics(store, totals["inserted"])
+    withdrawn = _withdraw(store, source, run.present, totals["read"])
+    watermark = run.watermark
     return SyncResult(
         name=source.name,
         kind=source.kind,
@@ -302,15 +284,152 @@ def _sync_locked(
         rows_inserted=totals["inserted"],
         rows_already_stored=totals["skipped"],
         rows_rejected=totals["rejected"],
-        rejects_by_reason=dict(sorted(reasons.items())),
-        rejects_file=None if report is None else str(report),
+        rejects_by_reason=dict(sorted(run.reasons.items())),
+        rejects_file=None if run.report is None else str(run.report),
         watermark_before=None if before is None else encode(before)[0],
         watermark=None if watermark is None else encode(watermark)[0],
-        chunks=len(import_ids),
+        chunks=len(run.import_ids),
         seconds=time.perf_counter() - started,
-        import_ids=import_ids,
+        import_ids=run.import_ids,
         items_withdrawn=withdrawn,
     )
+
+
+def _loaders(store: Engine, source: SourceConfig) -> int:
+    """How many chunks load at once: two into PostgreSQL, whose server writes each chunk's
+    events on a core of its own (the store's index upkeep is most of a sync's time); one into
+    SQLite (one writer at a time) and for item and user sources (each chunk's counts follow
+    the chunk before)."""
+    return 2 if source.kind == "events" and store.dialect.name == "postgresql" else 1
+
+
+@dataclass
+class _Loading:
+    """A chunk whose events are being written."""
+
+    number: int
+    rows: int
+    rejects: list[Reject]
+    last_watermark: Any
+    future: Future[LoadResult]
+
+
+@dataclass
+class _Run:
+    """One sync's chunks on their way to the store, and its counts and watermark.
+
+    Chunks are submitted in the source's order and may commit out of order (two load at once
+    into PostgreSQL); the watermark moves past a chunk only once it and every chunk before it
+    are committed, so a sync stopped anywhere re-reads whatever might be missing, and the
+    rows it finds stored are counted as already stored.
+    """
+
+    store: Engine
+    source: SourceConfig
+    rejects_dir: Path
+    after_load: AfterLoad | None
+    renew: Callable[[], None]
+    watermark: Any
+    known: int  # item or user sources: the catalogue's size so far
+    present: set[str] | None  # item sources that withdraw absent items: every id read
+    report: Path | None = None  # the rejects file, once a row is rejected
+    totals: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    import_ids: list[int] = field(default_factory=list)
+    pending: deque[_Loading] = field(default_factory=deque)  # oldest first
+    failed: bool = False  # a chunk failed to settle: the watermark moves no further
+
+    def load(
+        self, ready: Iterator[Prepared], pool: ThreadPoolExecutor, loaders: int, known: KnownIds
+    ) -> None:
+        """Have every chunk written, ``loaders`` at a time plus one waiting its turn."""
+        try:
+            for number, (chunk, batch, rows) in enumerate(ready, start=1):
+                self.pending.append(self._submit(pool, number, chunk, batch, rows, known))
+                del chunk, batch, rows
+                if len(self.pending) > loaders:
+                    self.settle_oldest()
+            while self.pending:
+                self.settle_oldest()
+        except BaseException:
+            self.wind_down()
+            raise
+
+    def _submit(
+        self,
+        pool: ThreadPoolExecutor,
+        number: int,
+        chunk: Chunk,
+        batch: ImportBatch,
+        rows: EventRows | None,
+        known: KnownIds,
+    ) -> _Loading:
+        if self.present is not None:
+            self.present.update(item_ids(self.source, chunk))
+        rejects = batch.all_rejects
+        if rejects:
+            self.report = self.report or rejects_path(
+                self.rejects_dir, f"source-{self.source.name}"
+            )
+            append_rejects(self.report, rejects)
+        future = pool.submit(
+            load_batch,
+            self.store,
+            batch,
+            None if self.report is None else str(self.report),
+            known=None if rows is not None else known,  # the preparing thread's, until then
+            prepared=rows,
+            analyze=False,  # once, after the last chunk
+        )
+        return _Loading(number, len(chunk.rows), rejects, chunk.last_watermark, future)
+
+    def settle_oldest(self) -> None:
+        """Wait for the oldest chunk in flight, count it, move the watermark past it."""
+        try:
+            self._settle(self.pending.popleft())
+        except BaseException:
+            self.failed = True
+            raise
+
+    def wind_down(self) -> None:
+        """After an error: chunks waiting their turn are dropped; those already loading finish
+        and, unless a chunk before them failed, count and move the watermark."""
+        for loading in self.pending:
+            loading.future.cancel()
+        while self.pending and not self.failed:
+            if self.pending[0].future.cancelled():
+                break
+            try:
+                self.settle_oldest()
+            except Exception as exc:  # the error being raised already says what went wrong
+                logger.warning("source %s: a chunk in flight failed too: %s", self.source.name, exc)
+        self.pending.clear()
+
+    def _settle(self, loading: _Loading) -> None:
+        loaded = loading.future.result()
+        source, totals = self.source, self.totals
+        self.import_ids.append(loaded.import_id)
+        totals["read"] += loading.rows
+        totals["rejected"] += len(loading.rejects)
+        self.reasons.update(r.reason for r in loading.rejects)
+        if source.kind == "events":
+            totals["inserted"] += loaded.rows_inserted
+            totals["skipped"] += loaded.rows_skipped
+        else:
+            total = loaded.items_total if source.kind == "items" else loaded.users_total
+            totals["inserted"] += total - self.known
+            totals["skipped"] += loading.rows - len(loading.rejects) - (total - self.known)
+            self.known = total
+        if self.after_load is not None:
+            self.after_load(loading.number)
+        if source.watermark is not None:
+            self.watermark = later(self.watermark, loading.last_watermark)
+            write_watermark(self.store, source.name, source.watermark, self.watermark)
+        self.renew()
+        logger.info(
+            "source %s: chunk %d stored, watermark %s", source.name, loading.number, self.watermark
+        )
+        gc.collect(1)
 
 
 def item_ids(source: SourceConfig, chunk: Chunk) -> pd.Series:
@@ -359,6 +478,28 @@ def _skipped(store: Engine, source: SourceConfig, reason: str, seconds: float) -
         status="skipped",
         reason=reason,
     )
+
+
+Prepared = tuple[Chunk, ImportBatch, EventRows | None]
+
+
+@contextmanager
+def _pipeline(
+    store: Engine, source: SourceConfig, conn: Connection, low: Any, known: KnownIds
+) -> Iterator[Iterator[Prepared]]:
+    """The source's chunks from ``low`` on, mapped, and their events prepared to write.
+
+    The stages overlap, each a chunk ahead of the next: a thread reads and maps chunks, a
+    second resolves (and commits) the keys of their users and items and orders the rows, and
+    the caller has them written. A sync's time is mostly the store writing events; the next
+    chunks are read and prepared meanwhile. ``known`` belongs to the second thread while the
+    pipeline runs.
+    """
+    mapped = ((c, map_chunk(source, c)) for c in read_chunks(source, conn, low))
+    with _read_ahead(mapped) as ahead:
+        keyed = ((c, b, prepare_events(store, b, known)) for c, b in ahead)
+        with _read_ahead(keyed) as ready:
+            yield ready
 
 
 _DONE = object()

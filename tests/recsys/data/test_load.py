@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from sqlalchemy import Engine, select, text
 
 from recsys.data.frames import ImportBatch, Reject
-from recsys.data.load import load_batch, refresh_statistics
+from recsys.data.load import load_batch, prepare_events, refresh_statistics
+from recsys.data.store_ids import KnownIds
 from recsys.db.queries import stats
 from recsys.db.schema import imports_table, interactions_table, items_table, users_table
 
@@ -205,3 +207,32 @@ def test_a_large_load_refreshes_the_planners_statistics(engine: Engine) -> None:
     with engine.connect() as conn:
         assert conn.execute(analyzed).scalar_one() == first
     assert refresh_statistics(engine, 100) is False
+
+
+def test_keys_resolved_ahead_load_the_same_rows(engine: Engine) -> None:
+    """A sync prepares the next chunk while the chunk before loads; the rows are the ones a
+    plain load writes, and rows prepared for another batch are refused."""
+    known = KnownIds()
+    batch = ImportBatch(kind="t", source="t", interactions=_events(EVENTS), rows_read=4)
+    rows = prepare_events(engine, batch, known)
+    assert rows is not None and rows.out_of_order == 0
+    assert set(known.of("users")) == {"u1", "u2"} and set(known.of("items")) == {"i1", "i2"}
+    assert stats(engine)["interactions"] == 0  # ids exist, events not yet
+    other = ImportBatch(kind="t", source="t", interactions=_events(EVENTS[:2]), rows_read=2)
+    with pytest.raises(ValueError, match="one per event"):
+        load_batch(engine, other, prepared=rows)
+    loaded = load_batch(engine, batch, prepared=rows)
+    assert (loaded.rows_inserted, loaded.users_total, loaded.items_total) == (4, 2, 2)
+    c = interactions_table.c
+    with engine.connect() as conn:
+        stored = conn.execute(
+            select(users_table.c.external_id, items_table.c.external_id, c.occurred_at)
+            .join(users_table, users_table.c.id == c.user_id)
+            .join(items_table, items_table.c.id == c.item_id)
+            .order_by(c.occurred_at)
+        ).all()
+    assert [tuple(r) for r in stored] == [
+        (u, i, t) for u, i, _, _, t in sorted(EVENTS, key=lambda e: e[4])
+    ]
+    described = ImportBatch(kind="t", source="t", items=pd.DataFrame({"item_id": ["i9"]}))
+    assert prepare_events(engine, described, known) is None  # upserted inside the load

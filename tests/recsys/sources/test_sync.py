@@ -449,5 +449,46 @@ def test_sync_stopped_by_its_caller_stops_reading_ahead(store: sa.Engine, tmp_pa
     assert not [t for t in threading.enumerate() if t.name.startswith("recsys-source")]
     assert gc.isenabled()
     rerun = sync_source(store, source, tmp_path / "rejects")
-    # Chunk 1 (row 0) moved the watermark; chunk 2 (rows 1-2) was stored, its move stopped.
-    assert (rerun.rows_read, rerun.rows_already_stored, rerun.rows_inserted) == (9, 2, 7)
+    # Chunk 1 (row 0) moved the watermark; chunk 2 (rows 1-2) was stored, its move stopped;
+    # chunk 3 (rows 3-4), queued behind it, was dropped or, if already loading, stored.
+    assert rerun.rows_read == 9 and rerun.rows_already_stored in (2, 4)
+    assert rerun.rows_inserted == 9 - rerun.rows_already_stored
+    assert _interactions(store, "interaction") == 10
+
+
+def test_a_failed_load_holds_the_watermark_though_a_later_chunk_committed(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Into PostgreSQL two chunks load at once, so chunk 3 commits while chunk 2 fails: the
+    watermark stays after chunk 1, and the rerun counts chunk 3's rows as already stored."""
+    source = _clicks(tmp_path, 10, 3)
+    real = sync_module.load_batch
+    calls: list[int] = []
+
+    def second_fails(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            time.sleep(0.3)  # chunk 3, loading beside it on PostgreSQL, commits first
+            raise RuntimeError("store write failed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sync_module, "load_batch", second_fails)
+    with pytest.raises(RuntimeError, match="store write failed"):
+        sync_source(engine, source, tmp_path / "rejects")
+    monkeypatch.undo()
+    concurrent = engine.dialect.name == "postgresql"
+    assert sync_module._loaders(engine, source) == (2 if concurrent else 1)
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT value FROM source_watermarks")).scalar_one()
+    assert stored == str(1_700_000_001)  # the end of chunk 1 (rows 0-1)
+    # PostgreSQL: chunk 3 loaded beside chunk 2; SQLite: it waited its turn, then was dropped
+    # or, if the one loader took it up before the failure was seen, stored.
+    ahead = _interactions(engine, "interaction") - 2
+    assert ahead > 0 if concurrent else ahead >= 0
+    assert not [t for t in threading.enumerate() if t.name.startswith("recsys-source")]
+
+    rerun = sync_source(engine, source, tmp_path / "rejects")
+    assert (rerun.rows_read, rerun.rows_already_stored) == (8, ahead)
+    assert rerun.rows_inserted == 8 - ahead
+    assert _interactions(engine, "interaction") == 10
+    assert rerun.watermark == str(1_700_000_009)
