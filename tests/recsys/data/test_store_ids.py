@@ -66,7 +66,7 @@ def test_a_failed_load_leaves_known_ids_as_they_were(
     def fail(*args: object, **kwargs: object) -> int:
         raise RuntimeError("the database went away")
 
-    monkeypatch.setattr(load_module, "_insert_interactions", fail)
+    monkeypatch.setattr(load_module, "insert_interactions", fail)
     with pytest.raises(RuntimeError):
         load_batch(engine, _batch([("u9", "i9", 2), ("u1", "i1", 3)]), known=known)
     assert known.tables == before  # u9 and i9 were rolled back: not remembered

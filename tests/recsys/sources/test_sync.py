@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 from recsys.db.schema import locks_table
-from recsys.sources import sync as sync_module
+from recsys.sources import pipeline as pipeline_module
 from recsys.sources.config import SourceConfig, SourceError, load_sources, parse_source
 from recsys.sources.reader import transient
 from recsys.sources.sync import check_source, lock_name, sync_source
@@ -417,7 +417,7 @@ def test_sync_a_read_failing_midway_keeps_the_chunks_before_it(
 ) -> None:
     """The next chunk is read while one loads; a read error still comes after the loads."""
     source = _clicks(tmp_path, 10, 3)
-    real = sync_module.read_chunks
+    real = pipeline_module.read_chunks
 
     def failing(*args: Any, **kwargs: Any) -> Iterator[Any]:
         for number, chunk in enumerate(real(*args, **kwargs), start=1):
@@ -425,7 +425,7 @@ def test_sync_a_read_failing_midway_keeps_the_chunks_before_it(
                 raise SourceError("source clicks: reading failed: gone")
             yield chunk
 
-    monkeypatch.setattr(sync_module, "read_chunks", failing)
+    monkeypatch.setattr(pipeline_module, "read_chunks", failing)
     with pytest.raises(SourceError, match="gone"):
         sync_source(store, source, tmp_path / "rejects")
     # Chunks end before the last row fetched (it may share its watermark with the next ones):
@@ -462,7 +462,7 @@ def test_a_failed_load_holds_the_watermark_though_a_later_chunk_committed(
     """Into PostgreSQL two chunks load at once, so chunk 3 commits while chunk 2 fails: the
     watermark stays after chunk 1, and the rerun counts chunk 3's rows as already stored."""
     source = _clicks(tmp_path, 10, 3)
-    real = sync_module.load_batch
+    real = pipeline_module.load_batch
     calls: list[int] = []
 
     def second_fails(*args: Any, **kwargs: Any) -> Any:
@@ -472,12 +472,12 @@ def test_a_failed_load_holds_the_watermark_though_a_later_chunk_committed(
             raise RuntimeError("store write failed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sync_module, "load_batch", second_fails)
+    monkeypatch.setattr(pipeline_module, "load_batch", second_fails)
     with pytest.raises(RuntimeError, match="store write failed"):
         sync_source(engine, source, tmp_path / "rejects")
     monkeypatch.undo()
     concurrent = engine.dialect.name == "postgresql"
-    assert sync_module._loaders(engine, source) == (2 if concurrent else 1)
+    assert pipeline_module.loaders(engine, source) == (2 if concurrent else 1)
     with engine.connect() as conn:
         stored = conn.execute(sa.text("SELECT value FROM source_watermarks")).scalar_one()
     assert stored == str(1_700_000_001)  # the end of chunk 1 (rows 0-1)
