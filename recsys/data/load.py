@@ -20,7 +20,7 @@ import pandas as pd
 from sqlalchemy import Connection, Engine, Table, and_, func, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from recsys.data.event_writes import event_columns, insert_interactions
+from recsys.data.event_writes import EventColumns, event_columns, insert_interactions
 from recsys.data.frames import ImportBatch
 from recsys.data.store_ids import KnownIds, event_ids
 from recsys.db import catalogue
@@ -84,14 +84,14 @@ class LoadResult:
 
 @dataclass(frozen=True)
 class EventRows:
-    """A batch's events as the store writes them: one list per column (user key, item key,
-    event type, value or None, time), in insert order, and how many went back in time."""
+    """A batch's events as the store writes them (store keys, in insert order) and how many
+    went back in time."""
 
-    columns: tuple[list[Any], ...]
+    columns: EventColumns
     out_of_order: int
 
     def __len__(self) -> int:
-        return len(self.columns[0])
+        return len(self.columns)
 
 
 def prepare_events(engine: Engine, batch: ImportBatch, known: KnownIds) -> EventRows | None:
@@ -117,7 +117,10 @@ def prepare_events(engine: Engine, batch: ImportBatch, known: KnownIds) -> Event
         )
     for table, pairs in staged.items():
         known.add(table, pairs)
-    return EventRows(event_columns(events, user_pk, item_pk), count_out_of_order(events))
+    columns = event_columns(events, user_pk, item_pk)
+    if engine.dialect.name == "sqlite":
+        columns = columns.with_lists()
+    return EventRows(columns, count_out_of_order(events))
 
 
 def load_batch(

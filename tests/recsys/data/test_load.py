@@ -236,3 +236,41 @@ def test_keys_resolved_ahead_load_the_same_rows(engine: Engine) -> None:
     ]
     described = ImportBatch(kind="t", source="t", items=pd.DataFrame({"item_id": ["i9"]}))
     assert prepare_events(engine, described, known) is None  # upserted inside the load
+
+
+def test_mixed_event_types_and_values_read_back_exactly(engine: Engine) -> None:
+    """Rows of several event types (one not ASCII), with and without values (an infinite one
+    too), stored exactly; then a re-import overlapping them (PostgreSQL's staged COPY)."""
+    rows = [
+        ("u1", "i1", "view", np.nan, 1_000),
+        ("u1", "i2", "purchase", 19.99, 2_000),
+        ("u2", "i1", "vue_détaillée", np.nan, 1_500),
+        ("u2", "i3", "purchase", -0.5, 2_500),
+        ("u3", "i2", "rating", 4.0, 3_000),
+        ("u3", "i3", "rating", np.inf, 3_500),
+        ("u3", "i1", "view", np.nan, 4_000),
+    ]
+    first = load_batch(engine, ImportBatch(kind="t", source="t", interactions=_events(rows)))
+    assert first.rows_inserted == len(rows)
+    more = [*rows[3:], ("u4", "i4", "vue_détaillée", 2.5, 5_000)]
+    again = load_batch(engine, ImportBatch(kind="t", source="t", interactions=_events(more)))
+    assert (again.rows_inserted, again.rows_skipped) == (1, 4)
+    c = interactions_table.c
+    with engine.connect() as conn:
+        stored = conn.execute(
+            select(
+                users_table.c.external_id,
+                items_table.c.external_id,
+                c.event_type,
+                c.value,
+                c.occurred_at,
+                c.import_id,
+            )
+            .join(users_table, users_table.c.id == c.user_id)
+            .join(items_table, items_table.c.id == c.item_id)
+            .order_by(c.occurred_at)
+        ).all()
+    in_time = sorted([*rows, more[-1]], key=lambda r: r[4])
+    expected = [(*r[:3], None if np.isnan(r[3]) else r[3], r[4]) for r in in_time]
+    assert [tuple(r[:5]) for r in stored] == expected
+    assert {r[5] for r in stored} == {first.import_id, again.import_id}
