@@ -73,6 +73,7 @@ SOURCES = (
     "recsys/ranking.py",
     "recsys/ann.py",
     "serving/scorer.py",
+    "serving/lifecycle.py",
 )
 TARGET_STAGE_GB = 12.0
 TARGET_EXTRACT_GB = 3.0

@@ -84,6 +84,7 @@ from recsys.registry import registration
 SOURCES = (
     "serving/service.py",
     "serving/scorer.py",
+    "serving/lifecycle.py",
     "recsys/artifacts.py",
     "recsys/ranking.py",
     "benchmarks/serve_variants.py",

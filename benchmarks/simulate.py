@@ -76,6 +76,7 @@ SOURCES = (
     "benchmarks/simworld.py",
     "recsys/online",
     "serving/scorer.py",
+    "serving/lifecycle.py",
     "serving/impressions.py",
 )
 ARMS = (CHAMPION_ARM, CHALLENGER_ARM)

@@ -26,11 +26,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recsys.config import Settings
 from recsys.keys import READ, KeyRing, grants
-from serving.scorer import (
-    NotFoundError,
-    NotReadyError,
-    RequestError,
-)
+from serving.lifecycle import NotReadyError
+from serving.scorer import NotFoundError, RequestError
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,9 @@ from sqlalchemy.exc import DataError, OperationalError
 
 from recsys.config import Settings
 from serving.api import ApiError, create_app, translate
+from serving.lifecycle import NotReadyError
 from serving.schemas import RecommendIn
-from serving.scorer import NotFoundError, NotReadyError, RequestError
+from serving.scorer import NotFoundError, RequestError
 
 
 def _driver_error(kind: type[Exception]) -> Exception:
