@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
+from pandas.api.types import infer_dtype
 from sqlalchemy.types import TypeEngine
 
 from recsys.data.frames import Reject
@@ -47,6 +48,8 @@ EMPTY_SEQUENCE = "empty_sequence"
 MALFORMED_CSV = "malformed_csv"
 BAD_ID = "bad_id"
 BAD_TEXT = "bad_text"
+# id_text converts a column this long once per distinct id (see there).
+ID_TEXT_DISTINCT_FROM = 1_000
 TOO_LONG = "too_long"
 
 QUOTE = '"'
@@ -311,7 +314,23 @@ class ValueRange:
 
 
 def id_text(values: pd.Series) -> pd.Series:
-    """Ids as text without surrounding spaces and tabs; a missing value becomes ``""``."""
+    """Ids as text without surrounding spaces and tabs; a missing value becomes ``""``.
+
+    A long column of plain integers or strings (a chunk of events: each user and item comes
+    back many times) is converted once per distinct id; other columns value by value (1, 1.0
+    and True are one key to a hash table but three texts).
+    """
+    if len(values) >= ID_TEXT_DISTINCT_FROM and infer_dtype(values, skipna=True) in (
+        "integer",
+        "string",
+    ):
+        codes, uniques = pd.factorize(values, use_na_sentinel=True)
+        text = _id_text(pd.Series(uniques, dtype=object))
+        return pd.Series(text.array.take(codes, allow_fill=True, fill_value=""), index=values.index)
+    return _id_text(values)
+
+
+def _id_text(values: pd.Series) -> pd.Series:
     return values.astype(object).where(values.notna(), "").astype(str).str.strip(ID_PADDING)
 
 
