@@ -179,6 +179,9 @@ def _worker(
         _check_in_step(model, rank, nproc)
         if rank == 0:
             torch.save({"state": model.state_dict(), "result": result}, out)
+        # Every rank is done before any tears the group down: gloo aborted a rank whose peer
+        # had already closed its connections (SIGABRT in a README run of --nproc 2).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
