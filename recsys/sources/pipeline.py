@@ -87,14 +87,14 @@ class Run:
     failed: bool = False  # a chunk failed to settle: the watermark moves no further
 
     def load(
-        self, ready: Iterator[Prepared], pool: ThreadPoolExecutor, loaders: int, known: KnownIds
+        self, ready: Iterator[Prepared], pool: ThreadPoolExecutor, at_once: int, known: KnownIds
     ) -> None:
-        """Have every chunk written, ``loaders`` at a time plus one waiting its turn."""
+        """Have every chunk written, ``at_once`` at a time plus one waiting its turn."""
         try:
             for number, (chunk, batch, rows) in enumerate(ready, start=1):
                 self.pending.append(self._submit(pool, number, chunk, batch, rows, known))
                 del chunk, batch, rows
-                if len(self.pending) > loaders:
+                if len(self.pending) > at_once:
                     self.settle_oldest()
             while self.pending:
                 self.settle_oldest()

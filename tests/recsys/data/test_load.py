@@ -21,6 +21,26 @@ def _events(rows: list[tuple[str, str, str, float, int]]) -> pd.DataFrame:
     return frame.astype({"user_id": object, "item_id": object, "event_type": object})
 
 
+def _stored(engine: Engine) -> list[tuple[object, ...]]:
+    """Every stored event as (user, item, type, value, time, import id), oldest first."""
+    c = interactions_table.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                users_table.c.external_id,
+                items_table.c.external_id,
+                c.event_type,
+                c.value,
+                c.occurred_at,
+                c.import_id,
+            )
+            .join(users_table, users_table.c.id == c.user_id)
+            .join(items_table, items_table.c.id == c.item_id)
+            .order_by(c.occurred_at)
+        ).all()
+    return [tuple(r) for r in rows]
+
+
 EVENTS = [
     ("u1", "i1", "view", np.nan, 1_000),
     ("u1", "i2", "purchase", 9.5, 2_000),
@@ -51,20 +71,7 @@ def test_load_batch_partial_overlap_and_repeats_within_a_batch(engine: Engine) -
 
 def test_load_batch_keeps_values_times_and_types(engine: Engine) -> None:
     load_batch(engine, ImportBatch(kind="test", source="t", interactions=_events(EVENTS)))
-    c = interactions_table.c
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(
-                users_table.c.external_id,
-                items_table.c.external_id,
-                c.event_type,
-                c.value,
-                c.occurred_at,
-            )
-            .join(users_table, users_table.c.id == c.user_id)
-            .join(items_table, items_table.c.id == c.item_id)
-            .order_by(c.occurred_at)
-        ).all()
+    rows = [r[:5] for r in _stored(engine)]
     assert rows[0] == ("u1", "i1", "view", None, 1_000)
     assert rows[2] == ("u1", "i2", "purchase", 9.5, 2_000)
 
@@ -255,21 +262,7 @@ def test_mixed_event_types_and_values_read_back_exactly(engine: Engine) -> None:
     more = [*rows[3:], ("u4", "i4", "vue_détaillée", 2.5, 5_000)]
     again = load_batch(engine, ImportBatch(kind="t", source="t", interactions=_events(more)))
     assert (again.rows_inserted, again.rows_skipped) == (1, 4)
-    c = interactions_table.c
-    with engine.connect() as conn:
-        stored = conn.execute(
-            select(
-                users_table.c.external_id,
-                items_table.c.external_id,
-                c.event_type,
-                c.value,
-                c.occurred_at,
-                c.import_id,
-            )
-            .join(users_table, users_table.c.id == c.user_id)
-            .join(items_table, items_table.c.id == c.item_id)
-            .order_by(c.occurred_at)
-        ).all()
+    stored = _stored(engine)
     in_time = sorted([*rows, more[-1]], key=lambda r: r[4])
     expected = [(*r[:3], None if np.isnan(r[3]) else r[3], r[4]) for r in in_time]
     assert [tuple(r[:5]) for r in stored] == expected
