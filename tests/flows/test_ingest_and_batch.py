@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 from typing import Any
@@ -149,9 +150,13 @@ def test_a_failed_part_is_retried_and_adds_no_row_twice(
     log.touch()
 
     def fails_once(artifact: Any, users: Any, k: int, batch_size: int = 256) -> Any:
-        with log.open("a") as out:
+        with log.open("a+") as out:  # locked: two workers start parts at once
+            fcntl.flock(out, fcntl.LOCK_EX)
             out.write(f"{len(users)}\n")
-        if len(log.read_text().splitlines()) == 2:  # the second part to start dies once
+            out.flush()
+            out.seek(0)
+            started = len(out.read().splitlines())
+        if started == 2:  # the second part to start dies once
             raise ConnectionError("worker lost")
         return real(artifact, users, k, batch_size)
 
