@@ -87,6 +87,10 @@ class Plan:
     # The retrain's RECSYS_TRAIN_WINDOW_DAYS: the history spans the 60 days before the run,
     # the run itself minutes, so a week keeps the live events and the newest history only.
     train_window_days: float = 7.0
+    # RECSYS_REFIT: the promoted EASE trains again on every event of the window, the users'
+    # newest picks (held out by leave-one-out, and right after a shift often the only picks
+    # of the new taste) included, and that refit serves.
+    refit: bool = True
 
     def report(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -112,6 +116,8 @@ def plan_for(args: Any) -> Plan:
         plan = _replace(plan, fraction=args.shift_fraction)
     if args.organic is not None:
         plan = _replace(plan, organic=args.organic)
+    if args.no_refit:
+        plan = _replace(plan, refit=False)
     return plan
 
 
@@ -269,6 +275,7 @@ def run_drift(args: Any) -> None:
             "RECSYS_DRIFT_MIN_SAMPLES": str(plan.min_samples),
             "RECSYS_DRIFT_COOLDOWN_SECONDS": str(plan.cooldown_s),
             "RECSYS_TRAIN_WINDOW_DAYS": str(plan.train_window_days),
+            "RECSYS_REFIT": "true" if plan.refit else "false",
             "PREFECT_HOME": str(prefect_home),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_UI_ENABLED": "false",
@@ -485,9 +492,16 @@ def gate_of_latest(engine: Any) -> dict[str, Any]:
     with engine.connect() as conn:
         latest = conn.execute(select(func.max(model_versions_table.c.version))).scalar_one()
     record = registry.get_version(engine, int(latest))
+    refit_of = (record.training or {}).get("refit_of")
+    if refit_of is not None:  # the refit of the promoted version: the gate is on that one
+        record = registry.get_version(engine, int(refit_of))
     gate = record.gate or {}
     promoted = bool(gate.get("promoted"))
-    verdict = f"v{latest} {'promoted' if promoted else 'not promoted'}: {gate.get('reason')}"
+    verdict = (
+        f"v{record.version} {'promoted' if promoted else 'not promoted'}: {gate.get('reason')}"
+    )
+    if refit_of is not None:
+        verdict += f"; its refit on every event, v{latest}, serves"
     snapshot = record.snapshot or {}
     trained_on = {
         key: snapshot.get(key) for key in ("after_ms", "num_interactions", "num_users", "digest")
@@ -588,6 +602,28 @@ def observed_text(found: dict[str, Any] | None) -> str:
     )
 
 
+def restored(outcome: dict[str, Any], plan: Plan) -> dict[str, Any] | None:
+    """The new champion's clicked share against the old champion's before the shift (b - a):
+    whether the click-through came back to where it was (the users' wear lowers b)."""
+    (_, before), (_, _), (_, new) = stretches(outcome, plan)
+    if not new or not before:
+        return None
+    total = {label: (sum(w["clicked"] for w in ws), sum(w["requests"] for w in ws))
+             for label, ws in (("before", before), ("new", new))}  # fmt: skip
+    return compare("ctr@10", *total["before"], *total["new"]).report()
+
+
+def restored_text(outcome: dict[str, Any], plan: Plan) -> str:
+    o = restored(outcome, plan)
+    if o is None or o["diff"] is None:
+        return "-"
+    return (
+        f"{_pct(o['b'])} vs {_pct(o['a'])} before the shift, difference "
+        f"{o['diff'] * 100:+.1f} points, 95% CI [{o['ci_low'] * 100:+.1f}, "
+        f"{o['ci_high'] * 100:+.1f}], p={o['p_value']:.2g}"
+    )
+
+
 def summary_rows(outcome: dict[str, Any], plan: Plan) -> list[list[str]]:
     rows = []
     for label, ws in stretches(outcome, plan):
@@ -654,6 +690,7 @@ def report(
         ["champion after", f"v{retrain.get('champion_after', outcome['champion_before'])}"],
         ["new champion vs old, same requests", recovery_text(recovery(outcome, plan))],
         ["observed CTR@10, new champion", observed_text(recovery(outcome, plan))],
+        ["observed CTR@10, new champion vs before the shift", restored_text(outcome, plan)],
     ]
     phase_rows = [[phase, f"{seconds:.1f}"] for phase, seconds in phases.items()]
     tables = [
@@ -723,6 +760,7 @@ def report(
             for row in summary_rows(outcome, plan)
         ],
         "recovery": recovery(outcome, plan),
+        "restored": restored(outcome, plan),
         "seconds": {k: round(v, 1) for k, v in phases.items()},
     }  # fmt: skip
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

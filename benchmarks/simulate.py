@@ -108,6 +108,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--shift-fraction", type=float, help="--drift: share of items moved")
     parser.add_argument("--organic", type=int, help="--drift: organic events per window")
+    parser.add_argument(
+        "--no-refit",
+        action="store_true",
+        help="--drift: serve the retrain's measured EASE, not its refit on every event",
+    )
     args = parser.parse_args(argv)
     defaults = QUICK if args.quick else FULL
     for name, value in defaults.items():

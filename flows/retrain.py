@@ -55,6 +55,7 @@ from recsys.data.validation import QualityReport, quality_report
 from recsys.db import locks
 from recsys.errors import RecsysError
 from recsys.experiment import Outcome, train_and_evaluate
+from recsys.experiment import refit as refit_model
 from recsys.pipeline import gate_candidate, register_and_gate
 from recsys.registry import ModelRecord
 from recsys.registry.promotion import GateDecision
@@ -63,6 +64,7 @@ from recsys.retrain import (
     RetrainSummary,
     Step,
     add_online,
+    adopt_refit,
     begin,
     check_data,
     check_exports,
@@ -177,6 +179,12 @@ def train_task(
             nproc=nproc,
             tuned=tuned,
         )
+
+
+@task(name="refit", cache_policy=NO_CACHE)
+def refit_task(engine: Engine, outcome: Outcome, version: int, nproc: int = 1) -> Outcome:
+    with training_progress(f"{outcome.name}-refit"):
+        return refit_model(engine, outcome, version, nproc=nproc, threads=train_threads(1))
 
 
 PROGRESS = "progress"  # what the forwarded lines start with (`recsys demo` shows them)
@@ -371,12 +379,15 @@ def retrain_flow(
     budget_seconds: float | None = None,
     window_days: float | None = None,
     nproc: int = 1,
+    refit: bool | None = None,
 ) -> dict[str, Any]:
     """Retrain ``models`` on the current data and promote the best one if it beats the champion.
 
     ``window_days`` (default: the ``train_window_days`` setting, else every event) trains on
     the events of the last that many days only. ``nproc`` trains each learned candidate in
     that many processes (``torch.distributed``); registration happens once per candidate.
+    ``refit`` (default: the ``refit`` setting) trains a promoted candidate again on every
+    event, the held-out ones included, and makes that refit champion (see ``_refit``).
     """
     names = model_names(models)  # unknown names fail before any work
     settings, engine = settings_and_engine()
@@ -419,11 +430,40 @@ def retrain_flow(
         record, outcome = records[best], outcomes[best]
         decision = gate_task(engine, record.version, outcome, margin, metric, actor)
         summary = conclude_task(engine, step.summary, outcome, record, decision)
+        if decision.promoted and (settings.refit if refit is None else refit):
+            summary = _refit(engine, summary, outcome, record, settings, run_id, actor, nproc)
         if decision.promoted:
+            assert summary.champion_after is not None
             summary = _publish(
-                summary, record.version, build_bento, service_url, settings.admin_secret
+                summary, summary.champion_after, build_bento, service_url, settings.admin_secret
             )
         return _finish(Step(summary, ends=True), quality, decision, settings.home)
+
+
+def _refit(
+    engine: Engine,
+    summary: RetrainSummary,
+    outcome: Outcome,
+    record: ModelRecord,
+    settings: Settings,
+    run_id: str | None,
+    actor: str,
+    nproc: int,
+) -> RetrainSummary:
+    """The promoted candidate trained again on every event; its refit serves when servable.
+
+    A refit that fails leaves the gate's choice champion (and the run successful): the
+    registry holds no half-made state, since the refit's version is registered like any other.
+    """
+    try:
+        refitted = refit_task(engine, outcome, record.version, nproc)
+        registered = register_task(engine, refitted, settings.artifacts_dir, run_id, actor)
+    except Exception as exc:  # the gate's choice stands; the report says why
+        get_run_logger().warning("refit of v%d failed: %s", record.version, exc)
+        return adopt_refit(
+            engine, summary, record, None, actor=actor, error=f"{type(exc).__name__}: {exc}"
+        )
+    return adopt_refit(engine, summary, record, registered, actor=actor)
 
 
 def _publish(

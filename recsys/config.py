@@ -93,6 +93,15 @@ class Settings(BaseSettings):
             "all events",
         ),
     )
+    refit: bool = Field(
+        default=False,
+        json_schema_extra=_doc(
+            "after the gate promotes a candidate, train it again on every event (the ones held "
+            "out for validation and test included: a user's newest) with the settings and "
+            "epochs it chose, and serve that refit; the measured version's metrics stand for it",
+            "off",
+        ),
+    )
     train_workers: int | None = Field(
         default=None,
         ge=1,

@@ -5,9 +5,10 @@ extract -> quality gate -> split -> side features -> build -> train -> full-rank
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -16,7 +17,7 @@ from sqlalchemy import Engine
 
 from recsys.data.extract import Snapshot, extract, window_start
 from recsys.data.features import SideInfo
-from recsys.data.splits import Protocol, Split, sample_users, split
+from recsys.data.splits import Protocol, Split, sample_users, split, with_every_event
 from recsys.data.validation import QualityReport, quality_report
 from recsys.devices import placed, resolve_device
 from recsys.distributed import train_parallel
@@ -45,6 +46,8 @@ class Outcome:
     quality: QualityReport
     seconds: float
     tuned: dict[str, Any] | None = None  # the tuned settings it trained with (None: defaults)
+    # A refit (see :func:`refit`): the version it is a refit of, whose test metrics it carries.
+    refit_of: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +71,7 @@ class Outcome:
             "split": self.split.description,
             "snapshot": self.snapshot.descriptor.to_dict(),
             "tuned": self.tuned,
+            "refit_of": self.refit_of,
         }
 
 
@@ -161,4 +165,73 @@ def train_and_evaluate(
         quality=quality,
         seconds=time.perf_counter() - started,
         tuned=None if tuned is None else tuned.to_dict(),
+    )
+
+
+def refit(
+    engine: Engine, outcome: Outcome, version: int, *, nproc: int = 1, threads: int | None = None
+) -> Outcome:
+    """``outcome``'s model trained again on every event of its snapshot, for serving.
+
+    Leave-last-out holds each user's two newest events out of training, and right after a
+    change of taste those are often the only events of the new taste; a time split holds out
+    the newest events of all. The refit trains on them too, with what the measured run
+    (registered as ``version``) chose: its model config (EASE's l2 included), its training
+    settings and seed, and its best epoch's count of epochs (a time budget grows with the
+    events; ``threads`` replaces the run's threads). Nothing is left to measure it on, so it
+    carries ``version``'s test metrics and says so (``refit_of``); the promotion gate
+    measures a refit champion through ``version`` (:func:`recsys.registry.promotion.gate`).
+    """
+    started = time.perf_counter()
+    model_spec = spec(outcome.name)
+    data = with_every_event(outcome.split, outcome.snapshot)
+    side = (
+        side_features(engine, outcome.snapshot, data)
+        if model_spec.model.uses_side_features
+        else None
+    )
+    model_config = copy.deepcopy(getattr(outcome.model, "config", outcome.model_config))
+    budget = outcome.train_config.budget_seconds
+    grown = len(data.train.user_idx) / max(1, len(outcome.split.train.user_idx))
+    config = replace(
+        outcome.train_config,
+        max_epochs=max(1, outcome.training.best_epoch),
+        budget_seconds=None if budget is None else budget * grown,
+        threads=threads or outcome.train_config.threads,
+    )
+    build = partial(
+        build_model, outcome.name, data.num_users, data.num_items, side=side, config=model_config
+    )
+    torch.manual_seed(config.seed)
+    model = build()
+    if nproc > 1 and model.batch_kind != "fit":
+        state, result = train_parallel(partial(train, validating=False), build, data, config, nproc)
+        model.load_state_dict(state)
+        model.eval()
+    else:
+        result = train(model, data, config, validating=False)
+    logger.info(
+        "%s refit on %d events (v%d trained on %d): %d epochs, %.1f s",
+        outcome.name,
+        len(data.train.user_idx),
+        version,
+        len(outcome.split.train.user_idx),
+        result.epochs_run,
+        result.seconds,
+    )
+    training = replace(
+        result,
+        best_valid=outcome.training.best_valid,  # measured on the run it repeats
+        chosen=outcome.training.chosen,
+        searched=[],
+    )
+    return replace(
+        outcome,
+        model=model,
+        model_config=model_config,
+        train_config=config,
+        split=data,
+        training=training,
+        seconds=time.perf_counter() - started,
+        refit_of=version,
     )

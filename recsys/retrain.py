@@ -57,6 +57,8 @@ class RetrainSummary:
     online: list[dict[str, Any]] = field(default_factory=list)  # the last 7 days, served
     # Per candidate: the tuned settings it trained with (recsys.tuned), or "defaults".
     settings: dict[str, str] = field(default_factory=dict)
+    # The promoted candidate trained again on every event (the ``refit`` setting): see adopt_refit.
+    refit: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -223,6 +225,63 @@ def conclude(
     return replace(summary, status="kept", reason=reason)
 
 
+def adopt_refit(
+    engine: Engine,
+    summary: RetrainSummary,
+    measured: ModelRecord,
+    refitted: ModelRecord | None,
+    *,
+    actor: str,
+    error: str | None = None,
+) -> RetrainSummary:
+    """After the gate promoted ``measured``: its refit (:func:`recsys.experiment.refit`),
+    registered as ``refitted``, becomes champion in its place when it is servable.
+
+    A refit that failed (``error``) or is not servable leaves ``measured`` champion, which
+    the gate chose on its own numbers, and the summary says why.
+    """
+    details: dict[str, Any] = {"of": measured.version}
+    if refitted is not None:
+        details |= {
+            "version": refitted.version,
+            "status": refitted.status,
+            "epochs": (refitted.training or {}).get("epochs"),
+            "train_events": (refitted.training or {}).get("split", {}).get("train_events"),
+            "seconds": (refitted.training or {}).get("seconds"),
+        }
+    if error is None and refitted is None:
+        error = "no refit was registered"
+    elif error is None and refitted is not None and refitted.status != registry.SERVABLE:
+        error = f"v{refitted.version} is {refitted.status}: {refitted.error}"
+    if error is None and refitted is not None:
+        try:
+            registry.move_alias(
+                engine,
+                registry.CHAMPION,
+                refitted.version,
+                expected=measured.version,
+                action="refit",
+                actor=actor,
+                reason=(
+                    f"v{measured.version} trained again on every event of its snapshot "
+                    f"(the held-out ones included); its test metrics stand for it"
+                ),
+                details=details,
+            )
+        except registry.RegistryError as exc:
+            error = str(exc)
+    if error is not None or refitted is None:
+        details["error"] = error
+        reason = f"{summary.reason}; its refit did not replace it ({error})"
+        return replace(summary, refit=details, reason=reason)
+    reason = (
+        f"v{refitted.version} ({refitted.family}, v{measured.version} refit on every event) "
+        "is the new champion"
+    )
+    champion = registry.alias_version(engine, registry.CHAMPION)
+    return replace(summary, refit=details, reason=reason, champion_after=champion)
+
+
 def report_path(home: Path, flow_run_id: str | None) -> Path:
     """Where a retrain's report is written: ``reports/retrain-<flow run id | local>.md``."""
     return home / REPORTS_FOLDER / f"retrain-{flow_run_id or 'local'}.md"
@@ -331,6 +390,16 @@ def render_report(
     lines += ["## Champion", ""]
     lines.append(f"- before: {_version(summary.champion_before)}")
     lines.append(f"- after: {_version(summary.champion_after)}")
+    if summary.refit:
+        found = summary.refit
+        if "error" in found:
+            lines.append(f"- refit of v{found['of']}: not used ({found['error']})")
+        else:
+            lines.append(
+                f"- refit: v{found['version']} is v{found['of']} trained again on every event "
+                f"({_cell(found.get('train_events'))} events, {found.get('epochs')} epochs, "
+                f"{_cell(found.get('seconds'))} s); v{found['of']}'s test metrics stand for it"
+            )
     if decision is not None:
         lines += [
             "",

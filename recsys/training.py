@@ -140,12 +140,16 @@ def train(
     config: TrainConfig | None = None,
     *,
     on_epoch: EpochHook | None = None,
+    validating: bool = True,
 ) -> TrainResult:
     """Train ``model`` on ``split.train``, early-stopping on ``split.valid``.
 
     Batch models train on ``config.device`` and are returned on the CPU with the best
     weights, so export and registration never see another device. ``on_epoch`` hears each
     epoch's validation score (see :data:`EpochHook`); ``fit`` models have no epochs.
+    Without ``validating`` (a refit: see :func:`recsys.experiment.refit`) nothing is scored:
+    a batch model runs ``config.max_epochs`` epochs and keeps the last weights, a ``fit``
+    model fits once with the regularisation its config holds.
     """
     config = config or TrainConfig()
     set_threads(config.threads)
@@ -153,12 +157,12 @@ def train(
     started = time.perf_counter()
     device = resolve_device(config.device)
     if model.batch_kind == "fit":
-        return _fit(model, split, config, started)
+        return _fit(model, split, config, started, validating)
     precision = autocast_dtype(config.amp, device)
     model.prepare_training(split.train)
     model.to(device)
     try:
-        result = _epochs(model, split, config, started, device, precision, on_epoch)
+        result = _epochs(model, split, config, started, device, precision, on_epoch, validating)
     finally:
         model.to(CPU)
     model.eval()
@@ -173,13 +177,15 @@ def _epochs(
     device: torch.device,
     precision: torch.dtype | None,
     on_epoch: EpochHook | None = None,
+    validating: bool = True,
 ) -> TrainResult:
-    """The epochs of a batch model already on ``device``; loads the best weights at the end."""
+    """The epochs of a batch model already on ``device``; loads the best weights at the end
+    (without ``validating``: every epoch, no score, the last weights kept)."""
     rng = np.random.default_rng(config.seed)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
-    best_state = _cpu_copy(model)
+    best_state = _cpu_copy(model) if validating else {}
     best_valid, best_epoch, seconds_to_best = -1.0, 0, 0.0
     history: list[EpochLog] = []
     stopped = "max_epochs"
@@ -215,12 +221,18 @@ def _epochs(
                 out_of_time = True
                 break
         # Rank 0 validates; every rank takes its score, so all stop at the same epoch.
-        valid = distributed.agreed_score(
-            validate(model, split, config.valid_metric) if rank == 0 else 0.0
+        valid = (
+            distributed.agreed_score(
+                validate(model, split, config.valid_metric) if rank == 0 else 0.0
+            )
+            if validating
+            else float("nan")
         )
         elapsed = time.perf_counter() - started
         history.append(EpochLog(epoch, float(np.mean(losses)) if losses else 0.0, valid, elapsed))
-        if valid > best_valid:
+        if not validating:
+            best_epoch, seconds_to_best = epoch, elapsed
+        elif valid > best_valid:
             best_valid, best_epoch, seconds_to_best = valid, epoch, elapsed
             best_state = _cpu_copy(model)
         bar.update(1)
@@ -255,7 +267,8 @@ def _epochs(
             stopped = "patience"
             break
     bar.close()
-    model.load_state_dict(best_state)
+    if validating:
+        model.load_state_dict(best_state)
     return TrainResult(
         epochs_run=len(history),
         best_epoch=best_epoch,
@@ -292,12 +305,17 @@ def _batches(
     raise ValueError(f"unknown batch kind {model.batch_kind!r}")
 
 
-def _fit(model: Recommender, split: Split, config: TrainConfig, started: float) -> TrainResult:
+def _fit(
+    model: Recommender, split: Split, config: TrainConfig, started: float, validating: bool = True
+) -> TrainResult:
     """Closed-form models: fit once, or let the model search its regularisation on validation
     (each value tried is an entry of the history, the model keeps the best)."""
     chosen: dict[str, float] = {}
     searched: list[dict[str, float]] = []
-    if getattr(model, "search", None) is not None and cast(Any, model).config.l2 is None:
+    if not validating:
+        model.fit(split.train)
+        history = [EpochLog(1, 0.0, float("nan"), 0.0)]
+    elif getattr(model, "search", None) is not None and cast(Any, model).config.l2 is None:
 
         def validate_as_it_stands() -> float:
             return validate(model, split, config.valid_metric)
@@ -315,7 +333,7 @@ def _fit(model: Recommender, split: Split, config: TrainConfig, started: float) 
         history = [EpochLog(1, 0.0, validate(model, split, config.valid_metric), 0.0)]
     seconds = time.perf_counter() - started
     history[-1].seconds = seconds
-    best = max(history, key=lambda log: log.valid)
+    best = history[-1] if not validating else max(history, key=lambda log: log.valid)
     model.eval()
     return TrainResult(
         epochs_run=len(history),

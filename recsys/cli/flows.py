@@ -54,6 +54,14 @@ def retrain(
         int,
         typer.Option(help="Processes that train each learned candidate together.", min=1, max=64),
     ] = 1,
+    refit: Annotated[
+        bool | None,
+        typer.Option(
+            "--refit/--no-refit",
+            help="Train a promoted candidate again on every event (held-out ones included) "
+            "and serve that. Default: RECSYS_REFIT.",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Run the Prefect retrain flow once and print its decision."""
@@ -68,6 +76,7 @@ def retrain(
             "budget_seconds": budget_seconds,
             "window_days": window_days,
             "nproc": nproc,
+            "refit": refit,
         },
     )
     if as_json:

@@ -2,7 +2,8 @@
 
 A split holds the training events and two :class:`EvalSet` s (validation, test). An eval set
 gives, per evaluated user, the history the model may read (everything before the targets, in
-time order) and the target items. No target of validation or test is ever a training event.
+time order) and the target items. No target of validation or test is ever a training event,
+except in a refit's split (:func:`with_every_event`), which nothing is measured on.
 """
 
 from __future__ import annotations
@@ -124,6 +125,23 @@ def sample_users(data: Split, max_users: int, *, seed: int = 0) -> Split:
         test=_subset(data.test, chosen),
         description=description,
     )
+
+
+def with_every_event(data: Split, snapshot: Snapshot) -> Split:
+    """``data`` with every event of ``snapshot`` (the one it was split from) in training.
+
+    For a refit (:func:`recsys.experiment.refit`): the held-out validation and test targets
+    train too, so nothing is left to measure on. ``valid`` and ``test`` stay as they were,
+    for the export's parity and index checks, which compare graphs and never score quality.
+    """
+    if snapshot.num_users != data.num_users or snapshot.num_items != data.num_items:
+        raise RecsysError("with_every_event needs the snapshot the split was made from")
+    _check_order(snapshot)
+    train = _train_set(
+        snapshot.user_idx, snapshot.item_idx, snapshot.occurred_at, snapshot.num_users
+    )
+    description = {**data.description, "refit": True, "train_events": len(snapshot.user_idx)}
+    return replace(data, train=train, description=description)
 
 
 def _subset(evals: EvalSet, users: Int32Array) -> EvalSet:

@@ -107,6 +107,27 @@ def evaluate_artifact(artifact: Artifact, data: Split, users: IdMap, items: IdMa
     )
 
 
+def measured_as(engine: Engine, version: int) -> int:
+    """The version whose artifact stands for ``version`` in the gate.
+
+    A refit (``training.refit_of``) has trained on the events held out for testing, and a
+    new snapshot's test targets include many of them (every user with no newer event): scored
+    itself it would look better than it is. Its measured run stands for it while that run's
+    artifact is servable; otherwise the refit itself does, and the comparison favours it.
+    """
+    record = get_version(engine, version)
+    twin = (record.training or {}).get("refit_of")
+    if twin is None:
+        return version
+    try:
+        measured = get_version(engine, int(twin))
+    except RegistryError:
+        return version
+    if measured.status != SERVABLE or measured.artifact_path is None:
+        return version
+    return measured.version
+
+
 def _is_popularity_baseline(family: str) -> bool:
     """Whether ``family``'s model class is the popularity baseline (its class flag)."""
     from recsys.models import spec  # torch: the gate needs it, evaluating an artifact does not
@@ -185,8 +206,11 @@ def gate(
         if champion is None:
             baseline_name, baseline = "popularity", popularity_baseline(data)
         else:
+            measured = measured_as(engine, champion)
             baseline_name = f"champion v{champion}"
-            baseline = evaluate_artifact(load_artifact(engine, champion), data, users, items)
+            if measured != champion:
+                baseline_name += f" (as measured: v{measured}, of which it is a refit)"
+            baseline = evaluate_artifact(load_artifact(engine, measured), data, users, items)
         comparison = compare(baseline, candidate, metric)
         wins = comparison["ci_low"] > margin
         verdict = "beats" if wins else "does not beat"

@@ -145,6 +145,7 @@ def _finalize(
                         "device",
                         "precision",
                         "split",
+                        "refit_of",
                     )
                 },
                 metrics=summary["metrics"],

@@ -233,3 +233,46 @@ def test_training_progress_reaches_the_run_logs_and_a_progress_artifact(
     assert lines[0].startswith("progress gru4rec: epoch 1/")
     assert "valid ndcg@10" in lines[0] and "s left of 30 s" in lines[0]
     assert artifacts and artifacts[0].type == "progress" and artifacts[0].data == 100.0
+
+
+def test_a_refit_trains_the_promoted_candidate_on_every_event_and_serves_it(
+    flow_home: dict[str, str],
+) -> None:
+    result = retrain_flow(models=["ease"], refit=True)
+    assert result["status"] == "promoted", result["reason"]
+    (row,) = result["candidates"]
+    measured = registry.get_version(engine(), row["version"])
+    refit = result["refit"]
+    assert refit["of"] == measured.version and "error" not in refit
+    champion = registry.get_version(engine(), result["champion_after"])
+    assert champion.version == refit["version"] != measured.version
+    assert result["reason"].startswith(f"v{champion.version} (ease, v{measured.version} refit")
+    assert champion.training is not None and champion.training["refit_of"] == measured.version
+    # Every event trains: the held-out validation and test targets too.
+    assert champion.training["split"]["train_events"] == 5000
+    assert measured.training is not None and measured.training["split"]["train_events"] < 5000
+    assert champion.params == measured.params  # EASE's chosen l2, not searched again
+    assert champion.metrics == measured.metrics  # what was measured stands for it
+    assert "refit: v" in Path(result["report_path"]).read_text()
+    # The next gate measures the champion through the run it is a refit of.
+    again = retrain_flow(models=["pop"], force=True, refit=True)
+    assert again["status"] == "kept" and again["refit"] is None
+    assert again["gate"]["baseline"] == (
+        f"champion v{champion.version} (as measured: v{measured.version}, of which it is a refit)"
+    )
+
+
+def test_a_failed_refit_leaves_the_gates_choice_champion(
+    flow_home: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def crash(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("out of memory while refitting")
+
+    monkeypatch.setattr(retrain_module, "refit_model", crash)
+    result = retrain_flow(models=["ease"], refit=True)
+    assert result["status"] == "promoted"
+    (row,) = result["candidates"]
+    assert result["champion_after"] == row["version"] == registry.alias_version(engine())
+    assert "out of memory while refitting" in result["refit"]["error"]
+    assert "its refit did not replace it" in result["reason"]
+    assert [r.version for r in registry.list_versions(engine())] == [row["version"]]

@@ -158,3 +158,68 @@ def test_model_names_default_and_refuse_unknown_families() -> None:
     with pytest.raises(RecsysError, match="unknown model 'nope'"):
         retrain.model_names(["ease", "nope"])
     assert retrain.train_threads(3) >= 1
+
+
+def test_a_refit_repeats_the_measured_run_on_every_event(engine: Engine, tmp_path: Path) -> None:
+    from recsys.experiment import refit
+    from recsys.registry.promotion import measured_as
+
+    populate(engine, tmp_path)
+    arts = tmp_path / "artifacts"
+    overrides = {**FAST, "max_epochs": 4, "patience": 100}
+    measured = train_and_evaluate(engine, "gru4rec", "loo", train_overrides=overrides)
+    gated = register_and_gate(engine, measured, artifacts_dir=arts, actor="test", gate=False)
+    registry.move_alias(
+        engine,
+        registry.CHAMPION,
+        gated.record.version,
+        expected=None,
+        action="promote",
+        actor="test",
+        reason="by hand",
+    )
+
+    again = refit(engine, measured, gated.record.version)
+    assert again.refit_of == gated.record.version and again.to_dict()["refit_of"] is not None
+    assert again.training.epochs_run == measured.training.best_epoch == again.training.best_epoch
+    assert len(again.split.train.user_idx) == len(measured.snapshot)  # held-out targets too
+    assert len(measured.split.train.user_idx) < len(measured.snapshot)
+    assert again.test is measured.test and again.training.best_valid == measured.training.best_valid
+    assert again.model is not measured.model
+
+    record = register_and_gate(engine, again, artifacts_dir=arts, actor="test", gate=False).record
+    summary = retrain.RetrainSummary("promoted", "v1 is the new champion")
+    adopted = retrain.adopt_refit(engine, summary, gated.record, record, actor="test")
+    assert adopted.champion_after == record.version == registry.alias_version(engine)
+    assert adopted.refit is not None and adopted.refit["of"] == gated.record.version
+    assert record.training is not None and record.training["refit_of"] == gated.record.version
+    assert measured_as(engine, record.version) == gated.record.version
+    assert measured_as(engine, gated.record.version) == gated.record.version
+    # Without a servable measured run, the refit stands for itself.
+    from sqlalchemy import update
+
+    from recsys.db.schema import model_versions_table
+
+    with engine.begin() as conn:
+        conn.execute(
+            update(model_versions_table)
+            .where(model_versions_table.c.version == gated.record.version)
+            .values(status="unservable")
+        )
+    assert measured_as(engine, record.version) == record.version
+
+
+def test_a_refit_that_cannot_serve_leaves_the_measured_version_champion(
+    engine: Engine, tmp_path: Path
+) -> None:
+    populate(engine, tmp_path)
+    arts = tmp_path / "artifacts"
+    ease = train_and_evaluate(engine, "ease", "loo", train_overrides=FAST)
+    gated = register_and_gate(engine, ease, artifacts_dir=arts, actor="test")
+    broken = replace(gated.record, version=gated.record.version + 1, status="unservable")
+    summary = retrain.RetrainSummary("promoted", f"v{gated.record.version} is the new champion")
+    kept = retrain.adopt_refit(engine, summary, gated.record, broken, actor="test")
+    assert kept.champion_after is None or kept.champion_after == gated.record.version
+    assert registry.alias_version(engine) == gated.record.version
+    assert kept.refit is not None and "unservable" in kept.refit["error"]
+    assert "its refit did not replace it" in kept.reason

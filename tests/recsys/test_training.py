@@ -273,3 +273,26 @@ def test_sampled_softmax_with_popularity_trains_on_cuda(
     result = train(model, small_split, replace(SMALL, max_epochs=2, device="cuda"))
     assert tables and all(t == {"cuda"} for t in tables)
     assert all(np.isfinite(e.loss) for e in result.history)
+
+
+def test_training_without_validation_runs_every_epoch_and_keeps_the_last_weights(
+    small_split: Split, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import recsys.training as training
+
+    def never(*args: object, **kwargs: object) -> float:
+        raise AssertionError("a refit must not validate")
+
+    monkeypatch.setattr(training, "validate", never)
+    model = _sasrec(small_split)
+    result = train(model, small_split, replace(SMALL, max_epochs=3, patience=1), validating=False)
+    assert result.epochs_run == result.best_epoch == 3 and result.stopped == "max_epochs"
+    assert model.training is False
+
+    from recsys.models.ease import EASEConfig
+
+    ease = build_model(
+        "ease", small_split.num_users, small_split.num_items, config=EASEConfig(l2=250.0)
+    )
+    fitted = train(ease, small_split, SMALL, validating=False)
+    assert fitted.epochs_run == 1 and fitted.chosen == {} and fitted.stopped == "fit"
