@@ -34,7 +34,7 @@ class GRU4RecConfig:
     # gSASRec's calibrated BCE on the same negatives (calibration gbce_t).
     loss: LossKind = "ce"
     num_negatives: int | None = None  # None: 1 per position for bce, 256 shared otherwise
-    sampler: Sampler = "uniform"  # how loss=sampled draws its negatives: or "popularity"
+    sampler: Sampler = "uniform"  # how loss=sampled draws: or "popularity", "mixed"
     gbce_t: float = DEFAULT_GBCE_T
 
 

@@ -9,6 +9,13 @@
   Negatives come uniformly from 1..I or by popularity (training count + 1); popularity-drawn
   negatives get the log-Q correction ``logit - log(q_j)``, q_j the chance to draw item j. A
   negative equal to a position's target is masked out of that position's softmax.
+  ``mixed`` adds the batch's own targets (each once) to ``num_negatives`` uniform ones: mixed
+  negative sampling (Yang et al., "Mixed Negative Sampling for Learning Two-tower Neural
+  Networks in Recommendations", WWW 2020). The targets are hard negatives drawn by
+  popularity for free; every negative's logit is corrected by the log of its expected count
+  in the set, ``K / I + 1 - (1 - p_j)^N`` for N positions and training popularity p_j. The
+  logits are (N, 1 + K + U) with U <= N distinct targets: they grow with the batch, never
+  with the catalogue.
 - ``gbce``: gSASRec's generalised BCE (Petrov & Macdonald, RecSys 2023) on the same shared
   uniform negatives: the positive's log-sigmoid is raised to the power
   ``beta = alpha * (t * (1 - 1/alpha) + 1/alpha)``, alpha = K / (I - 1), which undoes the
@@ -32,7 +39,7 @@ from recsys.data.splits import TrainSet
 from recsys.errors import RecsysError
 
 LossKind = Literal["ce", "bce", "sampled", "gbce"]
-Sampler = Literal["uniform", "popularity"]
+Sampler = Literal["uniform", "popularity", "mixed"]
 # Negatives when ``num_negatives`` is not set: one per position for bce, as in the SASRec
 # paper; 256 shared per batch for sampled and gbce (gSASRec's setting).
 DEFAULT_NEGATIVES = {"bce": 1, "sampled": 256, "gbce": 256}
@@ -60,14 +67,14 @@ class LossSpec:
     def check(self, num_items: int) -> None:
         if self.kind not in ("ce", "bce", "sampled", "gbce"):
             raise RecsysError(f"unknown loss {self.kind!r}: use ce, bce, sampled or gbce")
-        if self.sampler not in ("uniform", "popularity"):
-            raise RecsysError(f"unknown sampler {self.sampler!r}: use uniform or popularity")
+        if self.sampler not in ("uniform", "popularity", "mixed"):
+            raise RecsysError(f"unknown sampler {self.sampler!r}: use uniform, popularity or mixed")
         if self.num_negatives is not None and self.num_negatives < 1:
             raise RecsysError(f"num_negatives must be at least 1, got {self.num_negatives}")
-        if self.sampler == "popularity" and self.kind != "sampled":
+        if self.sampler != "uniform" and self.kind != "sampled":
             raise RecsysError(
-                f"sampler=popularity is for loss=sampled (its log-Q correction); loss={self.kind} "
-                "draws uniform negatives"
+                f"sampler={self.sampler} is for loss=sampled (its log-Q correction); "
+                f"loss={self.kind} draws uniform negatives"
             )
         if self.kind == "gbce" and not 0.0 <= self.gbce_t <= 1.0:
             raise RecsysError(f"gbce_t must be within [0, 1], got {self.gbce_t}")
@@ -90,8 +97,10 @@ class NextItemLoss(nn.Module):
         self.num_negatives = spec.negatives()
         self.cdf: Tensor
         self.log_q: Tensor
+        self.q: Tensor
         self.register_buffer("cdf", torch.zeros(0, dtype=torch.float64), persistent=False)
         self.register_buffer("log_q", torch.zeros(0), persistent=False)
+        self.register_buffer("q", torch.zeros(0, dtype=torch.float64), persistent=False)
 
     def set_popularity(self, counts: Tensor) -> None:
         """Draw negatives in proportion to ``counts + 1`` (I,), the items' training counts."""
@@ -102,10 +111,11 @@ class NextItemLoss(nn.Module):
         device = self.log_q.device
         self.cdf = torch.cumsum(q, 0).to(device)
         self.log_q = torch.log(q).to(torch.float32).to(device)
+        self.q = q.to(device)
 
     def prepare(self, train: TrainSet) -> None:
-        """Popularity tables from the training events, when negatives are drawn by popularity."""
-        if self.spec.sampler == "popularity":
+        """Popularity tables from the training events, for the popularity and mixed samplers."""
+        if self.spec.sampler in ("popularity", "mixed"):
             counts = np.bincount(train.item_idx, minlength=self.num_items + 1)[1:]
             self.set_popularity(torch.from_numpy(counts[: self.num_items]))
 
@@ -119,6 +129,18 @@ class NextItemLoss(nn.Module):
             picked = torch.searchsorted(self.cdf, u, right=True)
             return picked.clamp(max=self.num_items - 1) + 1
         return torch.randint(1, self.num_items + 1, (k,), device=device)
+
+    def with_targets(self, uniform: Tensor, positives: Tensor) -> tuple[Tensor, Tensor]:
+        """The mixed sampler's negatives: ``uniform`` (K,) and the distinct ``positives``,
+        with the log of each one's expected count in that set (see the module docstring)."""
+        if self.q.numel() != self.num_items:
+            raise RuntimeError("the mixed sampler needs prepare() or set_popularity()")
+        targets = torch.unique(positives)  # (U,)
+        negatives = torch.cat([uniform, targets])
+        p = self.q[negatives - 1]
+        in_batch = -torch.expm1(len(positives) * torch.log1p(-p))  # 1 - (1 - p)^N
+        expected = len(uniform) / self.num_items + in_batch
+        return negatives, torch.log(expected).to(torch.float32)
 
     def forward(
         self,
@@ -145,7 +167,11 @@ class NextItemLoss(nn.Module):
         negatives = self.draw(hidden.device)  # (K,)
         states, positives = hidden[keep], target[keep]  # (N, D), (N,)
         if kind == "sampled":
-            log_q = self.log_q[negatives - 1] if self.spec.sampler == "popularity" else None
+            log_q = None
+            if self.spec.sampler == "popularity":
+                log_q = self.log_q[negatives - 1]
+            elif self.spec.sampler == "mixed":
+                negatives, log_q = self.with_targets(negatives, positives)
             return sampled_softmax_loss(states, positives, negatives, item_weight, item_bias, log_q)
         return gbce_loss(
             states, positives, negatives, item_weight, self.num_items, self.spec.gbce_t, item_bias

@@ -227,3 +227,24 @@ def test_bce_takes_num_negatives_per_position() -> None:
     neg = (hidden.unsqueeze(1) * weight[negatives]).sum(-1)
     expected = F.softplus(-pos).mean() + F.softplus(neg).sum(-1).mean()
     assert value.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_mixed_negatives_add_the_batchs_targets_with_their_expected_counts() -> None:
+    objective = NextItemLoss(LossSpec("sampled", 3, "mixed"), num_items=4)
+    positives = torch.tensor([2, 1, 2, 4, 1])
+    with pytest.raises(RuntimeError, match="prepare"):
+        objective.with_targets(torch.tensor([1, 3, 3]), positives)
+    objective.prepare(_train_set([[1, 1, 1, 1, 1, 1], [1, 2, 2, 3]]))  # counts 7, 2, 1, 0
+    negatives, log_q = objective.with_targets(torch.tensor([1, 3, 3]), positives)
+    assert negatives.tolist() == [1, 3, 3, 1, 2, 4]  # the uniform draw, then each target once
+    p = (np.array([8, 3, 2, 1]) / 14)[negatives.numpy() - 1]
+    expected = 3 / 4 + 1 - (1 - p) ** len(positives)
+    np.testing.assert_allclose(log_q.numpy(), np.log(expected), rtol=1e-5)
+    # Through the loss: finite, differentiable, each row's own target masked out of its negatives.
+    weight = _weights(4).requires_grad_()
+    hidden = _states(5)
+    loss = objective(hidden, positives, weight)
+    loss.backward()
+    assert torch.isfinite(loss) and weight.grad is not None and torch.isfinite(weight.grad).all()
+    with pytest.raises(RecsysError, match="sampler=mixed is for loss=sampled"):
+        LossSpec("gbce", sampler="mixed").check(4)
