@@ -91,15 +91,19 @@ class Plan:
     # newest picks (held out by leave-one-out, and right after a shift often the only picks
     # of the new taste) included, and that refit serves.
     refit: bool = True
+    # RECSYS_RECENCY_HALF_LIFE_DAYS, in seconds: scaled to the run like the drift windows
+    # (the run lasts minutes); None trains every event alike.
+    half_life_s: float | None = 40.0
 
     def report(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-# The recent window spans 20 windows: the monitor trips once most of it is past the shift,
-# when users have made a few picks under the new taste. A retrain sooner learns little of it:
-# the leave-one-out split holds out each user's last two events, which are then the only
-# picks most users made since the shift.
+# The recent window spans 20 windows: the monitor trips once enough of it is past the shift,
+# 12 to 40 s after it in the runs so far, when users have made one to three picks each under
+# the new taste. The retrain learns that taste from those picks: the refit trains on them all
+# (leave-one-out holds out each user's last two, then often their only new ones), and the
+# recency weights keep the minute of picks before the shift from outweighing them.
 FULL = Plan(
     window=100, pace=2.0, organic=1000, shift_at=30, fraction=0.7, drift_window_s=40.0,
     baseline_s=20.0, min_samples=300, monitor_every=2.0, after=25, give_up=120,
@@ -118,6 +122,8 @@ def plan_for(args: Any) -> Plan:
         plan = _replace(plan, organic=args.organic)
     if args.no_refit:
         plan = _replace(plan, refit=False)
+    if args.half_life is not None:
+        plan = _replace(plan, half_life_s=args.half_life or None)
     return plan
 
 
@@ -276,6 +282,11 @@ def run_drift(args: Any) -> None:
             "RECSYS_DRIFT_COOLDOWN_SECONDS": str(plan.cooldown_s),
             "RECSYS_TRAIN_WINDOW_DAYS": str(plan.train_window_days),
             "RECSYS_REFIT": "true" if plan.refit else "false",
+            **(
+                {"RECSYS_RECENCY_HALF_LIFE_DAYS": f"{plan.half_life_s / 86_400:.9f}"}
+                if plan.half_life_s
+                else {}
+            ),
             "PREFECT_HOME": str(prefect_home),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_UI_ENABLED": "false",
@@ -739,7 +750,19 @@ def report(
         "new champion up at its next poll (RECSYS_POLL_SECONDS=1). The retrain trains on the "
         f"events of the last {plan.train_window_days:g} days (RECSYS_TRAIN_WINDOW_DAYS): the "
         "history spans the 60 days before the run, so that is its newest eighth and every "
-        "event of the run; the users' whole histories still feed the served lists.",
+        "event of the run; the users' whole histories still feed the served lists. "
+        + (
+            "The gate's winner is refit on every event of that window (RECSYS_REFIT: the users' "
+            "newest picks, held out by leave-one-out, included) and the refit serves. "
+            if plan.refit
+            else "The gate's winner serves as measured (no refit). "
+        )
+        + (
+            f"Each user-item pair weighs 0.5 ** (age / {plan.half_life_s:g} s) in EASE "
+            "(RECSYS_RECENCY_HALF_LIFE_DAYS, scaled to the run like the drift windows)."
+            if plan.half_life_s
+            else "Every pair weighs the same (no recency half-life)."
+        ),
         "Interest wears out: clicks and organic picks are excluded from later lists, so the "
         "oracle's rate moves too; expected / oracle is the champion's share of what was "
         "possible, which the shift lowers and the retrain should restore. 'old champion' is "

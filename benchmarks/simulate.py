@@ -113,6 +113,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="--drift: serve the retrain's measured EASE, not its refit on every event",
     )
+    parser.add_argument(
+        "--half-life",
+        type=float,
+        help="--drift: the retrain's recency half-life in seconds (default 40; 0: none)",
+    )
     args = parser.parse_args(argv)
     defaults = QUICK if args.quick else FULL
     for name, value in defaults.items():

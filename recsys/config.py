@@ -93,6 +93,16 @@ class Settings(BaseSettings):
             "all events",
         ),
     )
+    recency_half_life_days: float | None = Field(
+        default=None,
+        gt=0,
+        json_schema_extra=_doc(
+            "models that can weigh their training events by recency (EASE) weigh each "
+            "user-item pair by 0.5 ** (age / N days), its age counted to the newest training "
+            "event; `recsys train --set half_life_days=...` wins",
+            "every event weighs the same",
+        ),
+    )
     refit: bool = Field(
         default=False,
         json_schema_extra=_doc(

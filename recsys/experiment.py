@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from sqlalchemy import Engine
 
+from recsys.config import get_settings
 from recsys.data.extract import Snapshot, extract, window_start
 from recsys.data.features import SideInfo
 from recsys.data.splits import Protocol, Split, sample_users, split, with_every_event
@@ -84,6 +85,15 @@ def side_features(engine: Engine, snapshot: Snapshot, data: Split) -> SideInfo:
     return side_info(catalogue, data.train, data.num_users, data.num_items)
 
 
+def with_recency(model_config: Any, days: float | None = None) -> Any:
+    """``model_config`` with the ``recency_half_life_days`` setting (or ``days``) where the
+    family weighs events by recency (a ``half_life_days`` field) and none was chosen."""
+    days = days if days is not None else get_settings().recency_half_life_days
+    if days is None or getattr(model_config, "half_life_days", days) is not None:
+        return model_config
+    return replace(model_config, half_life_days=days)
+
+
 def evaluate_on_test(model: Recommender, data: Split, device: str | None = "cpu") -> EvalResult:
     """Test metrics of ``model``, scored on ``device`` (the model is left where it was)."""
     with placed(model, resolve_device(device)):
@@ -137,7 +147,7 @@ def train_and_evaluate(
         )
     side = side_features(engine, snapshot, data) if model_spec.model.uses_side_features else None
     tuned_config, tuned_train = split_params(name, tuned.params) if tuned else (None, {})
-    model_config = model_config or tuned_config or model_spec.config()
+    model_config = with_recency(model_config or tuned_config or model_spec.config())
     config = train_config_with(
         model_spec.train_defaults, {**tuned_train, **(train_overrides or {})}
     )

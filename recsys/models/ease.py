@@ -45,6 +45,9 @@ class EASEConfig:
     l2: float | None = None
     l2_min: float = 1.0
     l2_max: float = 1e5
+    # Recency: a (user, item) pair weighs 0.5 ** (age / half-life) in X instead of 1, its age
+    # taken from its newest event to the newest training event. None: every pair weighs 1.
+    half_life_days: float | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,8 @@ class EASE(Recommender):
             raise ValueError(
                 f"EASE needs 0 < l2_min < l2_max, got {config.l2_min}, {config.l2_max}"
             )
+        if config.half_life_days is not None and not config.half_life_days > 0:
+            raise ValueError(f"EASE needs half_life_days > 0, got {config.half_life_days}")
         self.weights: Tensor
         # Row 0 is the padding item and stays zero, so padded positions add nothing.
         self.register_buffer("weights", torch.zeros(num_items + 1, num_items))  # (I + 1, I)
@@ -121,7 +126,9 @@ class EASE(Recommender):
         """
         started = time.perf_counter()
         with torch.no_grad():
-            system = _GRAM_CACHE.get(train, self.num_users, self.num_items).clone()  # (I, I)
+            system = _GRAM_CACHE.get(
+                train, self.num_users, self.num_items, self._half_life_ms()
+            ).clone()  # (I, I)
             l2 = self.config.l2 if self.config.l2 is not None else start_l2(system)
             self.set_regularization(l2)
             system.diagonal().add_(l2)
@@ -167,7 +174,9 @@ class EASE(Recommender):
             return valid
 
         with torch.no_grad():
-            start = SEARCH_START * start_l2(_GRAM_CACHE.get(train, self.num_users, self.num_items))
+            start = SEARCH_START * start_l2(
+                _GRAM_CACHE.get(train, self.num_users, self.num_items, self._half_life_ms())
+            )
             chosen = log_search(
                 measure, start, self.config.l2_min, self.config.l2_max, tolerance=SEARCH_TOLERANCE
             )
@@ -182,6 +191,10 @@ class EASE(Recommender):
             time.perf_counter() - started,
         )
         return trials
+
+    def _half_life_ms(self) -> float | None:
+        days = self.config.half_life_days
+        return None if days is None else days * 86_400_000.0
 
     def _set_weights(self, precision: Tensor) -> None:
         """B = I - P diag(1 / diag(P)) from P (overwritten): B[i, j] = -P[i, j] / P[j, j]."""
@@ -293,25 +306,36 @@ def _parabola_vertex(*points: tuple[float, float]) -> float | None:
     return b - 0.5 * numerator / denominator
 
 
-def gram(train: TrainSet, num_users: int, num_items: int) -> Tensor:
-    """XᵀX (I, I) float32 of the binary user-item matrix X of the training events.
+def gram(
+    train: TrainSet, num_users: int, num_items: int, half_life_ms: float | None = None
+) -> Tensor:
+    """XᵀX (I, I) float32 of the user-item matrix X of the training events.
 
+    X is binary, or with ``half_life_ms`` each pair's entry is 0.5 ** (age / half-life), the
+    age of its newest event before the newest training event (recent taste weighs more).
     Xᵀ is kept sparse and multiplied by dense column blocks of X, so memory stays at the
     (I, I) result plus one (U, chunk) block whatever the number of events.
     """
     users = train.user_idx.astype(np.int64)
     items = train.item_idx.astype(np.int64) - 1  # column j is item index j + 1
-    pairs = np.unique(users * num_items + items)  # repeated events count once
+    keys = users * num_items + items
+    pairs = np.unique(keys)  # repeated events count once
+    values = np.ones(len(pairs), dtype=np.float32)
+    if half_life_ms is not None and len(keys):
+        times = train.occurred_at.astype(np.float64)
+        newest = np.full(len(pairs), -np.inf)
+        np.maximum.at(newest, np.searchsorted(pairs, keys), times)
+        values = np.exp2(-(times.max() - newest) / half_life_ms).astype(np.float32)
     users, items = pairs // num_items, pairs % num_items  # sorted by user, then item
     rows = num_users + 1
     transposed = torch.sparse_coo_tensor(
         torch.from_numpy(np.stack([items, users])),
-        torch.ones(len(pairs), dtype=torch.float32),
+        torch.from_numpy(values),
         (num_items, rows),
         check_invariants=False,
     ).coalesce()  # (I, U)
     by_item = np.argsort(items, kind="stable")
-    items, users = items[by_item], users[by_item]
+    items, users, values = items[by_item], users[by_item], values[by_item]
     chunk = max(64, min(_GRAM_CHUNK, _BLOCK_FLOATS // rows))
     starts = np.arange(0, num_items, chunk)
     bounds = np.searchsorted(items, np.append(starts, num_items))
@@ -320,7 +344,9 @@ def gram(train: TrainSet, num_users: int, num_items: int) -> Tensor:
         stop = min(start + chunk, num_items)
         block = torch.zeros((rows, stop - start), dtype=torch.float32)  # (U, chunk)
         first, last = bounds[k], bounds[k + 1]
-        block[torch.from_numpy(users[first:last]), torch.from_numpy(items[first:last] - start)] = 1
+        block[torch.from_numpy(users[first:last]), torch.from_numpy(items[first:last] - start)] = (
+            torch.from_numpy(values[first:last])
+        )
         out[:, start:stop] = torch.sparse.mm(transposed, block)
     return out
 
@@ -334,17 +360,20 @@ class _GramCache:
 
     def __init__(self) -> None:
         self._source: weakref.ref[TrainSet] | None = None
-        self._shape: tuple[int, int] = (0, 0)
+        self._key: tuple[int, int, float | None] = (0, 0, None)
         self._gram: Tensor | None = None
 
-    def get(self, train: TrainSet, num_users: int, num_items: int) -> Tensor:
+    def get(
+        self, train: TrainSet, num_users: int, num_items: int, half_life_ms: float | None = None
+    ) -> Tensor:
         source = self._source() if self._source is not None else None
-        if source is train and self._shape == (num_users, num_items) and self._gram is not None:
+        key = (num_users, num_items, half_life_ms)
+        if source is train and self._key == key and self._gram is not None:
             return self._gram
         self.clear()
-        result = gram(train, num_users, num_items)
+        result = gram(train, num_users, num_items, half_life_ms)
         self._source = weakref.ref(train, self._forget)
-        self._shape = (num_users, num_items)
+        self._key = key
         self._gram = result
         return result
 

@@ -296,3 +296,17 @@ def test_training_without_validation_runs_every_epoch_and_keeps_the_last_weights
     )
     fitted = train(ease, small_split, SMALL, validating=False)
     assert fitted.epochs_run == 1 and fitted.chosen == {} and fitted.stopped == "fit"
+
+
+def test_the_recency_setting_reaches_the_families_that_weigh_events_by_recency(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from recsys.experiment import with_recency
+    from recsys.models.ease import EASEConfig
+
+    assert with_recency(EASEConfig()).half_life_days is None  # unset: every event alike
+    monkeypatch.setenv("RECSYS_RECENCY_HALF_LIFE_DAYS", "3.5")
+    assert with_recency(EASEConfig()).half_life_days == 3.5
+    assert with_recency(EASEConfig(half_life_days=1.0)).half_life_days == 1.0  # --set wins
+    sasrec = SASRecConfig(max_len=30)
+    assert with_recency(sasrec) is sasrec  # no half-life to take

@@ -225,6 +225,34 @@ def test_ease_gram_in_column_blocks_equals_dense(monkeypatch: pytest.MonkeyPatch
     np.testing.assert_array_equal(gram, x.T @ x)
 
 
+def test_ease_gram_weighs_each_pair_by_the_recency_of_its_newest_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ease_module, "_GRAM_CHUNK", 7)
+    base = block_world()
+    rng = np.random.default_rng(3)
+    times = rng.integers(0, 10_000, len(base.user_idx)).astype(np.int64)
+    # A repeated pair: its newest event decides its weight.
+    users = np.append(base.user_idx, base.user_idx[0]).astype(np.int32)
+    items = np.append(base.item_idx, base.item_idx[0]).astype(np.int32)
+    times = np.append(times, 10_000)
+    train = TrainSet(users, items, times, Ragged.from_groups(users, items, NUM_USERS + 1))
+    half_life = 2_500.0
+    gram = ease_module.gram(train, NUM_USERS, NUM_ITEMS, half_life).numpy()
+    x = np.zeros((NUM_USERS + 1, NUM_ITEMS))
+    for u, i, t in zip(users, items, times, strict=True):
+        x[u, i - 1] = max(x[u, i - 1], 0.5 ** ((times.max() - t) / half_life))
+    assert x[users[0], items[0] - 1] == 1.0
+    np.testing.assert_allclose(gram, x.T @ x, rtol=1e-5, atol=1e-6)
+    # Through the model: the config's half-life in days, a fit that uses it.
+    model = EASE(EASEConfig(l2=10.0, half_life_days=half_life / 86_400_000), NUM_USERS, NUM_ITEMS)
+    model.fit(train)
+    expected = ease_reference(x, 10.0)
+    np.testing.assert_allclose(model.weights.numpy()[1:], expected, rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="half_life_days > 0"):
+        EASE(EASEConfig(half_life_days=0.0), NUM_USERS, NUM_ITEMS)
+
+
 def test_ease_rejects_a_non_positive_l2() -> None:
     with pytest.raises(ValueError, match="l2 > 0"):
         EASE(EASEConfig(l2=0.0), NUM_USERS, NUM_ITEMS)
