@@ -464,7 +464,8 @@ def world(
         return details
     started = time.perf_counter()
     try:
-        served = measure_serving(url, home, args.serve_seconds, label, args.serve_workers)
+        workers = args.serve_workers if label == "main" else args.big_serve_workers
+        served = measure_serving(url, home, args.serve_seconds, label, workers)
     except RuntimeError as exc:
         served = {"skipped": f"the service failed: {exc}"}
     details["serving"] = served
@@ -638,7 +639,8 @@ def report(
         "of a stage inside the train-evaluate-register process, which holds the snapshot and "
         "the split from the stages before); serve: the sum of the server processes' peaks; "
         "the service runs as `recsys serve --workers N` would, N = --serve-workers (default: "
-        "one per core)",
+        "one per core) for the main world and --big-serve-workers (default 1) for the "
+        "1M-item one",
         "batch scoring, two ratios against the "
         f"{matmul['gflops']:.0f} GFLOP/s measured for a float32 square matmul in this run: "
         "(1) scoring: the flops of SASRec's forward pass for every user (the encoder over each "
@@ -683,6 +685,14 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=os.cpu_count() or 1,
         help="service workers (default: one per core, as the README advises)",
+    )
+    parser.add_argument(
+        "--big-serve-workers",
+        type=int,
+        default=1,
+        help="service workers of the 1M-item world (default 1: each worker holds its own "
+        "1M-item model, item vectors and index, 2.3 GB, and two of them share the cores with "
+        "the load generator)",
     )
     parser.add_argument("--matmul-size", type=int, default=4096)
     parser.add_argument("--ann-min-items", type=int, default=None)
