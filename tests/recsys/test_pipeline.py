@@ -140,6 +140,7 @@ def test_retrain_steps_fail_skip_conclude_and_report(engine: Engine, tmp_path: P
         "service_reload",
         "online",
         "settings",
+        "refit",
     }
     # Which settings each candidate trained with, in the report.
     found = {"ease": None}
