@@ -21,12 +21,21 @@
   ``beta = alpha * (t * (1 - 1/alpha) + 1/alpha)``, alpha = K / (I - 1), which undoes the
   overconfidence that sampling negatives gives BCE; ``t`` = 1 is fully calibrated, 0 is BCE.
 
+The BCE losses (``bce`` and ``gbce``) add ``-log(K)`` to every logit they score
+(:func:`base_rate_offset`): one positive among 1 + K candidates starts at its base rate. The
+same constant on every item changes no ranking, so scoring and export never see it. Without it
+a model starts with logits near 0, where the K negatives' push (sigmoid 0.5 each) outweighs
+the positive's K-fold, and every hidden state collapses to one vector that scores all items
+alike: on Amazon Toys at K = 256, gbce stayed at validation NDCG@10 0.002 and stopped on
+patience, and bce waited seven epochs before it moved (benchmarks/README.md).
+
 Every loss is a mean over the positions with a target (``target > 0``). Random draws use
 torch's generator on the hidden states' device, so runs are seeded by ``torch.manual_seed``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -226,8 +235,9 @@ def sampled_bce_loss(
     negatives = torch.randint(
         1, num_items + 1, (positives.shape[0], num_negatives), device=target.device
     )  # (N, K)
-    pos_logits = (states * item_weight[positives]).sum(-1)  # (N,)
-    neg_logits = (states.unsqueeze(1) * item_weight[negatives]).sum(-1)  # (N, K)
+    offset = base_rate_offset(num_negatives)
+    pos_logits = (states * item_weight[positives]).sum(-1) + offset  # (N,)
+    neg_logits = (states.unsqueeze(1) * item_weight[negatives]).sum(-1) + offset  # (N, K)
     if item_bias is not None:
         pos_logits = pos_logits + item_bias[positives]
         neg_logits = neg_logits + item_bias[negatives]
@@ -285,6 +295,12 @@ def sampled_softmax_loss(
     return torch.logsumexp(logits, dim=1).sub(pos_logits).mean()
 
 
+def base_rate_offset(num_negatives: int) -> float:
+    """What the BCE losses add to every logit: ``-log(K)``, so that a model's first scores
+    put one positive among 1 + K candidates near its base rate (0 for SASRec's one negative)."""
+    return -math.log(num_negatives)
+
+
 def gbce_beta(num_negatives: int, num_items: int, t: float) -> float:
     """gSASRec's beta for K negatives out of I items at calibration ``t``."""
     alpha = num_negatives / (num_items - 1)
@@ -303,9 +319,12 @@ def gbce_loss(
     """gBCE per position: ``-(beta * log sigmoid(s+) + sum_k log(1 - sigmoid(s_k))) / (1 + K)``.
 
     The mean over the 1 + K terms of a position follows gSASRec's code; a negative equal to
-    the row's target is left out (its term is zero).
+    the row's target is left out (its term is zero). Every logit is shifted by
+    :func:`base_rate_offset` first.
     """
     pos_logits, neg_logits = _pair_logits(states, positives, negatives, item_weight, item_bias)
+    offset = base_rate_offset(len(negatives))
+    pos_logits, neg_logits = pos_logits + offset, neg_logits + offset
     beta = gbce_beta(len(negatives), num_items, t)
     collide = negatives.unsqueeze(0) == positives.unsqueeze(1)  # (N, K)
     neg_terms = F.softplus(neg_logits).masked_fill(collide, 0.0).sum(1)  # -log(1 - sigmoid)
