@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from typing import Any
@@ -154,14 +155,7 @@ def train_and_evaluate(
     build = partial(
         build_model, name, data.num_users, data.num_items, side=side, config=model_config
     )
-    torch.manual_seed(config.seed)  # the initial weights belong to the seeded run too
-    model = build()
-    if nproc > 1 and model.batch_kind != "fit":
-        state, result = train_parallel(train, build, data, config, nproc)
-        model.load_state_dict(state)
-        model.eval()
-    else:
-        result = train(model, data, config)  # the model comes back on the CPU
+    model, result = _train_built(build, data, config, nproc)
     test = evaluate_on_test(model, data, result.device)
     return Outcome(
         name=name,
@@ -176,6 +170,28 @@ def train_and_evaluate(
         seconds=time.perf_counter() - started,
         tuned=None if tuned is None else tuned.to_dict(),
     )
+
+
+def _train_built(
+    build: Callable[[], Recommender],
+    data: Split,
+    config: TrainConfig,
+    nproc: int,
+    *,
+    validating: bool = True,
+) -> tuple[Recommender, TrainResult]:
+    """A model from ``build`` (seeded by ``config.seed``, its initial weights part of the run)
+    trained in ``nproc`` processes when it trains by batches, else in this one; it comes
+    back on the CPU."""
+    torch.manual_seed(config.seed)
+    model = build()
+    if nproc > 1 and model.batch_kind != "fit":
+        loop = partial(train, validating=validating)
+        state, result = train_parallel(loop, build, data, config, nproc)
+        model.load_state_dict(state)
+        model.eval()
+        return model, result
+    return model, train(model, data, config, validating=validating)
 
 
 def refit(
@@ -212,14 +228,7 @@ def refit(
     build = partial(
         build_model, outcome.name, data.num_users, data.num_items, side=side, config=model_config
     )
-    torch.manual_seed(config.seed)
-    model = build()
-    if nproc > 1 and model.batch_kind != "fit":
-        state, result = train_parallel(partial(train, validating=False), build, data, config, nproc)
-        model.load_state_dict(state)
-        model.eval()
-    else:
-        result = train(model, data, config, validating=False)
+    model, result = _train_built(build, data, config, nproc, validating=False)
     logger.info(
         "%s refit on %d events (v%d trained on %d): %d epochs, %.1f s",
         outcome.name,
