@@ -211,14 +211,17 @@ def models_list(
         return
     typer.echo(
         f"{'version':>7}  {'family':<8} {'status':<10} {'aliases':<10} {'protocol':<8} "
-        f"{'ndcg@10':>8} {'hr@10':>7}  {'created (UTC)':<19}  snapshot"
+        f"{'ndcg@10':>8} {'hr@10':>7}  {'created (UTC)':<19}  {'snapshot':<12}  lineage"
     )
     for r in records:
         ndcg, hr = r.metric("ndcg@10"), r.metric("hr@10")
+        # A refit carries its measured run's metrics: the lineage column says whose.
+        lineage = "-" if r.refit_of is None else f"refit of v{r.refit_of}"
         typer.echo(
             f"{r.version:>7}  {r.family:<8} {r.status:<10} {','.join(r.aliases) or '-':<10} "
             f"{r.protocol or '-':<8} {fmt(ndcg):>8} {fmt(hr):>7}  "
-            f"{r.created_at.strftime('%Y-%m-%d %H:%M:%S')}  {(r.snapshot_digest or '-')[:12]}"
+            f"{r.created_at.strftime('%Y-%m-%d %H:%M:%S')}  "
+            f"{(r.snapshot_digest or '-')[:12]:<12}  {lineage}"
         )
 
 

@@ -116,11 +116,11 @@ def measured_as(engine: Engine, version: int) -> int:
     artifact is servable; otherwise the refit itself does, and the comparison favours it.
     """
     record = get_version(engine, version)
-    twin = (record.training or {}).get("refit_of")
+    twin = record.refit_of
     if twin is None:
         return version
     try:
-        measured = get_version(engine, int(twin))
+        measured = get_version(engine, twin)
     except RegistryError:
         return version
     if measured.status != SERVABLE or measured.artifact_path is None:

@@ -80,6 +80,12 @@ class ModelRecord:
             **{f.name: values[f.name] for f in fields(cls) if f.name != "aliases"}, aliases=aliases
         )
 
+    @property
+    def refit_of(self) -> int | None:
+        """The measured version this one repeats on every event, if it is a refit."""
+        twin = (self.training or {}).get("refit_of")
+        return None if twin is None else int(twin)
+
     def metric(self, name: str = DEFAULT_METRIC) -> float | None:
         if not self.metrics or name not in self.metrics:
             return None

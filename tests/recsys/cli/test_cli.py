@@ -262,6 +262,31 @@ def test_cli_train_registers_then_models_list_show_promote_rollback(
     table = runner.invoke(app, ["models", "list"])
     assert "champion" in table.stdout and "ease" in table.stdout
 
+    # A refit carries its measured run's metrics; the listing says whose they are.
+    from sqlalchemy import update
+
+    from recsys.db.engine import create_engine
+    from recsys.db.schema import model_versions_table
+
+    store = create_engine(recsys_env["RECSYS_DATABASE_URL"])
+    with store.begin() as conn:
+        training = (
+            conn.execute(model_versions_table.select().where(model_versions_table.c.version == 2))
+            .one()
+            ._mapping["training"]
+        )
+        conn.execute(
+            update(model_versions_table)
+            .where(model_versions_table.c.version == 2)
+            .values(training={**training, "refit_of": 1})
+        )
+    store.dispose()
+    rows = {
+        line.split()[0]: line for line in runner.invoke(app, ["models", "list"]).stdout.splitlines()
+    }
+    assert rows["2"].endswith("refit of v1") and rows["1"].endswith("-")
+    assert rows["version"].endswith("lineage")
+
     shown = _json_ok("models", "show", "2")
     assert shown["family"] == "pop" and shown["gate"]["diff"] < 0
     assert shown["snapshot"]["num_interactions"] == 4000 and shown["onnx_sha256"]
