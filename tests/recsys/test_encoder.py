@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from recsys.ann import MIN_RECALL, IndexParams, ItemIndex, exact_top, recall
+from recsys.ann import MIN_RECALL, TUNE_RECALL, IndexParams, ItemIndex, exact_top, recall
 from recsys.artifacts import ENCODER_FILE, ONNX_FILE
 from recsys.data.splits import EvalSet, Ragged
 from recsys.encoder import check_retrieval, encoded_users, export_encoder, tuned, uses_index
@@ -137,9 +137,9 @@ def test_registration_searches_more_cells_until_the_validation_users_top10_is_fo
     assert queries.shape == (50, items.shape[1])
     wider = tuned(narrow, items, queries)
     assert 1 < wider.params.probes <= 30 and wider.params.lists == 30
-    assert recall(wider.search(queries, 10)[0], exact_top(items, queries, 10)) >= MIN_RECALL
+    truth = exact_top(items, queries, 10)
+    # The tuning bar sits above the serving floor, which the test users' recall must keep.
+    assert TUNE_RECALL > MIN_RECALL
+    assert recall(wider.search(queries, 10)[0], truth) >= TUNE_RECALL
     fewer = wider.params.probes // 2  # the one before it was not enough
-    assert (
-        recall(narrow.with_probes(fewer).search(queries, 10)[0], exact_top(items, queries, 10))
-        < MIN_RECALL
-    )
+    assert recall(narrow.with_probes(fewer).search(queries, 10)[0], truth) < TUNE_RECALL
