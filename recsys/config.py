@@ -347,9 +347,19 @@ class Settings(BaseSettings):
         ge=0,
         le=1,
         json_schema_extra=_doc(
-            "relative fall of the champion's click-through from its baseline (significant at "
-            "95%) that trips a retrain",
+            "relative fall of the champion's click-through from its baseline that trips a "
+            "retrain (when also significant at `RECSYS_DRIFT_CTR_ALPHA`)",
             "`0.2`",
+        ),
+    )
+    drift_ctr_alpha: float = Field(
+        default=0.001,
+        gt=0,
+        lt=1,
+        json_schema_extra=_doc(
+            "significance level the click-through fall must reach (two-sided p-value); strict "
+            "because the monitor tests again at every run",
+            "`0.001`",
         ),
     )
     drift_cooldown_seconds: float = Field(

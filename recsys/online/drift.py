@@ -26,9 +26,13 @@ extraction time) and returns one :class:`Signal` per question:
   the baseline window just before it (``[now - window - baseline, now - window)``), pooled
   over experiment arms, from :func:`recsys.online.metrics.online_metrics` (so attribute
   the events of both windows first). The value is the relative drop ``(base - recent) /
-  base``; it trips only when that exceeds the threshold *and* the difference is significant
-  (the 95% interval of ``recent - base`` lies below zero). Clicks that have not arrived yet
-  are not counted, so a window much shorter than the usual delay to a click reads low.
+  base``; it trips only when that exceeds the threshold *and* the fall is significant at
+  ``ctr_alpha`` (the two-sided p-value of the pooled z-test, default 0.001). The level is
+  strict because the monitor tests again at every run: at 0.05, a monitor every 15 minutes
+  would make about a hundred tests a day, and the ordinary wobble of click-through would
+  trip some of them. A real fall of the threshold's size on the samples it needs is far past
+  0.001. Clicks that have not arrived yet are not counted, so a window much shorter than the
+  usual delay to a click reads low.
 
 A signal trips when its value exceeds its threshold and it rests on at least ``min_samples``
 observations (requests, events or impressions in each window); below that it reports its
@@ -78,6 +82,7 @@ class Thresholds:
     new_items: float = 0.1
     psi: float = 0.2
     ctr_drop: float = 0.2
+    ctr_alpha: float = 0.001
     min_samples: int = 200
 
     @classmethod
@@ -88,6 +93,7 @@ class Thresholds:
             new_items=settings.drift_new_items,
             psi=settings.drift_psi,
             ctr_drop=settings.drift_ctr_drop,
+            ctr_alpha=settings.drift_ctr_alpha,
             min_samples=settings.drift_min_samples,
         )
 
@@ -368,7 +374,12 @@ def _ctr_signal(
     drop = None
     if diff.a is not None and diff.b is not None and diff.a > 0:
         drop = (diff.a - diff.b) / diff.a
-    significant = diff.ci_high is not None and diff.ci_high < 0
+    significant = (
+        diff.diff is not None
+        and diff.diff < 0
+        and diff.p_value is not None
+        and diff.p_value < t.ctr_alpha
+    )
     tripped = enough and drop is not None and drop > t.ctr_drop and significant
     if diff.a is None or diff.b is None:
         detail = f"ctr@{k}: {n:,} impressions now, {base_n:,} in the baseline"

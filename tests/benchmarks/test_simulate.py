@@ -195,8 +195,10 @@ def test_the_drift_report_splits_the_run_at_the_shift_and_the_new_champion(
         "new_champion": 2,
         "champion_before": 1,
         "l2_sweep": [
-            {"l2": 30.0, "chosen": False, "valid_ndcg@10": 0.06, "expected_ctr@10": 0.19},
-            {"l2": 2400.0, "chosen": True, "valid_ndcg@10": 0.07, "expected_ctr@10": 0.14},
+            {"l2": 30.0, "chosen": False, "valid_ndcg@10": 0.06, "recent_ndcg@10": 0.05,
+             "expected_ctr@10": 0.19, "measured_ctr@10": 0.17},
+            {"l2": 2400.0, "chosen": True, "valid_ndcg@10": 0.07, "recent_ndcg@10": 0.08,
+             "expected_ctr@10": 0.14, "measured_ctr@10": 0.13},
         ],
     }  # fmt: skip
     plan = simdrift._replace(plan, shift_at=2)
@@ -222,7 +224,8 @@ def test_the_drift_report_splits_the_run_at_the_shift_and_the_new_champion(
     assert "monitor tripped" not in text or "ctr_drop" in text
     assert "| 0.500 (200) tripped |" in text and "| shift -> served | 4.0 |" in text
     assert "better than the old champion: expected CTR of its lists 10.0% vs" in text
-    assert "| 2400 (chosen) | 0.0700 | 14.0% |" in text and report["l2_sweep"][0]["l2"] == 30.0
+    assert "| 2400 (chosen) | 0.0700 | 0.0800 | 14.0% | 13.0% |" in text
+    assert report["l2_sweep"][0]["l2"] == 30.0
     assert (tmp_path / "simulate-drift-smoke-ctr.png").stat().st_size > 0
 
 

@@ -137,6 +137,22 @@ def test_a_significant_click_through_drop_trips(champion: Champion) -> None:
     assert check(champion.engine, Thresholds(min_samples=100, ctr_drop=0.9)).tripped == []
 
 
+def test_a_click_through_drop_within_chance_over_many_runs_does_not_trip(
+    champion: Champion,
+) -> None:
+    """A fall past the threshold that a 95% test calls significant but the monitor's stricter
+    level does not: the wobble that a monitor testing every 15 minutes would otherwise meet."""
+    baseline(champion, ctr=0.3)
+    traffic(champion, start_ms=NOW_MS - HOUR_MS, end_ms=NOW_MS, lists=400, ctr=0.22,
+            seed=9, tag="w")  # fmt: skip
+    signal = next(s for s in check(champion.engine).signals if s.name == "ctr_drop")
+    assert signal.value is not None and signal.value > THRESHOLDS.ctr_drop
+    assert 0.001 < signal.facts["p_value"] < 0.05 and signal.facts["ci_high"] < 0
+    assert not signal.tripped
+    looser = Thresholds(min_samples=THRESHOLDS.min_samples, ctr_alpha=0.05)
+    assert [s.name for s in check(champion.engine, looser).tripped] == ["ctr_drop"]
+
+
 def test_attributions_computed_in_memory_give_the_same_signals(champion: Champion) -> None:
     """A reader that may not write (the dashboard) passes the attributions it computed."""
     from recsys.db.schema import attributions_table
@@ -188,5 +204,6 @@ def test_population_stability_index() -> None:
 def test_thresholds_come_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECSYS_DRIFT_PSI", "0.25")
     monkeypatch.setenv("RECSYS_DRIFT_MIN_SAMPLES", "50")
+    monkeypatch.setenv("RECSYS_DRIFT_CTR_ALPHA", "0.01")
     t = Thresholds.from_settings(get_settings())
-    assert (t.psi, t.min_samples, t.unknown_users) == (0.25, 50, 0.3)
+    assert (t.psi, t.min_samples, t.unknown_users, t.ctr_alpha) == (0.25, 50, 0.3, 0.01)
