@@ -601,9 +601,9 @@ def gate_of_latest(engine: Any) -> dict[str, Any]:
     with engine.connect() as conn:
         latest = conn.execute(select(func.max(model_versions_table.c.version))).scalar_one()
     record = registry.get_version(engine, int(latest))
-    refit_of = (record.training or {}).get("refit_of")
+    refit_of = record.refit_of
     if refit_of is not None:  # the refit of the promoted version: the gate is on that one
-        record = registry.get_version(engine, int(refit_of))
+        record = registry.get_version(engine, refit_of)
     gate = record.gate or {}
     promoted = bool(gate.get("promoted"))
     verdict = (
