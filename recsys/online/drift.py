@@ -389,6 +389,8 @@ def _ctr_signal(
             f"({base_n:,}) before; difference {diff.diff:+.4f} "
             f"[{diff.ci_low:+.4f}, {diff.ci_high:+.4f}], p={_p(diff.p_value)}"
         )
+    if drop is not None and drop > t.ctr_drop and not significant:
+        detail += f" (not significant at p < {t.ctr_alpha:g}: cannot trip)"
     if not enough:
         detail += f" (fewer than {t.min_samples:,} in a window: cannot trip)"
     facts = {k_: v for k_, v in diff.report().items() if k_ != "metric"}

@@ -148,7 +148,7 @@ def test_a_click_through_drop_within_chance_over_many_runs_does_not_trip(
     signal = next(s for s in check(champion.engine).signals if s.name == "ctr_drop")
     assert signal.value is not None and signal.value > THRESHOLDS.ctr_drop
     assert 0.001 < signal.facts["p_value"] < 0.05 and signal.facts["ci_high"] < 0
-    assert not signal.tripped
+    assert not signal.tripped and "not significant at p < 0.001" in signal.detail
     looser = Thresholds(min_samples=THRESHOLDS.min_samples, ctr_alpha=0.05)
     assert [s.name for s in check(champion.engine, looser).tripped] == ["ctr_drop"]
 
