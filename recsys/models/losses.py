@@ -207,10 +207,56 @@ def full_softmax_loss(
     if not bool(keep.any()):
         return _no_targets(hidden)
     states = hidden[keep]  # (N, D)
-    logits = states @ item_weight[1:].T  # (N, I)
-    if item_bias is not None:
-        logits = logits + item_bias[1:]
-    return F.cross_entropy(logits, target[keep] - 1)
+    bias = None if item_bias is None else item_bias[1:]
+    if torch.is_autocast_enabled(states.device.type):  # bf16 logits, fp32 softmax: torch's
+        logits = states @ item_weight[1:].T  # (N, I)
+        if bias is not None:
+            logits = logits + bias
+        return F.cross_entropy(logits, target[keep] - 1)
+    loss: Tensor = _LinearCrossEntropy.apply(  # type: ignore[no-untyped-call]
+        states, item_weight[1:], target[keep] - 1, bias
+    )
+    return loss
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``states @ weight.T (+ bias)`` against ``target``, fused.
+
+    ``F.cross_entropy`` over the (N, I) logits keeps the logits, their log-softmax, a zeroed
+    gradient of the log-softmax and the logits' gradient: four (N, I) tensors, each written and
+    read in full, which on a CPU cost more than the product itself (benchmarks/README.md). Here
+    one (N, I) buffer holds the logits, then in place the softmax, then the logits' gradient
+    ``(softmax - onehot) / N``, which is all the backward pass needs.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, states: Tensor, weight: Tensor, target: Tensor, bias: Tensor | None
+    ) -> Tensor:
+        n = states.shape[0]
+        logits = states @ weight.T  # (N, I)
+        if bias is not None:
+            logits += bias
+        logits -= logits.amax(dim=1, keepdim=True)
+        picked = logits.gather(1, target[:, None]).squeeze(1)  # (N,)
+        logits.exp_()
+        total = logits.sum(dim=1)  # (N,)
+        loss = (total.log() - picked).mean()
+        grad = logits.div_(total[:, None] * n)  # softmax / N, in place
+        grad[torch.arange(n, device=grad.device), target] -= 1.0 / n
+        ctx.save_for_backward(states, weight, grad)
+        ctx.has_bias = bias is not None
+        return loss
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, upstream: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, None, Tensor | None]:
+        states, weight, grad = ctx.saved_tensors
+        grad_states = grad @ weight * upstream if ctx.needs_input_grad[0] else None
+        grad_weight = grad.T @ states * upstream if ctx.needs_input_grad[1] else None
+        grad_bias = grad.sum(dim=0) * upstream if ctx.has_bias and ctx.needs_input_grad[3] else None
+        return grad_states, grad_weight, None, grad_bias
 
 
 def sampled_bce_loss(

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -282,3 +284,38 @@ def test_gbce_learns_a_next_item_rule_instead_of_collapsing() -> None:
     hit = (top == sequences[:, -1:]).any(1).float().mean().item()
     assert hit > 0.5
     assert len(set(top[:, 0].tolist())) > 50
+
+
+@given(
+    positions=st.integers(1, 12),
+    items=st.integers(2, 40),
+    with_bias=st.booleans(),
+    scale=st.floats(0.1, 30.0),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=60, deadline=None)
+def test_fused_full_softmax_matches_torchs_cross_entropy(
+    positions: int, items: int, with_bias: bool, scale: float, seed: int
+) -> None:
+    """The fused loss (one (N, I) buffer) gives torch's loss and gradients, large logits too."""
+    generator = torch.Generator().manual_seed(seed)
+    hidden = (
+        torch.randn(positions, 3, generator=generator, dtype=torch.float64) * scale
+    ).requires_grad_()
+    weight = torch.randn(items + 1, 3, generator=generator, dtype=torch.float64).requires_grad_()
+    bias = torch.randn(items + 1, generator=generator, dtype=torch.float64).requires_grad_()
+    target = torch.randint(0, items + 1, (positions,), generator=generator)
+    target[0] = 1  # at least one position with a target
+    used_bias = bias if with_bias else None
+    fused = full_softmax_loss(hidden, target, weight, used_bias)
+    keep = target > 0
+    logits = hidden[keep] @ weight[1:].T + (bias[1:] if with_bias else 0.0)
+    expected = F.cross_entropy(logits, target[keep] - 1)
+    torch.testing.assert_close(fused, expected)
+    inputs = (hidden, weight, bias) if with_bias else (hidden, weight)
+    for got, want in zip(
+        torch.autograd.grad(fused * 2.5, inputs),
+        torch.autograd.grad(expected * 2.5, inputs),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, want)
