@@ -14,6 +14,7 @@ from recsys.data.splits import TrainSet
 from recsys.models.base import BatchKind, InputKind, Query, Recommender
 from recsys.models.layers import (
     SEQUENCE_TRAIN_DEFAULTS,
+    Dropout,
     item_embedding,
 )
 from recsys.models.losses import DEFAULT_GBCE_T, LossKind, LossSpec, NextItemLoss, Sampler
@@ -94,7 +95,7 @@ class Caser(Recommender):
             nn.Conv2d(1, config.num_horizontal, (height, dim)) for height in range(1, window + 1)
         )
         self.vertical = nn.Conv2d(1, config.num_vertical, (window, 1))
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.fc = nn.Linear(config.num_horizontal * window + config.num_vertical * dim, dim)
         self.output_items = item_embedding(num_items, dim)
         self.output_bias = nn.Parameter(torch.zeros(num_items + 1))

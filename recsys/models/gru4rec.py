@@ -13,6 +13,7 @@ from recsys.data.splits import TrainSet
 from recsys.models.base import BatchKind, InputKind, Query, Recommender
 from recsys.models.layers import (
     SEQUENCE_TRAIN_DEFAULTS,
+    Dropout,
     item_embedding,
     trim_left_padding,
 )
@@ -86,7 +87,7 @@ class GRU4Rec(Recommender):
         self.config = config
         self.max_len = config.max_len
         self.items = item_embedding(num_items, config.embedding_dim)
-        self.input_dropout = nn.Dropout(config.dropout)
+        self.input_dropout = Dropout(config.dropout)
         self.gru = nn.GRU(
             config.embedding_dim,
             config.hidden_dim,
@@ -94,7 +95,7 @@ class GRU4Rec(Recommender):
             batch_first=True,
             dropout=config.dropout if config.num_layers > 1 else 0.0,
         )
-        self.output_dropout = nn.Dropout(config.dropout)
+        self.output_dropout = Dropout(config.dropout)
         self.projection = nn.Linear(config.hidden_dim, config.embedding_dim)
         self.objective = NextItemLoss(LossSpec.of(config), num_items)
 

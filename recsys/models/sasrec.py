@@ -14,6 +14,7 @@ from recsys.data.splits import TrainSet
 from recsys.models.base import BatchKind, InputKind, Query, Recommender
 from recsys.models.layers import (
     SEQUENCE_TRAIN_DEFAULTS,
+    Dropout,
     TransformerBlock,
     attention_mask,
     item_embedding,
@@ -96,7 +97,7 @@ class SASRec(Recommender):
         self.items = item_embedding(num_items, dim)
         self.positions = nn.Embedding(config.max_len, dim)
         nn.init.normal_(self.positions.weight, std=dim**-0.5)
-        self.embedding_dropout = nn.Dropout(config.dropout)
+        self.embedding_dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(
             TransformerBlock(dim, config.num_heads, config.dropout)
             for _ in range(config.num_blocks)

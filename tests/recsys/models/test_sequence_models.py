@@ -15,7 +15,7 @@ from recsys.export import export_onnx
 from recsys.models.base import Query, Recommender
 from recsys.models.caser import Caser, CaserConfig
 from recsys.models.gru4rec import GRU4Rec, GRU4RecConfig
-from recsys.models.layers import attention_mask, trim_left_padding
+from recsys.models.layers import Dropout, attention_mask, trim_left_padding
 from recsys.models.losses import full_softmax_loss
 from recsys.models.sasrec import SASRec, SASRecConfig
 
@@ -232,3 +232,30 @@ def test_trim_left_padding_keeps_every_item() -> None:
     trimmed_history, trimmed_target = trim_left_padding(history, target)
     assert torch.equal(trimmed_history, history[:, 2:])
     assert torch.equal(trimmed_target, target[:, 2:])
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_byte_dropout_drops_at_its_rate_keeps_the_mean_and_follows_the_seed(p: float) -> None:
+    """Every byte it reads is uniform: one biased byte in eight (an int64's top byte holds 7
+    random bits) would drop 1/8 of the elements at p = 0.5 and shift the rate by 0.06."""
+    layer = Dropout(p).train()
+    x = torch.ones(1_000_003)
+    torch.manual_seed(0)
+    out = layer(x)
+    dropped = (out == 0).float().mean().item()
+    assert dropped == pytest.approx(round(p * 256) / 256, abs=0.003)
+    assert out.mean().item() == pytest.approx(1.0, abs=0.005)
+    kept = out[out != 0]
+    assert torch.allclose(kept, torch.full_like(kept, 256 / (256 - round(p * 256))))
+    torch.manual_seed(0)
+    assert torch.equal(layer(x), out)
+    torch.manual_seed(1)
+    assert not torch.equal(layer(x), out)
+    x = torch.randn(4, 5, 6, requires_grad=True)
+    out = layer(x)
+    out.sum().backward()
+    assert x.grad is not None
+    torch.testing.assert_close(x.grad * x.detach(), out.detach())  # gradient = mask * scale
+    layer.eval()
+    assert torch.equal(layer(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
