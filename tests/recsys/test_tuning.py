@@ -183,12 +183,12 @@ def test_a_new_study_tries_the_defaults_first(
 ) -> None:
     point = default_trial("sasrec")
     assert point == {
-        "embedding_dim": 64,
+        "embedding_dim": 128,
         "num_blocks": 2,
-        "num_heads": 1,
-        "dropout": 0.2,
+        "num_heads": 2,
+        "dropout": 0.5,
         "max_len": 200,
-        "learning_rate": 3e-3,
+        "learning_rate": 2e-3,
         "weight_decay": 1e-6,  # no zero on a log scale: the nearest bound
         "batch_size": 128,
     }
