@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from _common import format_table, machine_info, write_results
 from quality import DATASETS, data_root
 
@@ -56,6 +57,7 @@ def run_variant(
     train_config = train_config_with(
         model_spec.train_defaults, {**overrides, "seed": seed, "progress": False}
     )
+    torch.manual_seed(seed)  # the initial weights too, as `recsys train` seeds them
     model = build_model(name, data.num_users, data.num_items, config=config)
     started = time.perf_counter()
     scoring = 0.0  # seconds spent scoring checkpoints on test, kept off the clock
