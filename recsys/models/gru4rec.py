@@ -14,6 +14,7 @@ from recsys.models.base import BatchKind, InputKind, Query, Recommender
 from recsys.models.layers import (
     SEQUENCE_TRAIN_DEFAULTS,
     Dropout,
+    grouped_states,
     item_embedding,
     trim_left_padding,
 )
@@ -114,12 +115,16 @@ class GRU4Rec(Recommender):
         history, target = trim_left_padding(
             batch["history"][:, -self.config.max_len :], batch["target"][:, -self.config.max_len :]
         )  # (B, L), (B, L)
+        states, targets = grouped_states(self._aligned, history, target)  # (N, D), (N,)
+        loss: Tensor = self.objective(states, targets, self.items.weight)
+        return loss
+
+    def _aligned(self, history: Tensor) -> Tensor:
+        """Outputs (B, L, D) at the positions of a left-padded history (B, L)."""
         out, pads, positions = self._run(history)  # (B, L, D)
         length = history.shape[1]
         back = (positions.unsqueeze(0) - pads.unsqueeze(1)) % length  # (B, L)
-        hidden = out.gather(1, back.unsqueeze(-1).expand(-1, -1, out.shape[2]))  # (B, L, D)
-        loss: Tensor = self.objective(hidden, target, self.items.weight)
-        return loss
+        return out.gather(1, back.unsqueeze(-1).expand(-1, -1, out.shape[2]))
 
     def prepare_training(self, train: TrainSet) -> None:
         self.objective.prepare(train)

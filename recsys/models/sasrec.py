@@ -17,6 +17,7 @@ from recsys.models.layers import (
     Dropout,
     TransformerBlock,
     attention_mask,
+    grouped_states,
     item_embedding,
     trim_left_padding,
 )
@@ -131,8 +132,8 @@ class SASRec(Recommender):
         history, target = trim_left_padding(
             batch["history"][:, -self.config.max_len :], batch["target"][:, -self.config.max_len :]
         )  # (B, L), (B, L)
-        hidden = self._encode(history)  # (B, L, D)
-        loss: Tensor = self.objective(hidden, target, self.items.weight)
+        states, targets = grouped_states(self._encode, history, target)  # (N, D), (N,)
+        loss: Tensor = self.objective(states, targets, self.items.weight)
         return loss
 
     def prepare_training(self, train: TrainSet) -> None:

@@ -15,7 +15,13 @@ from recsys.export import export_onnx
 from recsys.models.base import Query, Recommender
 from recsys.models.caser import Caser, CaserConfig
 from recsys.models.gru4rec import GRU4Rec, GRU4RecConfig
-from recsys.models.layers import Dropout, attention_mask, trim_left_padding
+from recsys.models.layers import (
+    Dropout,
+    attention_mask,
+    grouped_states,
+    length_groups,
+    trim_left_padding,
+)
 from recsys.models.losses import full_softmax_loss
 from recsys.models.sasrec import SASRec, SASRecConfig
 
@@ -232,6 +238,48 @@ def test_trim_left_padding_keeps_every_item() -> None:
     trimmed_history, trimmed_target = trim_left_padding(history, target)
     assert torch.equal(trimmed_history, history[:, 2:])
     assert torch.equal(trimmed_target, target[:, 2:])
+
+
+def test_length_groups_hold_every_row_once_and_encode_fewer_positions() -> None:
+    history = left_padded_histories(16, MAX_LEN, seed=6)
+    history[3] = torch.arange(1, MAX_LEN + 1)  # one full row pads the batch to MAX_LEN
+    history[:, : MAX_LEN - 4] *= (torch.arange(16) == 3).unsqueeze(1)  # the rest <= 4 items
+    target = torch.where(history > 0, history % NUM_ITEMS + 1, 0)
+    groups = length_groups(history, target, overhead=0)
+    assert len(groups) > 1
+    rows = sorted(tuple(row[row > 0].tolist()) for part, _ in groups for row in part)
+    assert rows == sorted(tuple(row[row > 0].tolist()) for row in history)
+    for part, part_target in groups:
+        assert bool((part[:, 0] > 0).any())  # trimmed: no all-padding leading column
+        assert torch.equal(part_target > 0, part > 0)
+    assert sum(part.numel() for part, _ in groups) < history.numel() // 2
+    assert len(length_groups(history, target, overhead=10**6)) == 1
+
+
+@pytest.mark.parametrize("model_name", ["sasrec", "gru4rec"])
+def test_training_in_length_groups_gives_the_loss_and_gradients_of_one_pass(
+    model_name: str,
+) -> None:
+    model = build(model_name).eval()  # no dropout: both passes see the same function
+    encode = model._encode if isinstance(model, SASRec) else model._aligned  # type: ignore[attr-defined]
+    batch, _, _ = successor_task(seed=7)
+    history, target = batch["history"], batch["target"]
+    assert len(length_groups(history, target, overhead=0)) > 1
+    weight = model.get_parameter("items.weight")
+
+    def gradients(states: Tensor, targets: Tensor) -> tuple[Tensor, list[Tensor]]:
+        model.zero_grad()
+        loss: Tensor = model.objective(states, targets, weight)  # type: ignore[operator]
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    keep = target > 0
+    one_loss, one_grads = gradients(encode(history)[keep], target[keep])
+    grouped_loss, grouped_grads = gradients(*grouped_states(encode, history, target, overhead=0))
+    torch.testing.assert_close(grouped_loss, one_loss, atol=1e-5, rtol=1e-5)
+    assert len(grouped_grads) == len(one_grads)
+    for grouped, one in zip(grouped_grads, one_grads, strict=True):
+        torch.testing.assert_close(grouped, one, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("p", [0.2, 0.5])
