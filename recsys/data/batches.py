@@ -19,6 +19,45 @@ from recsys.data.splits import Ragged, TrainSet
 from recsys.data.splits import eval_query_arrays as eval_query_arrays
 from recsys.data.splits import left_padded as left_padded
 
+# What one more encoder pass over a group of rows costs, in padded positions: kernel launches
+# and Python overhead of a small forward (and backward) pass. Measured on SASRec (D = 128, 2
+# cores, Amazon Toys): 512 to 2,048 all gave the same epoch time within noise.
+GROUP_OVERHEAD_POSITIONS = 1024
+
+
+def length_groups_of(
+    lengths: npt.NDArray[np.integer],
+    overhead: int = GROUP_OVERHEAD_POSITIONS,
+    max_rows: int | None = None,
+) -> list[npt.NDArray[np.int64]]:
+    """Row indices of left-padded histories grouped so that each group pads little.
+
+    ``lengths`` (B,) are the rows' history lengths. A group is a run of rows in order of
+    length, encoded cut to its longest row; the groups minimise the padded positions encoded
+    plus ``overhead`` per group, with at most ``max_rows`` rows each (dynamic programming,
+    O(B * max_rows) in numpy). One long history then no longer pads all the rows beside it.
+    """
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    descending = np.asarray(lengths)[order].astype(np.int64)
+    rows = len(order)
+    cap = rows if max_rows is None else max(1, max_rows)
+    # best[j]: cheapest cost of grouping the first j rows (longest first); the group i..j-1
+    # costs (j - i) * descending[i], its longest row, plus the overhead.
+    best = np.zeros(rows + 1, dtype=np.int64)
+    start = np.zeros(rows + 1, dtype=np.int64)
+    for j in range(1, rows + 1):
+        first = max(0, j - cap)
+        starts = np.arange(first, j)
+        costs = best[first:j] + (j - starts) * descending[first:j] + overhead
+        start[j] = first + int(costs.argmin())
+        best[j] = best[start[j]] + (j - start[j]) * descending[start[j]] + overhead
+    groups: list[npt.NDArray[np.int64]] = []
+    end = rows
+    while end > 0:
+        groups.append(order[start[end] : end])
+        end = int(start[end])
+    return groups[::-1]
+
 
 def sequence_batches(
     train: TrainSet, batch_size: int, max_len: int, rng: np.random.Generator, *, pool: int = 1

@@ -124,11 +124,13 @@ def torch_scorer(model: Recommender, chunk: int = 256) -> ScoreFn:
 
     Scores are computed where the model is (its parameters' device), ``chunk`` rows at a
     time, and come back as float32 numpy arrays: on a GPU only a (chunk, I) block of scores
-    is ever on the device. For a ``padding_invariant`` model the rows are taken in order of
-    history length, each chunk cut to its longest history: the same scores for much less work
-    when a few long histories would otherwise pad every row to ``max_len``.
+    is ever on the device. For a ``padding_invariant`` model the rows are grouped by history
+    length (``length_groups_of``), each chunk cut to its longest history: the same scores for
+    much less work when a few long histories would otherwise pad the rows beside them.
     """
     import numpy as np
+
+    from recsys.data.batches import length_groups_of
 
     def run(history: np.ndarray, users: np.ndarray, device: torch.device) -> np.ndarray:
         query = Query(
@@ -147,11 +149,17 @@ def torch_scorer(model: Recommender, chunk: int = 256) -> ScoreFn:
                 return run(history, users, device)
             used = (history > 0).sum(axis=1)  # (B,)
             invariant = model.padding_invariant
-            # Shortest histories first, each chunk cut to its longest; else rows in order.
-            order = np.argsort(used, kind="stable") if invariant else np.arange(len(history))
+            # Rows grouped by length, each chunk cut to its longest; else rows in order.
+            chunks = (
+                length_groups_of(used, max_rows=chunk)
+                if invariant
+                else [
+                    np.arange(start, min(start + chunk, len(history)))
+                    for start in range(0, len(history), chunk)
+                ]
+            )
             out = np.empty((len(history), model.num_items), dtype=np.float32)
-            for start in range(0, len(order), chunk):
-                rows = order[start : start + chunk]
+            for rows in chunks:
                 width = max(int(used[rows].max()), 1) if invariant else history.shape[1]
                 out[rows] = run(
                     np.ascontiguousarray(history[rows, history.shape[1] - width :]),
