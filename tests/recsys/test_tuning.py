@@ -98,7 +98,9 @@ def test_a_trailing_trial_is_pruned_at_an_epoch(
     result = tune(engine, "gru4rec", blind, "p" * 64, trials=8, train_overrides=QUICK)
     pruned = [t for t in result.trials if t["state"] == "PRUNED"]
     assert pruned, "the median pruner stopped no trial"
-    assert all(len(t["epochs"]) < QUICK["max_epochs"] for t in pruned)
+    # A trial trailing only at its last epoch is pruned there; some stop before it.
+    assert all(len(t["epochs"]) <= QUICK["max_epochs"] for t in pruned)
+    assert any(len(t["epochs"]) < QUICK["max_epochs"] for t in pruned)
 
 
 def test_best_trial_is_recorded_and_read_back_as_settings(
