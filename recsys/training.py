@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol, cast
 import numpy as np
 import torch
 from torch import Tensor
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from recsys import distributed
@@ -58,6 +59,11 @@ class TrainConfig:
     patience: int = 5
     budget_seconds: float | None = None
     clip_norm: float | None = 5.0
+    # Validate and ship an exponential moving average of the weights (torch's AveragedModel)
+    # over about this many epochs: after the first epoch, of S steps, each step keeps
+    # 1 - 1 / (ema_epochs * S) of the average, and at step n at most (1 + n) / (10 + n) (a
+    # warm-up that forgets the initial weights). None: the weights as trained.
+    ema_epochs: float | None = None
     # Negatives per event of the "pairs" models; sequence models set theirs in their config.
     num_negatives: int = 4
     seed: int = 0
@@ -76,6 +82,8 @@ class TrainConfig:
         for name in ("batch_size", "max_epochs", "length_pool"):
             if getattr(self, name) < 1:
                 raise RecsysError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.ema_epochs is not None and not self.ema_epochs > 0.0:
+            raise RecsysError(f"ema_epochs must be positive, got {self.ema_epochs}")
         if self.device is not None and not DEVICE_PATTERN.fullmatch(self.device.lower()):
             raise RecsysError(f"unknown device {self.device!r}: use auto, cpu, cuda or cuda:N")
 
@@ -185,6 +193,7 @@ def _epochs(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
+    average = _Average(model, config.ema_epochs) if config.ema_epochs else None
     best_state = _cpu_copy(model) if validating else {}
     best_valid, best_epoch, seconds_to_best = -1.0, 0, 0.0
     history: list[EpochLog] = []
@@ -214,12 +223,15 @@ def _epochs(
             if config.clip_norm:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
             optimizer.step()
+            if average is not None:
+                average.update(model)
             losses.append(float(loss.detach()))
             if config.budget_seconds and distributed.any_rank(
                 time.perf_counter() - started > config.budget_seconds
             ):
                 out_of_time = True
                 break
+        _swap(model, average)  # the average, where there is one, is validated and kept
         # Rank 0 validates; every rank takes its score, so all stop at the same epoch.
         valid = (
             distributed.agreed_score(
@@ -258,8 +270,13 @@ def _epochs(
             elapsed,
             extra={"progress": progress},
         )
-        if on_epoch is not None:
-            on_epoch(epoch, valid)
+        if average is not None:
+            average.epoch_done()
+        try:
+            if on_epoch is not None:  # hears the weights just validated
+                on_epoch(epoch, valid)
+        finally:
+            _swap(model, average)  # back to the weights being trained
         if out_of_time:
             stopped = "budget"
             break
@@ -269,6 +286,8 @@ def _epochs(
     bar.close()
     if validating:
         model.load_state_dict(best_state)
+    else:
+        _swap(model, average)
     return TrainResult(
         epochs_run=len(history),
         best_epoch=best_epoch,
@@ -281,6 +300,43 @@ def _epochs(
         device=str(device),
         precision=str(precision or torch.float32).removeprefix("torch."),
     )
+
+
+Params = list[Tensor] | tuple[Tensor, ...]
+
+
+class _Average:
+    """An exponential moving average of a model's weights over about ``epochs`` epochs."""
+
+    def __init__(self, model: Recommender, epochs: float):
+        self.epochs = epochs
+        self.steps = 0  # steps of this process so far
+        self.decay = 1.0  # until the first epoch ends (steps per epoch unknown): warm-up only
+        self.model = AveragedModel(model, multi_avg_fn=self._ema)
+
+    @torch.no_grad()
+    def _ema(self, averages: Params, current: Params, count: Tensor | int) -> None:
+        n = int(count)
+        keep = min(self.decay, (1 + n) / (10 + n))
+        torch._foreach_lerp_(averages, current, 1.0 - keep)
+
+    def update(self, model: Recommender) -> None:
+        self.model.update_parameters(model)
+        self.steps += 1
+
+    def epoch_done(self) -> None:
+        if self.decay == 1.0 and self.steps:
+            self.decay = 1.0 - 1.0 / max(1.0, self.epochs * self.steps)
+
+
+def _swap(model: Recommender, average: _Average | None) -> None:
+    """Exchange ``model``'s parameters with their moving average (no copies; buffers stay)."""
+    if average is None:
+        return
+    with torch.no_grad():
+        pairs = zip(model.parameters(), average.model.module.parameters(), strict=True)
+        for mine, averaged in pairs:
+            mine.data, averaged.data = averaged.data, mine.data
 
 
 def _cpu_copy(model: Recommender) -> dict[str, Tensor]:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from recsys.data.batches import eval_query_arrays, length_groups_of, sequence_batches
+from recsys.data.batches import eval_query_arrays, sequence_batches
 from recsys.data.splits import Split
 from recsys.errors import RecsysError
 from recsys.models import MODELS, build_model
@@ -48,6 +46,48 @@ def test_training_restores_the_best_weights(small_split: Split) -> None:
     assert result.best_valid == max(e.valid for e in result.history)
     assert validate(model, small_split) == pytest.approx(result.best_valid)
     assert result.history[0].loss > result.history[-1].loss
+
+
+def test_an_averaged_run_validates_and_ships_the_moving_average(small_split: Split) -> None:
+    plain, averaged = _sasrec(small_split), _sasrec(small_split)
+    base = replace(SMALL, max_epochs=4)
+    plain_result = train(plain, small_split, base)
+    result = train(averaged, small_split, replace(base, ema_epochs=1.0))
+    # The same steps (same seed, same losses), a different model validated and shipped.
+    assert [e.loss for e in result.history] == [e.loss for e in plain_result.history]
+    assert [e.valid for e in result.history] != [e.valid for e in plain_result.history]
+    assert validate(averaged, small_split) == pytest.approx(result.best_valid)
+    assert not torch.equal(
+        averaged.get_parameter("items.weight"), plain.get_parameter("items.weight")
+    )
+    with pytest.raises(RecsysError, match="ema_epochs must be positive"):
+        replace(SMALL, ema_epochs=0.0)
+
+
+def test_an_unvalidated_averaged_run_keeps_the_average_of_its_steps(small_split: Split) -> None:
+    epochs = 0.25
+    model = _sasrec(small_split)
+    weights: list[torch.Tensor] = []
+
+    def note(*_: object) -> None:  # after every optimiser step of the run
+        weights.append(model.get_parameter("positions.weight").detach().clone())
+
+    hook = register_optimizer_step_post_hook(note)
+    try:
+        config = replace(SMALL, max_epochs=2, batch_size=32, ema_epochs=epochs)
+        train(model, small_split, config, validating=False)
+    finally:
+        hook.remove()
+    assert len(weights) > 3
+    steps = len(weights) // 2  # per epoch
+    assert 0 < 1.0 - 1.0 / (epochs * steps) < (1 + steps) / (10 + steps)  # the decay binds
+    expected = weights[0]
+    for n, current in enumerate(weights[1:], start=1):
+        # Warm-up only in the first epoch; then the decay of a quarter-epoch horizon.
+        decay = 1.0 if n < steps else 1.0 - 1.0 / max(1.0, epochs * steps)
+        keep = min(decay, (1 + n) / (10 + n))
+        expected = keep * expected + (1 - keep) * current
+    torch.testing.assert_close(model.get_parameter("positions.weight"), expected)
 
 
 def test_training_stops_on_patience_and_budget(small_split: Split) -> None:
@@ -143,29 +183,6 @@ def test_chunked_scoring_of_a_padding_invariant_model_matches_plain_scoring(
     with torch.inference_mode():
         plain = model.score(Query(history=torch.from_numpy(history))).numpy()
     np.testing.assert_allclose(chunked, plain, atol=1e-5, rtol=0)
-
-
-@given(
-    lengths=st.lists(st.integers(0, 200), min_size=1, max_size=300),
-    max_rows=st.integers(1, 64),
-    overhead=st.sampled_from([0, 64, 1024]),
-)
-def test_length_groups_partition_the_rows_and_pad_no_more_than_sorted_chunks(
-    lengths: list[int], max_rows: int, overhead: int
-) -> None:
-    used = np.array(lengths)
-    groups = length_groups_of(used, overhead=overhead, max_rows=max_rows)
-    assert sorted(np.concatenate(groups).tolist()) == list(range(len(used)))
-    assert all(1 <= len(group) <= max_rows for group in groups)
-    for longer, shorter in itertools.pairwise(groups):
-        assert used[longer].min() >= used[shorter].max()  # runs of the rows sorted by length
-
-    def cost(chunks: list[np.ndarray]) -> int:
-        return sum(len(rows) * int(used[rows].max()) + overhead for rows in chunks)
-
-    ordered = np.argsort(-used, kind="stable")
-    fixed = [ordered[i : i + max_rows] for i in range(0, len(used), max_rows)]
-    assert cost(groups) <= cost(fixed)
 
 
 # Where the steps run: the model, the batches and the loss on the configured device, bf16
