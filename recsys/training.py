@@ -19,10 +19,10 @@ from typing import Any, Literal, Protocol, cast
 import numpy as np
 import torch
 from torch import Tensor
-from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from recsys import distributed
+from recsys.averaging import WeightAverage, swap_in
 from recsys.config import DEVICE_PATTERN, get_settings
 from recsys.data.batches import pair_batches, row_batches, sequence_batches
 from recsys.data.splits import Split, TrainSet
@@ -193,7 +193,7 @@ def _epochs(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
-    average = _Average(model, config.ema_epochs) if config.ema_epochs else None
+    average = WeightAverage(model, config.ema_epochs) if config.ema_epochs else None
     best_state = _cpu_copy(model) if validating else {}
     best_valid, best_epoch, seconds_to_best = -1.0, 0, 0.0
     history: list[EpochLog] = []
@@ -231,7 +231,7 @@ def _epochs(
             ):
                 out_of_time = True
                 break
-        _swap(model, average)  # the average, where there is one, is validated and kept
+        swap_in(model, average)  # the average, where there is one, is validated and kept
         # Rank 0 validates; every rank takes its score, so all stop at the same epoch.
         valid = (
             distributed.agreed_score(
@@ -276,7 +276,7 @@ def _epochs(
             if on_epoch is not None:  # hears the weights just validated
                 on_epoch(epoch, valid)
         finally:
-            _swap(model, average)  # back to the weights being trained
+            swap_in(model, average)  # back to the weights being trained
         if out_of_time:
             stopped = "budget"
             break
@@ -287,7 +287,7 @@ def _epochs(
     if validating:
         model.load_state_dict(best_state)
     else:
-        _swap(model, average)
+        swap_in(model, average)
     return TrainResult(
         epochs_run=len(history),
         best_epoch=best_epoch,
@@ -300,43 +300,6 @@ def _epochs(
         device=str(device),
         precision=str(precision or torch.float32).removeprefix("torch."),
     )
-
-
-Params = list[Tensor] | tuple[Tensor, ...]
-
-
-class _Average:
-    """An exponential moving average of a model's weights over about ``epochs`` epochs."""
-
-    def __init__(self, model: Recommender, epochs: float):
-        self.epochs = epochs
-        self.steps = 0  # steps of this process so far
-        self.decay = 1.0  # until the first epoch ends (steps per epoch unknown): warm-up only
-        self.model = AveragedModel(model, multi_avg_fn=self._ema)
-
-    @torch.no_grad()
-    def _ema(self, averages: Params, current: Params, count: Tensor | int) -> None:
-        n = int(count)
-        keep = min(self.decay, (1 + n) / (10 + n))
-        torch._foreach_lerp_(averages, current, 1.0 - keep)
-
-    def update(self, model: Recommender) -> None:
-        self.model.update_parameters(model)
-        self.steps += 1
-
-    def epoch_done(self) -> None:
-        if self.decay == 1.0 and self.steps:
-            self.decay = 1.0 - 1.0 / max(1.0, self.epochs * self.steps)
-
-
-def _swap(model: Recommender, average: _Average | None) -> None:
-    """Exchange ``model``'s parameters with their moving average (no copies; buffers stay)."""
-    if average is None:
-        return
-    with torch.no_grad():
-        pairs = zip(model.parameters(), average.model.module.parameters(), strict=True)
-        for mine, averaged in pairs:
-            mine.data, averaged.data = averaged.data, mine.data
 
 
 def _cpu_copy(model: Recommender) -> dict[str, Tensor]:
