@@ -49,8 +49,8 @@ def length_groups_of(
         first = max(0, j - cap)
         starts = np.arange(first, j)
         costs = best[first:j] + (j - starts) * descending[first:j] + overhead
-        start[j] = first + int(costs.argmin())
-        best[j] = best[start[j]] + (j - start[j]) * descending[start[j]] + overhead
+        cheapest = int(costs.argmin())
+        start[j], best[j] = first + cheapest, costs[cheapest]
     groups: list[npt.NDArray[np.int64]] = []
     end = rows
     while end > 0:

@@ -16,7 +16,6 @@ from recsys.models.layers import (
     Dropout,
     grouped_states,
     item_embedding,
-    trim_left_padding,
 )
 from recsys.models.losses import DEFAULT_GBCE_T, LossKind, LossSpec, NextItemLoss, Sampler
 from recsys.models.space import OPTIMISER_SPACE, Choice, FloatRange, IntRange, SearchSpace
@@ -112,9 +111,9 @@ class GRU4Rec(Recommender):
         return out, pads, positions
 
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
-        history, target = trim_left_padding(
-            batch["history"][:, -self.config.max_len :], batch["target"][:, -self.config.max_len :]
-        )  # (B, L), (B, L)
+        # Each group of grouped_states is trimmed of its all-padding columns.
+        history = batch["history"][:, -self.config.max_len :]  # (B, L)
+        target = batch["target"][:, -self.config.max_len :]  # (B, L)
         states, targets = grouped_states(self._aligned, history, target)  # (N, D), (N,)
         loss: Tensor = self.objective(states, targets, self.items.weight)
         return loss

@@ -157,11 +157,11 @@ def length_groups(
     same loss and gradients. On Amazon Toys: 1.2 groups per batch, 54% fewer encoded positions
     at ``max_len`` 200 and 27% fewer at 50.
     """
-    lengths = (history > 0).sum(dim=1).numpy()  # (B,)
-    return [
-        trim_left_padding(history[index], target[index])
-        for index in map(torch.from_numpy, length_groups_of(lengths, overhead))
+    lengths = (history > 0).sum(dim=1).cpu().numpy()  # (B,) on the host, wherever the batch is
+    groups = [
+        torch.from_numpy(rows).to(history.device) for rows in length_groups_of(lengths, overhead)
     ]
+    return [trim_left_padding(history[rows], target[rows]) for rows in groups]
 
 
 def grouped_states(
