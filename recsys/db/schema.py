@@ -110,7 +110,15 @@ class Interaction(Base):
 
     The same (user, item, event type, time) is one event however often it is imported, which
     makes re-imports a no-op. That unique index leads with (user, time), so it also serves
-    per-user history in time order; a second index serves extraction by time.
+    per-user history in time order; a second index serves reads by time (recent events,
+    training windows).
+
+    On PostgreSQL that second index is a BRIN index (the smallest and largest time of each
+    range of table pages), not a B-tree: events arrive roughly in time order, so the ranges
+    are narrow, and inserting 1M events costs the server a third less (a B-tree on the time
+    took 3.8 s of 9.4 s: a batch is written in user order, which lands its times all over
+    that tree). Rows of a historical file loaded out of time order make the ranges wide,
+    and a read by time then scans more of the table.
 
     There are no foreign keys on this table: the loader creates every referenced user and item
     in the same transaction, and on PostgreSQL the per-row FK triggers cost 5.7 s of 13.2 s
@@ -120,7 +128,12 @@ class Interaction(Base):
     __tablename__ = "interactions"
     __table_args__ = (
         UniqueConstraint("user_id", "occurred_at", "item_id", "event_type"),
-        Index(None, "occurred_at"),
+        Index(
+            None,
+            "occurred_at",
+            postgresql_using="brin",
+            postgresql_with={"autosummarize": "on"},
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)

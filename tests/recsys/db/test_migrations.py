@@ -76,6 +76,27 @@ def test_migrations_index_extraction_by_time_and_by_user(database_url: str) -> N
     assert any(cols[:2] == ("user_id", "occurred_at") for cols in indexed)
 
 
+def test_migrations_time_index_is_brin_on_postgresql(database_url: str) -> None:
+    """PostgreSQL's index on the time is BRIN (cheap to keep up under bulk inserts); SQLite's
+    stays a B-tree."""
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "postgresql":
+                method = conn.exec_driver_sql(
+                    "SELECT am.amname FROM pg_class c JOIN pg_am am ON am.oid = c.relam"
+                    " WHERE c.relname = 'ix_interactions_occurred_at'"
+                ).scalar_one()
+                assert method == "brin"
+            else:
+                sql = conn.exec_driver_sql(
+                    "SELECT sql FROM sqlite_master WHERE name = 'ix_interactions_occurred_at'"
+                ).scalar_one()
+                assert "USING" not in sql.upper()
+    finally:
+        engine.dispose()
+
+
 def test_migration_scripts_import_only_alembic_and_sqlalchemy() -> None:
     for script in (MIGRATIONS_DIR / "versions").glob("*.py"):
         tree = ast.parse(Path(script).read_text())
