@@ -195,24 +195,24 @@ class BodyGuard:
             raise _too_large(self.max_bytes)
         chunks: list[bytes] = []
         size = 0
-        deadline = asyncio.get_running_loop().time() + self.timeout
-        while True:
-            left = deadline - asyncio.get_running_loop().time()
-            try:
-                message = await asyncio.wait_for(receive(), timeout=max(left, 0.001))
-            except TimeoutError:
-                raise ApiError(
-                    408, "request_timeout", f"the body did not arrive within {self.timeout:g} s"
-                ) from None
-            if message["type"] == "http.disconnect":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                raise _too_large(self.max_bytes)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        # One deadline for the whole body (asyncio.wait_for per message made a task each).
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        break
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise _too_large(self.max_bytes)
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            raise ApiError(
+                408, "request_timeout", f"the body did not arrive within {self.timeout:g} s"
+            ) from None
         body = b"".join(chunks)
         kind = headers.get("content-type", "").split(";")[0].strip().lower()
         if body and kind and not (kind == "application/json" or kind.endswith("+json")):
