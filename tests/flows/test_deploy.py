@@ -220,6 +220,7 @@ def sources_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_sync_deployment_registers_its_cron_limit_and_parameters_and_runs_a_sync(
     flow_home: dict[str, str], sources_file: Path
 ) -> None:

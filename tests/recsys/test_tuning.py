@@ -53,6 +53,7 @@ def test_every_search_space_names_fields_of_its_config_or_of_training() -> None:
     assert not MODELS["pop"].search_space
 
 
+@pytest.mark.slow
 def test_tune_selects_on_validation_only_and_resumes_its_study(
     engine: Engine, blind: Split, one_thread: None
 ) -> None:
@@ -89,6 +90,7 @@ def test_ease_tunes_l2_on_a_continuous_log_range(
     assert set(result.best_params) == {"l2"}
 
 
+@pytest.mark.slow
 def test_a_trailing_trial_is_pruned_at_an_epoch(
     engine: Engine, blind: Split, one_thread: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -154,6 +156,7 @@ def test_two_workers_share_one_study_on_postgresql(
     engine.dispose()
 
 
+@pytest.mark.slow
 def test_a_crashed_workers_running_trial_is_failed_and_the_study_goes_on(
     engine: Engine, blind: Split, one_thread: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

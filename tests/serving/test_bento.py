@@ -47,6 +47,7 @@ def test_bento_carries_the_champion_and_serves_on_a_fresh_home(tmp_path: Path) -
         assert response.status_code == 200 and response.json()["model_version"] == home.champion
 
 
+@pytest.mark.slow
 def test_recsys_serve_starts_the_service_on_the_champion(tmp_path: Path) -> None:
     home = make_home(tmp_path / "home")
     port = free_port()

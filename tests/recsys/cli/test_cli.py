@@ -372,6 +372,7 @@ print(json.dumps({"torch": "torch" in sys.modules, "out": result.stdout.splitlin
 """
 
 
+@pytest.mark.slow
 def test_cli_recommend_scores_through_onnxruntime_without_torch(
     recsys_env: dict[str, str],
 ) -> None:
@@ -419,6 +420,7 @@ print(json.dumps({"loaded": loaded, "out": result.stdout.splitlines()[-1]}))
 """
 
 
+@pytest.mark.slow
 def test_cli_train_over_a_large_catalogue_recommends_through_the_item_index(
     recsys_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -209,6 +209,7 @@ def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fresh]:
 
 @SETTINGS
 @given(data=files(_event_row, "user,item,ts,note"))
+@pytest.mark.slow
 def test_ingest_events_csv_accounts_for_every_record(
     fresh: Fresh, tmp_path: Path, data: bytes
 ) -> None:
@@ -223,6 +224,7 @@ def test_ingest_events_csv_accounts_for_every_record(
 
 @SETTINGS
 @given(data=files(_rating_row, None))
+@pytest.mark.slow
 def test_ingest_movielens_u_data_accounts_for_every_record(
     fresh: Fresh, tmp_path: Path, data: bytes
 ) -> None:

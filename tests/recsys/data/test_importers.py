@@ -166,6 +166,7 @@ def test_ingest_strict_writes_nothing(engine: Engine, ml100k: Path, tmp_path: Pa
     assert stats(engine)["items"] == 0
 
 
+@pytest.mark.slow
 def test_movielens_100k_real_dataset_counts_and_idempotence(
     engine: Engine, tmp_path: Path, shared_dataset: Callable[[str], Path]
 ) -> None:

@@ -229,6 +229,7 @@ def test_a_version_failing_parity_is_registered_unservable_and_never_served(
         registry.load_artifact(engine, record.version)
 
 
+@pytest.mark.slow
 def test_a_large_catalogue_gets_an_item_index_whose_recall_is_recorded(
     engine: Engine, database_url: str, tmp_path: Path, arts: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -251,6 +252,7 @@ def test_a_large_catalogue_gets_an_item_index_whose_recall_is_recorded(
         registry.load_artifact(engine, record.version)
 
 
+@pytest.mark.slow
 def test_an_item_index_below_the_recall_floor_makes_the_version_unservable(
     engine: Engine, database_url: str, tmp_path: Path, arts: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -320,6 +322,7 @@ registration.register(create_engine(url), outcome, artifacts_dir=arts)
 """
 
 
+@pytest.mark.slow
 def test_a_crash_before_the_commit_leaves_an_invisible_pending_row_that_sweep_clears(
     engine: Engine, database_url: str, tmp_path: Path, arts: Path
 ) -> None:
@@ -365,6 +368,7 @@ print(*(registration.register(engine, outcome, artifacts_dir=arts).version for _
 """
 
 
+@pytest.mark.slow
 def test_concurrent_registrations_from_two_processes_get_distinct_versions(
     engine: Engine, database_url: str, tmp_path: Path, arts: Path
 ) -> None:
