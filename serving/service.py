@@ -21,6 +21,7 @@ from typing import Annotated, Any, TypeVar
 import bentoml
 from fastapi import Depends, Security
 from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import BaseModel
 
 from recsys.config import Settings, get_settings
 from recsys.db.engine import create_engine
@@ -36,6 +37,8 @@ from serving.api import (
     bearer,
     create_app,
     errors,
+    lean_route,
+    put_in_front,
 )
 from serving.batcher import MicroBatcher
 from serving.impressions import ImpressionLog
@@ -384,6 +387,24 @@ def _self_on_the_loop(service: Any) -> int:
 
 
 ENDPOINTS_ON_THE_LOOP = _self_on_the_loop(RecsysService)
+
+# The endpoints with a body, answered by lean routes in front of their FastAPI routes (the
+# same functions and models; see serving.api.lean_route). /model and /admin/reload keep
+# FastAPI's.
+LEAN_BODIES: dict[str, tuple[str, type[BaseModel]]] = {
+    "/recommend": ("recommend", RecommendIn),
+    "/recommend_session": ("recommend_session", SessionIn),
+    "/similar_items": ("similar_items", SimilarIn),
+    "/score": ("score", ScoreIn),
+    "/events": ("events", EventsIn),
+}
+put_in_front(
+    app,
+    [
+        lean_route(path, model, vars(_SERVICE.inner)[name], bentoml.get_current_service)
+        for path, (name, model) in LEAN_BODIES.items()
+    ],
+)
 
 
 def _epoch_ms(moment: datetime | None) -> int | None:

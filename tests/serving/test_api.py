@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.exc import DataError, OperationalError
 
 from recsys.config import Settings
-from serving.api import ApiError, create_app, translate
+from serving.api import ApiError, create_app, lean_route, put_in_front, translate
 from serving.lifecycle import NotReadyError
 from serving.schemas import RecommendIn
 from serving.scorer import NotFoundError, RequestError
@@ -54,6 +54,18 @@ def client() -> TestClient:
     def fail() -> None:
         raise ApiError(503, "database_unavailable", "the database is unavailable")
 
+    # The same endpoint behind FastAPI's route and behind a lean route (serving.api.lean_route).
+    def echo_model(service: object, request: RecommendIn, key: Any = None) -> RecommendIn:
+        assert service == "the service"
+        if request.user_id == "boom":
+            raise ApiError(503, "database_unavailable", "the database is unavailable")
+        return request
+
+    @app.post("/echo-model", response_model=RecommendIn)
+    def fastapi_echo(request: RecommendIn) -> RecommendIn:
+        return echo_model("the service", request)
+
+    put_in_front(app, [lean_route("/lean-echo", RecommendIn, echo_model, lambda: "the service")])
     return TestClient(app)
 
 
@@ -110,3 +122,40 @@ def test_api_integral_numbers_are_integers_and_routing_errors_share_the_shape(
     assert missing.status_code == 400 and "JSON object body" in _error(missing)["message"]
     failed = client.post("/fail")
     assert failed.status_code == 503 and _error(failed)["reason"] == "database_unavailable"
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b'{"user_id": "u1", "k": 3.0, "filters": {"genres": ["a"]}}', "application/json"),
+        (b'{"user_id": "u1"}', "application/vnd.x+json; charset=utf-8"),
+        (b'{"user_id": "boom"}', "application/json"),
+        (b'{"user_id": "u1", "filtres": {}}', "application/json"),
+        (b'{"user_id": "u1", "k": "3"}', "application/json"),
+        (b'{"user_id": "a\\u0000b"}', "application/json"),
+        (b'{"user_id": ', "application/json"),
+        (b'\xff{"user_id": "u1"}\xfe', "application/json"),
+        (b"[1, 2]", "application/json"),
+        (b"null", "application/json"),
+        (b'"u1"', "application/json"),
+        (b"", "application/json"),
+        (b'{"user_id": "u1"}', None),
+        (b'{"user_id": "u1"}', "text/plain"),
+        (b'{"user_id": "u1"}', "application/xml"),
+    ],
+)
+def test_api_a_lean_route_answers_exactly_as_fastapi_does(
+    client: TestClient, content: bytes, content_type: str | None
+) -> None:
+    """Status, body and error shape match FastAPI's route for the same endpoint, valid or not."""
+    headers = {} if content_type is None else {"content-type": content_type}
+    lean = client.post("/lean-echo", content=content, headers=headers)
+    fastapi = client.post("/echo-model", content=content, headers=headers)
+    assert (lean.status_code, lean.json()) == (fastapi.status_code, fastapi.json())
+    assert lean.headers["content-type"] == fastapi.headers["content-type"]
+
+
+def test_api_a_lean_route_refuses_other_methods_in_the_same_shape(client: TestClient) -> None:
+    wrong = client.get("/lean-echo")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert _error(wrong)["reason"] == "method_not_allowed"
